@@ -1,0 +1,125 @@
+"""The engine against the nested-loop oracle: a readable grid, then hypothesis beyond it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from convengine import conv2d, conv2d_backward
+
+from .oracle import naive_conv2d, naive_conv2d_backward
+
+# (x shape, w shape, hyperparameters)
+GRID = {
+    "3x3-s1-p1": ((2, 3, 7, 7), (4, 3, 3, 3), dict(stride=1, padding=1)),
+    "1x1-kernel": ((2, 5, 4, 6), (3, 5, 1, 1), dict()),
+    "kernel-equals-padded-input": ((1, 2, 3, 4), (3, 2, 5, 6), dict(padding=1)),
+    "stride-larger-than-kernel": ((2, 2, 9, 9), (3, 2, 2, 2), dict(stride=3, padding=1)),
+    "non-square-everything": (
+        (2, 2, 9, 10),
+        (3, 2, 3, 2),
+        dict(stride=(2, 3), padding=(1, 2), dilation=(2, 1)),
+    ),
+    "same-odd-kernel": ((1, 2, 5, 6), (2, 2, 3, 3), dict(padding="same")),
+    "same-even-kernel-asymmetric": ((2, 1, 5, 4), (2, 1, 4, 2), dict(padding="same")),
+    "same-dilated": ((1, 2, 6, 5), (2, 2, 2, 3), dict(padding="same", dilation=(3, 2))),
+    "valid": ((1, 3, 6, 6), (2, 3, 3, 3), dict(padding="valid", stride=3)),
+    "groups-2": ((2, 4, 6, 6), (6, 2, 3, 3), dict(groups=2, padding=1)),
+    "depthwise": ((2, 3, 6, 5), (3, 1, 3, 3), dict(groups=3, padding=1)),
+    "depthwise-multiplier-2": ((1, 2, 5, 5), (4, 1, 3, 2), dict(groups=2, stride=(2, 1))),
+    "depthwise-strided-dilated": (
+        (2, 4, 9, 9),
+        (4, 1, 3, 3),
+        dict(groups=4, dilation=2, stride=2, padding=2),
+    ),
+    "N1-C1": ((1, 1, 5, 5), (1, 1, 3, 3), dict()),
+    "7x7-s2-p3": ((1, 2, 11, 11), (2, 2, 7, 7), dict(stride=2, padding=3)),
+}
+
+
+def _case(rng, x_shape, w_shape):
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    return x, w, b
+
+
+@pytest.mark.parametrize("name", GRID)
+def test_forward_matches_oracle(name, rng):
+    x_shape, w_shape, hyper = GRID[name]
+    x, w, b = _case(rng, x_shape, w_shape)
+    expected = naive_conv2d(x, w, b, **hyper)
+    out = conv2d(x, w, b, **hyper)
+    assert out.dtype == np.float64
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", GRID)
+def test_backward_matches_oracle(name, rng):
+    x_shape, w_shape, hyper = GRID[name]
+    x, w, _ = _case(rng, x_shape, w_shape)
+    dout = rng.standard_normal(naive_conv2d(x, w, **hyper).shape)
+    expected = naive_conv2d_backward(dout, x, w, **hyper)
+    for got, want, name_ in zip(conv2d_backward(dout, x, w, **hyper), expected, ["dx", "dw", "db"]):
+        assert got.shape == want.shape, name_
+        assert got.dtype == np.float64, name_
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name_)
+
+
+def test_no_bias_equals_zero_bias(rng):
+    x, w, _ = _case(rng, (2, 3, 6, 6), (4, 3, 3, 3))
+    np.testing.assert_array_equal(conv2d(x, w), conv2d(x, w, np.zeros(4)))
+
+
+@st.composite
+def geometries(draw):
+    """A valid convolution: the output size is whole by construction, never by rejection."""
+    groups = draw(st.integers(1, 3))
+    c = groups * draw(st.integers(1, 2))
+    f = groups * draw(st.integers(1, 2))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    mode = draw(st.sampled_from(["numbers", "same", "valid"]))
+    if mode == "same":
+        stride = (1, 1)
+        size = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+        padding: object = "same"
+    else:
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        pads = (0, 0) if mode == "valid" else (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+        outs = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+        size = tuple(
+            (o - 1) * s + d * (k - 1) + 1 - 2 * p
+            for o, s, d, k, p in zip(outs, stride, dilation, kernel, pads)
+        )
+        if min(size) < 1:  # padding so large the input would vanish: shrink the padding
+            pads = (0, 0)
+            size = tuple(
+                (o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip(outs, stride, dilation, kernel)
+            )
+        padding = (
+            "valid"
+            if mode == "valid"
+            else draw(st.sampled_from([pads, pads[0]]))
+            if pads[0] == pads[1]
+            else pads
+        )
+    n = draw(st.integers(1, 2))
+    hyper = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return (n, c, *size), (f, c // groups, *kernel), hyper
+
+
+@given(geometries(), st.integers(0, 2**32 - 1))
+def test_random_geometry_matches_oracle(case, seed):
+    x_shape, w_shape, hyper = case
+    rng = np.random.default_rng(seed)
+    x, w, b = _case(rng, x_shape, w_shape)
+    out = conv2d(x, w, b, **hyper)
+    np.testing.assert_allclose(out, naive_conv2d(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    got = conv2d_backward(dout, x, w, **hyper)
+    for g, want in zip(got, naive_conv2d_backward(dout, x, w, **hyper)):
+        np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
