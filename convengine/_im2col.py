@@ -1,16 +1,24 @@
-"""im2col and col2im through strided views, and the reusable work buffers behind them."""
+"""im2col and col2im through strided views, and the reusable work buffers behind them.
+
+The padded batch lives in a flat buffer (a :class:`Canvas`). Its receptive fields are a
+zero-copy strided view; im2col is one contiguous copy of that view. When the stride along the
+width is 1, the columns use *wide rows*: each output row is ``W_pad`` columns long instead of
+``W_out``, so that every kernel offset reads and writes one long contiguous run of the image
+instead of ``H_out`` short ones. The ``W_pad - W_out`` extra columns per row are junk: cropped
+after the forward GEMM, and zero in the backward pass, where they add nothing.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._geometry import ConvGeometry
 
-__all__ = ["batch_chunks", "col2im_add", "offsets", "pad", "windows", "workspace"]
+__all__ = ["Canvas", "batch_chunks", "row_width", "workspace"]
 
 # A chunk of im2col columns is sized to stay in the shared L3 cache (32 MiB here) while the
 # GEMM reads it back; bigger chunks measured no faster and cost more memory per request.
@@ -24,7 +32,8 @@ _local = threading.local()
 def workspace(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised C-contiguous array, reused by later calls on this thread.
 
-    Two slots never alias; one slot's previous array is overwritten by the next request.
+    Two slots never alias; a slot's array is overwritten by the next call that takes the slot,
+    so nothing taken from here may be returned to a caller.
     """
     nbytes = int(np.prod(shape)) * dtype.itemsize
     buffers: dict[str, np.ndarray] = _local.__dict__.setdefault("buffers", {})
@@ -43,41 +52,86 @@ def batch_chunks(geometry: ConvGeometry, itemsize: int) -> list[slice]:
     return [slice(start, min(start + step, geometry.n)) for start in range(0, geometry.n, step)]
 
 
-def pad(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
-    """x (N, C, H, W) zero-padded to (N, C, H_pad, W_pad); x itself when there is no padding."""
-    if not geometry.is_padded:
-        return x
-    (top, _), (left, _) = geometry.pad_h, geometry.pad_w
-    padded = np.zeros((*x.shape[:2], *geometry.padded_hw), dtype=x.dtype)
-    padded[:, :, top : top + geometry.h, left : left + geometry.w] = x
-    return padded
+def row_width(geometry: ConvGeometry, wide: bool = True) -> int:
+    """Columns per output row: ``W_pad`` (wide rows) where allowed and worth it, else ``W_out``."""
+    padded_width = geometry.padded_hw[1]
+    junk = padded_width - geometry.w_out
+    if wide and geometry.stride[1] == 1 and 4 * junk <= padded_width:
+        return padded_width
+    return geometry.w_out
 
 
-def windows(xp: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
-    """A read-only view of every receptive field, without copying.
+@dataclass(frozen=True)
+class Canvas:
+    """A zero-padded batch (N, C, H_pad, W_pad) stored flat, with slack for wide rows."""
 
-    xp (N, C, H_pad, W_pad) -> (N, C, KH, KW, H_out, W_out)
-    """
-    s_n, s_c, s_h, s_w = xp.strides
-    (dh, dw), (sh, sw) = geometry.dilation, geometry.stride
-    shape = (xp.shape[0], xp.shape[1], *geometry.kernel, geometry.h_out, geometry.w_out)
-    strides = (s_n, s_c, dh * s_h, dw * s_w, sh * s_h, sw * s_w)
-    return as_strided(xp, shape, strides, writeable=False)
+    flat: np.ndarray
+    geometry: ConvGeometry
+    width: int
 
+    @classmethod
+    def blank(cls, geometry: ConvGeometry, dtype: np.dtype, slot: str, width: int) -> Canvas:
+        """An all-zero canvas in the work buffer ``slot``, for columns ``width`` wide."""
+        g = geometry
+        h_pad, w_pad = g.padded_hw
+        (kh, kw), (dh, dw), (sh, sw) = g.kernel, g.dilation, g.stride
+        image = g.c * h_pad * w_pad
+        reach = ((g.h_out - 1) * sh + (kh - 1) * dh) * w_pad + (kw - 1) * dw + (width - 1) * sw
+        flat = workspace(slot, (g.n * image + max(0, reach + 1 - image),), dtype)
+        flat.fill(0)
+        return cls(flat, geometry, width)
 
-def offsets(geometry: ConvGeometry) -> Iterator[tuple[int, int, tuple[slice, slice]]]:
-    """Each kernel offset (i, j) with the (rows, columns) of the padded image it touches."""
-    (kh, kw), (dh, dw), (sh, sw) = geometry.kernel, geometry.dilation, geometry.stride
-    rows, cols = sh * (geometry.h_out - 1) + 1, sw * (geometry.w_out - 1) + 1
-    for i in range(kh):
-        for j in range(kw):
-            yield i, j, (slice(i * dh, i * dh + rows, sh), slice(j * dw, j * dw + cols, sw))
+    @classmethod
+    def of(cls, x: np.ndarray, geometry: ConvGeometry, slot: str, width: int) -> Canvas:
+        """x (N, C, H, W) zero-padded on a canvas in the work buffer ``slot``."""
+        canvas = cls.blank(geometry, x.dtype, slot, width)
+        canvas.interior()[...] = x
+        return canvas
 
+    def image(self) -> np.ndarray:
+        """The padded batch: (N, C, H_pad, W_pad), a view."""
+        g = self.geometry
+        return self.flat[: g.n * g.c * g.padded_hw[0] * g.padded_hw[1]].reshape(
+            g.n, g.c, *g.padded_hw
+        )
 
-def col2im_add(dcols: np.ndarray, dxp: np.ndarray, geometry: ConvGeometry) -> None:
-    """Scatter-add columns back onto the padded image, one strided slice per kernel offset.
+    def interior(self) -> np.ndarray:
+        """The unpadded batch: (N, C, H, W), a view."""
+        g = self.geometry
+        top, left = g.pad_h[0], g.pad_w[0]
+        return self.image()[:, :, top : top + g.h, left : left + g.w]
 
-    dcols (N, C, KH, KW, H_out, W_out) is added into dxp (N, C, H_pad, W_pad) in place.
-    """
-    for i, j, (rows, cols) in offsets(geometry):
-        dxp[:, :, rows, cols] += dcols[:, :, i, j]
+    def _view(self, start: int, inner: tuple[tuple[int, int], ...], writeable: bool) -> np.ndarray:
+        g, step = self.geometry, self.flat.itemsize
+        h_pad, w_pad = g.padded_hw
+        shape = (g.n, g.c, *(n for n, _ in inner), g.h_out, self.width)
+        strides = (g.c * h_pad * w_pad, h_pad * w_pad, *(s for _, s in inner))
+        strides += (g.stride[0] * w_pad, g.stride[1])
+        return as_strided(
+            self.flat[start:],
+            shape,
+            tuple(s * step for s in strides),
+            writeable=writeable,
+        )
+
+    def fields(self) -> np.ndarray:
+        """Every receptive field, without copying: (N, C, KH, KW, H_out, width), read-only."""
+        g = self.geometry
+        (kh, kw), (dh, dw) = g.kernel, g.dilation
+        return self._view(0, ((kh, dh * g.padded_hw[1]), (kw, dw)), writeable=False)
+
+    def offset_target(self, i: int, j: int) -> np.ndarray:
+        """The pixels that kernel offset (i, j) touches: (N, C, H_out, width), writable."""
+        g = self.geometry
+        start = i * g.dilation[0] * g.padded_hw[1] + j * g.dilation[1]
+        return self._view(start, (), writeable=True)
+
+    def col2im_add(self, dcols: np.ndarray, batch: slice) -> None:
+        """Add the column gradients (n, C, KH, KW, H_out, width) of ``batch`` onto the canvas.
+
+        One strided slice-add per kernel offset. Junk columns of wide rows must be zero.
+        """
+        kh, kw = self.geometry.kernel
+        for i in range(kh):
+            for j in range(kw):
+                self.offset_target(i, j)[batch] += dcols[:, :, i, j]

@@ -123,3 +123,30 @@ def test_random_geometry_matches_oracle(case, seed):
     got = conv2d_backward(dout, x, w, **hyper)
     for g, want in zip(got, naive_conv2d_backward(dout, x, w, **hyper)):
         np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["3x3-s1-p1", "depthwise", "same-even-kernel-asymmetric"])
+def test_non_finite_values_stay_where_they_belong(name, rng):
+    """An inf pixel poisons exactly the outputs and gradients that the oracle says it does."""
+    x_shape, w_shape, hyper = GRID[name]
+    x, w, _ = _case(rng, x_shape, w_shape)
+    x[0, 0, 0, 0] = np.inf
+    dout = rng.standard_normal(naive_conv2d(x, w, **hyper).shape)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(conv2d(x, w, **hyper), naive_conv2d(x, w, **hyper), rtol=1e-12)
+        got = conv2d_backward(dout, x, w, **hyper)
+        want = naive_conv2d_backward(dout, x, w, **hyper)
+    for g, expected in zip(got, want):
+        np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_results_never_share_the_reused_work_buffers(rng):
+    x, w, _ = _case(rng, (2, 3, 8, 8), (4, 3, 3, 3))
+    out = conv2d(x, w, padding=1)
+    grads = conv2d_backward(out, x, w, padding=1)
+    kept = [a.copy() for a in (out, *grads)]
+    conv2d(2 * x, w, padding=1)
+    conv2d_backward(3 * out, 2 * x, w, padding=1)
+    for a, b in zip((out, *grads), kept):
+        np.testing.assert_array_equal(a, b)
+        assert a.flags.owndata or a.base is not None and a.base.flags.owndata
