@@ -73,7 +73,7 @@ def _tutorial_forward(x: np.ndarray, w: np.ndarray, g: ConvGeometry) -> np.ndarr
     xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
     k, i, j = _indices(g)
     cols = xp[:, k, i, j].transpose(1, 2, 0).reshape(g.col_rows, -1)
-    out = w.reshape(g.f, -1) @ cols
+    out: np.ndarray = w.reshape(g.f, -1) @ cols
     return out.reshape(g.f, g.h_out, g.w_out, g.n).transpose(3, 0, 1, 2)
 
 
@@ -88,7 +88,7 @@ def _tutorial_backward(
     dw = (dout_rows @ cols.T).reshape(w.shape)
     dcols = (w.reshape(g.f, -1).T @ dout_rows).reshape(g.col_rows, -1, g.n).transpose(2, 0, 1)
     dxp = np.zeros_like(xp)
-    np.add.at(dxp, (slice(None), k, i, j), dcols)
+    np.add.at(dxp, (slice(None), k, i, j), dcols)  # type: ignore[arg-type]
     dx = dxp[:, :, p : p + g.h, p : p + g.w] if p else dxp
     return dx, dw, dout.sum(axis=(0, 2, 3))
 
