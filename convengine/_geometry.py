@@ -208,6 +208,20 @@ class ConvGeometry:
         n, k, p = self.cols_shape
         return n * k * p
 
+    def work_elements(self) -> int:
+        """An upper bound on the array elements one forward or backward pass allocates.
+
+        Padded input and its gradient (with a row of slack each), one image's columns in wide
+        rows, output and output gradient in wide rows, and the repeated input of a depthwise
+        convolution with several filters per channel. Callers use it to refuse work before
+        allocating anything.
+        """
+        h_pad, w_pad = self.padded_hw
+        canvas = self.n * max(self.c, self.f) * (h_pad + 1) * w_pad
+        image_cols = self.c * self.kernel[0] * self.kernel[1] * self.h_out * w_pad
+        outputs = self.n * self.f * self.h_out * w_pad
+        return 2 * canvas + image_cols + 2 * outputs
+
     def flops(self) -> int:
         """Multiply-adds of the forward pass, counted as two operations each."""
         return 2 * self.n * self.f * self.positions * self.col_rows

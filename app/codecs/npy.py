@@ -1,0 +1,114 @@
+"""multipart/form-data with one .npy file part per array; application/x-npy answers."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from app.errors import BadRequest, InvalidInput, NotAcceptable
+
+from ._common import (
+    ArrayNames,
+    Budget,
+    Decoded,
+    check_known,
+    check_names,
+    parse_param_text,
+    read_npy,
+)
+
+__all__ = ["decode_multipart", "encode"]
+
+MAX_PARTS = 16
+
+
+class _Part:
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.chunks: list[bytes] = []
+        self.name = ""
+        self.filename: str | None = None
+
+
+def _parse_parts(body: bytes, boundary: bytes) -> list[_Part]:
+    parts: list[_Part] = []
+    field, value = bytearray(), bytearray()
+
+    def on_part_begin() -> None:
+        if len(parts) >= MAX_PARTS:
+            raise BadRequest(f"a multipart body may hold at most {MAX_PARTS} parts")
+        parts.append(_Part())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        parts[-1].headers[bytes(field).lower()] = bytes(value)
+        field.clear()
+        value.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1].chunks.append(data[start:end])
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadRequest(f"the multipart body is malformed: {exc}") from exc
+    for part in parts:
+        _, options = parse_options_header(part.headers.get(b"content-disposition", b""))
+        part.name = options.get(b"name", b"").decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        part.filename = None if filename is None else filename.decode("utf-8", "replace")
+    return parts
+
+
+def decode_multipart(
+    body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Budget, boundary: str
+) -> Decoded:
+    if not boundary:
+        raise BadRequest("multipart/form-data needs a boundary parameter in its Content-Type")
+    arrays: dict[str, np.ndarray] = {}
+    params: dict[str, Any] = {}
+    for part in _parse_parts(body, boundary.encode("latin-1")):
+        data = b"".join(part.chunks)
+        if part.name in arrays or part.name in params:
+            raise InvalidInput(f"{part.name!r} is sent twice", loc=("body", part.name))
+        if part.filename is not None or part.name in names.all:
+            check_known(part.name, names)
+            arrays[part.name] = read_npy(data, part.name, budget)
+        else:
+            params[part.name] = parse_param_text(data.decode("utf-8", "replace"))
+    check_names(arrays, names)
+    return Decoded(arrays, params, "binary")
+
+
+def encode(outputs: dict[str, np.ndarray]) -> bytes:
+    """The one output of a forward pass as a .npy file."""
+    if list(outputs) != ["out"]:
+        raise NotAcceptable(
+            f"application/x-npy carries a single array but this answer has "
+            f"{', '.join(outputs)}: accept application/x-npz or application/json",
+            loc=("header", "accept"),
+        )
+    stream = io.BytesIO()
+    np.save(stream, outputs["out"], allow_pickle=False)
+    return stream.getvalue()

@@ -1,0 +1,86 @@
+"""application/x-npz: one .npz archive (plain or compressed) holding the arrays by name.
+
+Hyperparameters travel in the query string. Member sizes are checked against the budget from
+the archive's directory before anything is inflated, and reads are bounded all the same, since
+a directory can lie.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from app.errors import BadRequest, InvalidInput
+
+from ._common import (
+    ArrayNames,
+    Budget,
+    Decoded,
+    check_known,
+    check_names,
+    parse_param_text,
+    read_npy,
+)
+
+__all__ = ["decode", "encode"]
+
+MAX_MEMBERS = 16
+
+
+def decode(body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Budget) -> Decoded:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(body))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise BadRequest(f"the body is not a valid .npz (zip) archive: {exc}") from exc
+    with archive:
+        members = archive.infolist()
+        if len(members) > MAX_MEMBERS:
+            raise InvalidInput(
+                f"the archive holds {len(members)} members; at most {MAX_MEMBERS} are read"
+            )
+        arrays: dict[str, np.ndarray] = {}
+        for member in members:
+            name = member.filename.removesuffix(".npy")
+            if name in arrays:
+                raise InvalidInput(f"the archive holds {name!r} twice", loc=("body", name))
+            check_known(name, names)
+            budget.take(member.file_size, name)
+            # Charged above, from the directory, before inflating.
+            arrays[name] = read_npy(_read_member(archive, member, name), name, None)
+    check_names(arrays, names)
+    params = {key: parse_param_text(value) for key, value in query.items()}
+    return Decoded(arrays, params, "binary", param_location="query")
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -> bytes:
+    try:
+        with archive.open(member) as stream:
+            data = stream.read(member.file_size + 1)
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+        ValueError,
+    ) as exc:
+        raise BadRequest(
+            f"{name} in the archive is corrupt or unreadable: {exc}", loc=("body", name)
+        ) from exc
+    if len(data) != member.file_size:
+        raise BadRequest(
+            f"{name} in the archive inflates to more than the {member.file_size} bytes its "
+            f"directory declares",
+            loc=("body", name),
+        )
+    return data
+
+
+def encode(outputs: dict[str, np.ndarray]) -> bytes:
+    stream = io.BytesIO()
+    np.savez(stream, allow_pickle=False, **outputs)
+    return stream.getvalue()

@@ -1,0 +1,54 @@
+"""Settings, from ``CONVENGINE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each is ``CONVENGINE_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVENGINE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+    max_body_bytes: int = Field(
+        256 * MiB, ge=1024, description="largest request body; larger ones get 413"
+    )
+    max_json_bytes: int = Field(
+        64 * MiB, ge=1024, description="largest JSON body: parsed JSON costs many times its size"
+    )
+    max_decoded_bytes: int = Field(
+        512 * MiB, ge=1024, description="largest total of decoded arrays (after unzipping)"
+    )
+    max_work_bytes: int = Field(
+        2048 * MiB, ge=MiB, description="largest memory one convolution may allocate"
+    )
+    max_gflop: float = Field(
+        2000.0, gt=0, description="largest computation one request may ask for, in GFLOP"
+    )
+    max_concurrent: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="convolutions computed at once",
+    )
+    max_waiting: int = Field(
+        8, ge=0, description="requests that may wait for a computation slot; more get 503"
+    )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,83 @@
+"""The FastAPI application: ``app.main:app``, or ``create_app(settings)`` for tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
+from pydantic.json_schema import models_json_schema
+
+import convengine
+from app.config import Settings, get_settings
+from app.errors import install_error_handlers
+from app.limits import BodyLimit, Gate
+from app.routes import conv, health
+from app.schemas import BackwardJSON, ErrorResponse, ForwardJSON
+
+__all__ = ["app", "create_app"]
+
+DESCRIPTION = """Forward and backward passes of 2-D convolution layers (NCHW, weights
+(F, C/groups, KH, KW)), computed by a vectorised NumPy engine.
+
+Send arrays as JSON (nested lists, typed tensors or base64 tensors), as multipart `.npy`
+files, or as one `.npz` archive; answers follow the Accept header (JSON, `.npz`, `.npy`).
+Every refusal is `{"detail": [{"loc", "msg", "type"}]}`."""
+
+
+def _warm_up() -> None:
+    x = np.ones((1, 2, 5, 5), dtype=np.float32)
+    w = np.ones((3, 2, 3, 3), dtype=np.float32)
+    convengine.conv2d_backward(convengine.conv2d(x, w, padding=1), x, w, padding=1)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    await anyio.to_thread.run_sync(_warm_up)
+    app.state.ready = True
+    yield
+    app.state.ready = False
+
+
+def _openapi_with_models(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the request models that routes reference by hand."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        _, definitions = models_json_schema(
+            [(model, "validation") for model in (ForwardJSON, BackwardJSON, ErrorResponse)],
+            ref_template="#/components/schemas/{model}",
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app: FastAPI = FastAPIOffline(
+        title="convengine",
+        version=convengine.__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.gate = Gate(settings.max_concurrent, settings.max_waiting)
+    app.state.ready = False
+    app.add_middleware(
+        BodyLimit, max_body_bytes=settings.max_body_bytes, max_json_bytes=settings.max_json_bytes
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(conv.router)
+    app.openapi = lambda: _openapi_with_models(app)  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

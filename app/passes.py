@@ -1,0 +1,75 @@
+"""One request, start to end, off the event loop: decode, validate, compute, encode."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import pydantic
+
+from app.codecs import NPY, ArrayNames, Budget, choose_decoder, choose_encoder
+from app.config import Settings
+from app.errors import InvalidInput, NotAcceptable, engine_errors, validation_errors
+from app.limits import check_work
+from app.schemas import ARRAYS, UNION_TAGS, Hyperparameters, JSONOptions
+from convengine import ConvGeometry, conv2d, conv2d_backward
+
+__all__ = ["Pass", "run_pass"]
+
+Pass = Literal["forward", "backward"]
+
+
+def run_pass(
+    name: Pass,
+    body: bytes,
+    content_type: str | None,
+    accept: str | None,
+    query: Mapping[str, str],
+    settings: Settings,
+) -> tuple[bytes, str]:
+    """The response body and media type for one forward or backward request."""
+    media_type, encode = choose_encoder(accept)
+    if media_type == NPY and name == "backward":
+        raise NotAcceptable(
+            "application/x-npy carries a single array; backward answers dx, dw and db: "
+            "accept application/x-npz or application/json",
+            loc=("header", "accept"),
+        )
+    names = ArrayNames(*ARRAYS[name])
+    decoded = choose_decoder(content_type)(body, names, query, Budget(settings.max_decoded_bytes))
+    if decoded.param_location == "body" and query:
+        key = next(iter(query))
+        raise InvalidInput(
+            f"query parameter {key!r} is not read: with this Content-Type the "
+            f"hyperparameters go in the body (the query is for application/x-npz)",
+            loc=("query", key),
+            type="extra_forbidden",
+        )
+    hyper = _hyperparameters(decoded.params, decoded.style != "binary", decoded.param_location)
+    arrays = decoded.arrays
+    with engine_errors(decoded.param_location):
+        x, w = arrays["x"], arrays["w"]
+        geometry = ConvGeometry.build(x.shape, w.shape, **hyper)
+        check_work(
+            geometry,
+            x.dtype.itemsize,
+            passes=1 if name == "forward" else 2,
+            max_bytes=settings.max_work_bytes,
+            max_gflop=settings.max_gflop,
+        )
+        if name == "forward":
+            outputs = {"out": conv2d(x, w, arrays.get("b"), **hyper)}
+        else:
+            dx, dw, db = conv2d_backward(arrays["dout"], x, w, **hyper)
+            outputs = {"dx": dx, "dw": dw, "db": db}
+    return encode(outputs, decoded.style), media_type
+
+
+def _hyperparameters(params: dict[str, object], is_json: bool, location: str) -> dict[str, object]:
+    """The validated hyperparameters as engine keyword arguments."""
+    model = JSONOptions if is_json else Hyperparameters
+    try:
+        validated = model.model_validate(params)
+    except pydantic.ValidationError as exc:
+        raise validation_errors(exc, location, drop=UNION_TAGS) from exc
+    return validated.model_dump(include={"stride", "padding", "dilation", "groups"})
