@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json as stdlib_json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +29,7 @@ def decode(body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Bud
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+        document = _lenient(body, exc)
     if not isinstance(document, dict):
         raise InvalidInput(
             f"the body must be a JSON object with the arrays and hyperparameters, "
@@ -45,6 +46,18 @@ def decode(body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Bud
     for name, value in raw.items():
         arrays[name], styles[name] = _tensor(value, name, default_dtype, budget)
     return Decoded(arrays, document, styles["x"])
+
+
+def _lenient(body: bytes, error: orjson.JSONDecodeError) -> Any:
+    """The body parsed by the standard library, which reads NaN, Infinity and 1e400.
+
+    Only for bodies orjson refused: such numbers are then refused by name, as numbers JSON
+    cannot carry, instead of as malformed JSON.
+    """
+    try:
+        return stdlib_json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest(f"the body is not valid JSON: {error}") from error
 
 
 def _tensor(
@@ -104,7 +117,10 @@ def _from_lists(value: list[Any], name: str, dtype: np.dtype, loc: tuple[str, ..
         array = array.astype(dtype, copy=False)
     if not np.isfinite(array).all():
         raise InvalidInput(
-            f"{name} holds a number too large for {dtype.name}", loc=loc, type="value_error"
+            f"{name} holds NaN, Infinity or a number too large for {dtype.name}: JSON numbers "
+            f"cannot carry them (send b64 tensors or .npy/.npz for such values)",
+            loc=loc,
+            type="non_finite",
         )
     return array
 
