@@ -29,9 +29,17 @@ def _json_tensor(array: np.ndarray, form: str) -> Any:
     if form == "nested":
         return array.tolist()
     if form == "typed":
-        return {"shape": list(array.shape), "dtype": array.dtype.name, "data": array.ravel().tolist()}
+        return {
+            "shape": list(array.shape),
+            "dtype": array.dtype.name,
+            "data": array.ravel().tolist(),
+        }
     raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
-    return {"shape": list(array.shape), "dtype": array.dtype.name, "b64": base64.b64encode(raw).decode()}
+    return {
+        "shape": list(array.shape),
+        "dtype": array.dtype.name,
+        "b64": base64.b64encode(raw).decode(),
+    }
 
 
 def _text(value: Any) -> str:
@@ -40,7 +48,9 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def request(form: str, arrays: dict[str, np.ndarray], hyper: dict[str, Any], accept: str | None = None) -> dict[str, Any]:
+def request(
+    form: str, arrays: dict[str, np.ndarray], hyper: dict[str, Any], accept: str | None = None
+) -> dict[str, Any]:
     """httpx keyword arguments sending ``arrays`` and ``hyper`` in ``form``."""
     headers = {"accept": accept} if accept else {}
     if form in ("nested", "typed", "b64"):
@@ -48,9 +58,15 @@ def request(form: str, arrays: dict[str, np.ndarray], hyper: dict[str, Any], acc
         document.update({k: list(v) if isinstance(v, tuple) else v for k, v in hyper.items()})
         if form == "nested":
             document["dtype"] = arrays["x"].dtype.name
-        return {"content": json.dumps(document), "headers": {"content-type": "application/json", **headers}}
+        return {
+            "content": json.dumps(document),
+            "headers": {"content-type": "application/json", **headers},
+        }
     if form == "multipart":
-        files = {name: (f"{name}.npy", npy_bytes(a), "application/octet-stream") for name, a in arrays.items()}
+        files = {
+            name: (f"{name}.npy", npy_bytes(a), "application/octet-stream")
+            for name, a in arrays.items()
+        }
         return {"files": files, "data": {k: _text(v) for k, v in hyper.items()}, "headers": headers}
     return {
         "content": npz_bytes(**arrays),
@@ -76,7 +92,9 @@ def read(response, names: list[str]) -> dict[str, np.ndarray]:
             arrays[name] = np.array(value, dtype=document["dtype"])
         elif "b64" in value:
             raw = base64.b64decode(value["b64"])
-            arrays[name] = np.frombuffer(raw, dtype=np.dtype(value["dtype"]).newbyteorder("<")).reshape(value["shape"])
+            arrays[name] = np.frombuffer(
+                raw, dtype=np.dtype(value["dtype"]).newbyteorder("<")
+            ).reshape(value["shape"])
         else:
             arrays[name] = np.array(value["data"], dtype=value["dtype"]).reshape(value["shape"])
     return arrays

@@ -26,7 +26,9 @@ def _arrays(dtype):
 @pytest.mark.parametrize("form", REQUEST_FORMS)
 async def test_forward_every_form(client, form, accept, dtype):
     x, w, b = _arrays(dtype)
-    response = await client.post("/forward", **request(form, {"x": x, "w": w, "b": b}, HYPER, accept))
+    response = await client.post(
+        "/forward", **request(form, {"x": x, "w": w, "b": b}, HYPER, accept)
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == accept
     out = read(response, ["out"])["out"]
@@ -41,7 +43,9 @@ async def test_forward_every_form(client, form, accept, dtype):
 async def test_backward_every_form(client, form, accept, dtype):
     x, w, _ = _arrays(dtype)
     dout = np.random.default_rng(4).standard_normal(conv2d(x, w, **HYPER).shape).astype(dtype)
-    response = await client.post("/backward", **request(form, {"x": x, "w": w, "dout": dout}, HYPER, accept))
+    response = await client.post(
+        "/backward", **request(form, {"x": x, "w": w, "dout": dout}, HYPER, accept)
+    )
     assert response.status_code == 200, response.text
     got = read(response, ["dx", "dw", "db"])
     for name, expected in zip(["dx", "dw", "db"], conv2d_backward(dout, x, w, **HYPER)):
@@ -71,7 +75,9 @@ async def test_compressed_npz_and_query_padding_words(client):
         headers={"content-type": "application/x-npz", "accept": "application/x-npz"},
     )
     assert response.status_code == 200, response.text
-    np.testing.assert_array_equal(read(response, ["out"])["out"], conv2d(x, w, b, padding="same", groups=2))
+    np.testing.assert_array_equal(
+        read(response, ["out"])["out"], conv2d(x, w, b, padding="same", groups=2)
+    )
 
 
 @pytest.mark.parametrize("padding", ["1,2", "[1, 2]", "[1,2]"])
@@ -85,7 +91,9 @@ async def test_multipart_hyperparameter_spellings(client, padding):
         data={"padding": padding, "stride": "2,1", "groups": "2"},
     )
     assert response.status_code == 200, response.text
-    np.testing.assert_array_equal(read(response, ["out"])["out"], conv2d(x, w, padding=(1, 2), stride=(2, 1), groups=2))
+    np.testing.assert_array_equal(
+        read(response, ["out"])["out"], conv2d(x, w, padding=(1, 2), stride=(2, 1), groups=2)
+    )
 
 
 async def test_json_float32_nested_lists_by_top_level_dtype(client):
@@ -102,7 +110,10 @@ async def test_fortran_order_and_big_endian_npy(client):
 
     response = await client.post(
         "/forward",
-        files={"x": ("x.npy", npy_bytes(np.asfortranarray(x))), "w": ("w.npy", npy_bytes(w.astype(">f8")))},
+        files={
+            "x": ("x.npy", npy_bytes(np.asfortranarray(x))),
+            "w": ("w.npy", npy_bytes(w.astype(">f8"))),
+        },
         data={"groups": "2"},
         headers={"accept": "application/x-npy"},
     )

@@ -149,4 +149,4 @@ def test_results_never_share_the_reused_work_buffers(rng):
     conv2d_backward(3 * out, 2 * x, w, padding=1)
     for a, b in zip((out, *grads), kept):
         np.testing.assert_array_equal(a, b)
-        assert a.flags.owndata or a.base is not None and a.base.flags.owndata
+        assert a.flags.owndata or (a.base is not None and a.base.flags.owndata)
