@@ -75,9 +75,11 @@ class Canvas:
         g = geometry
         h_pad, w_pad = g.padded_hw
         (kh, kw), (dh, dw), (sh, sw) = g.kernel, g.dilation, g.stride
-        image = g.c * h_pad * w_pad
+        plane = h_pad * w_pad
+        # The farthest element a view reads, from the start of a channel's plane: wide rows
+        # run past the last plane by up to (KW-1)*dilation elements.
         reach = ((g.h_out - 1) * sh + (kh - 1) * dh) * w_pad + (kw - 1) * dw + (width - 1) * sw
-        flat = workspace(slot, (g.n * image + max(0, reach + 1 - image),), dtype)
+        flat = workspace(slot, (g.n * g.c * plane + max(0, reach + 1 - plane),), dtype)
         flat.fill(0)
         return cls(flat, geometry, width)
 
