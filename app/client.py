@@ -4,16 +4,19 @@
     ...     out = client.forward(x, w, b, stride=2, padding=1)
     ...     dx, dw, db = client.backward(dout, x, w, stride=2, padding=1)
 
-It needs only httpx and NumPy; a refusal raises :class:`ConvServiceError` with the server's
+It needs only httpx and NumPy. A 503 (the server is busy) is retried after its Retry-After,
+``retries`` times; any other refusal raises :class:`ConvServiceError` with the server's
 ``detail``.
 """
 
 from __future__ import annotations
 
 import io
+import time
 from types import TracebackType
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 from numpy.typing import ArrayLike
@@ -63,17 +66,43 @@ def _result(response: httpx.Response) -> dict[str, np.ndarray]:
         return {name: archive[name] for name in archive.files}
 
 
+def _retry_delay(response: httpx.Response, attempt: int, retries: int) -> float | None:
+    """Seconds to wait before retrying a 503, or None when the response is final."""
+    if response.status_code != 503 or attempt >= retries:
+        return None
+    try:
+        return min(float(response.headers.get("retry-after", "1")), 30.0)
+    except ValueError:
+        return 1.0
+
+
 def _hyper(stride: object, padding: object, dilation: object, groups: int) -> dict[str, object]:
     return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
 
 
 class ConvClient:
-    """Blocking client. ``transport`` or ``client`` may be given for tests and tuning."""
+    """Blocking client; ``client`` may be given for tests and tuning."""
 
     def __init__(
-        self, base_url: str, *, timeout: float = 120.0, client: httpx.Client | None = None
+        self,
+        base_url: str,
+        *,
+        timeout: float = 120.0,
+        retries: int = 3,
+        client: httpx.Client | None = None,
     ) -> None:
         self._client = client or httpx.Client(base_url=base_url, timeout=timeout)
+        self._retries = retries
+
+    def _post(self, path: str, request: dict[str, Any]) -> dict[str, np.ndarray]:
+        attempt = 0
+        while True:
+            response = self._client.post(path, **request)
+            delay = _retry_delay(response, attempt, self._retries)
+            if delay is None:
+                return _result(response)
+            time.sleep(delay)
+            attempt += 1
 
     def forward(
         self,
@@ -88,7 +117,7 @@ class ConvClient:
     ) -> np.ndarray:
         """out (N, F, H_out, W_out) of x (N, C, H, W) convolved with w (F, C/groups, KH, KW)."""
         request = _request({"x": x, "w": w, "b": b}, _hyper(stride, padding, dilation, groups))
-        return _result(self._client.post("/forward", **request))["out"]
+        return self._post("/forward", request)["out"]
 
     def backward(
         self,
@@ -105,7 +134,7 @@ class ConvClient:
         request = _request(
             {"x": x, "w": w, "dout": dout}, _hyper(stride, padding, dilation, groups)
         )
-        result = _result(self._client.post("/backward", **request))
+        result = self._post("/backward", request)
         return result["dx"], result["dw"], result["db"]
 
     def close(self) -> None:
@@ -124,9 +153,25 @@ class AsyncConvClient:
     """The same calls as :class:`ConvClient`, awaitable."""
 
     def __init__(
-        self, base_url: str, *, timeout: float = 120.0, client: httpx.AsyncClient | None = None
+        self,
+        base_url: str,
+        *,
+        timeout: float = 120.0,
+        retries: int = 3,
+        client: httpx.AsyncClient | None = None,
     ) -> None:
         self._client = client or httpx.AsyncClient(base_url=base_url, timeout=timeout)
+        self._retries = retries
+
+    async def _post(self, path: str, request: dict[str, Any]) -> dict[str, np.ndarray]:
+        attempt = 0
+        while True:
+            response = await self._client.post(path, **request)
+            delay = _retry_delay(response, attempt, self._retries)
+            if delay is None:
+                return _result(response)
+            await anyio.sleep(delay)
+            attempt += 1
 
     async def forward(
         self,
@@ -140,7 +185,7 @@ class AsyncConvClient:
         groups: int = 1,
     ) -> np.ndarray:
         request = _request({"x": x, "w": w, "b": b}, _hyper(stride, padding, dilation, groups))
-        return _result(await self._client.post("/forward", **request))["out"]
+        return (await self._post("/forward", request))["out"]
 
     async def backward(
         self,
@@ -156,7 +201,7 @@ class AsyncConvClient:
         request = _request(
             {"x": x, "w": w, "dout": dout}, _hyper(stride, padding, dilation, groups)
         )
-        result = _result(await self._client.post("/backward", **request))
+        result = await self._post("/backward", request)
         return result["dx"], result["dw"], result["db"]
 
     async def aclose(self) -> None:

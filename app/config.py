@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         description="convolutions computed at once",
     )
     max_waiting: int = Field(
-        8, ge=0, description="requests that may wait for a computation slot; more get 503"
+        32, ge=0, description="requests that may wait for a computation slot; more get 503"
     )
 
 
