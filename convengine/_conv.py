@@ -244,6 +244,7 @@ def _depthwise_backward(
     dcanvas = Canvas.blank(g, x.dtype, "dx", width)
     dout_wide = _wide(dout[:, :, None], g, width, "dout")[:, :, 0]
     dw = np.zeros_like(w)
+    targets = dcanvas.targets()
     for chunk in _depthwise_chunks(g, width, x.dtype.itemsize):
         dout_chunk, chunk_fields = dout_wide[chunk], fields[chunk]
         term = workspace("term", dout_chunk.shape, x.dtype)
@@ -252,7 +253,7 @@ def _depthwise_backward(
                 np.multiply(dout_chunk, chunk_fields[:, :, i, j], out=term)
                 dw[:, 0, i, j] += term.sum(axis=(0, 2, 3))
                 np.multiply(dout_chunk, w[:, 0, i, j, None, None], out=term)
-                dcanvas.offset_target(i, j)[chunk] += term
+                targets[chunk, :, i, j] += term
     dx = dcanvas.interior()
     if geometry.f_per_group > 1:
         return dx.reshape(g.n, geometry.c, geometry.f_per_group, g.h, g.w).sum(axis=2), dw

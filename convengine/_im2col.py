@@ -10,6 +10,7 @@ after the forward GEMM, and zero in the backward pass, where they add nothing.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ def workspace(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     Two slots never alias; a slot's array is overwritten by the next call that takes the slot,
     so nothing taken from here may be returned to a caller.
     """
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     buffers: dict[str, np.ndarray] = _local.__dict__.setdefault("buffers", {})
     buffer = buffers.get(slot)
     if buffer is None or buffer.nbytes < nbytes:
@@ -103,37 +104,33 @@ class Canvas:
         top, left = g.pad_h[0], g.pad_w[0]
         return self.image()[:, :, top : top + g.h, left : left + g.w]
 
-    def _view(self, start: int, inner: tuple[tuple[int, int], ...], writeable: bool) -> np.ndarray:
-        g, step = self.geometry, self.flat.itemsize
-        h_pad, w_pad = g.padded_hw
-        shape = (g.n, g.c, *(n for n, _ in inner), g.h_out, self.width)
-        strides = (g.c * h_pad * w_pad, h_pad * w_pad, *(s for _, s in inner))
-        strides += (g.stride[0] * w_pad, g.stride[1])
-        return as_strided(
-            self.flat[start:],
-            shape,
-            tuple(s * step for s in strides),
-            writeable=writeable,
-        )
-
     def fields(self) -> np.ndarray:
         """Every receptive field, without copying: (N, C, KH, KW, H_out, width), read-only."""
-        g = self.geometry
-        (kh, kw), (dh, dw) = g.kernel, g.dilation
-        return self._view(0, ((kh, dh * g.padded_hw[1]), (kw, dw)), writeable=False)
+        return self._windows(writeable=False)
 
-    def offset_target(self, i: int, j: int) -> np.ndarray:
-        """The pixels that kernel offset (i, j) touches: (N, C, H_out, width), writable."""
-        g = self.geometry
-        start = i * g.dilation[0] * g.padded_hw[1] + j * g.dilation[1]
-        return self._view(start, (), writeable=True)
+    def targets(self) -> np.ndarray:
+        """The same windows, writable, for scattering gradients back.
+
+        Windows of different kernel offsets overlap: write through one offset ``[:, :, i, j]``
+        at a time.
+        """
+        return self._windows(writeable=True)
+
+    def _windows(self, writeable: bool) -> np.ndarray:
+        g, step = self.geometry, self.flat.itemsize
+        h_pad, w_pad = g.padded_hw
+        (kh, kw), (dh, dw), (sh, sw) = g.kernel, g.dilation, g.stride
+        shape = (g.n, g.c, kh, kw, g.h_out, self.width)
+        strides = (g.c * h_pad * w_pad, h_pad * w_pad, dh * w_pad, dw, sh * w_pad, sw)
+        return as_strided(self.flat, shape, tuple(s * step for s in strides), writeable=writeable)
 
     def col2im_add(self, dcols: np.ndarray, batch: slice) -> None:
         """Add the column gradients (n, C, KH, KW, H_out, width) of ``batch`` onto the canvas.
 
         One strided slice-add per kernel offset. Junk columns of wide rows must be zero.
         """
+        targets = self.targets()[batch]
         kh, kw = self.geometry.kernel
         for i in range(kh):
             for j in range(kw):
-                self.offset_target(i, j)[batch] += dcols[:, :, i, j]
+                targets[:, :, i, j] += dcols[:, :, i, j]
