@@ -1,21 +1,53 @@
-"""``python -m app`` / ``convengine-serve``: run the service with uvicorn on its settings."""
+"""``python -m app`` / ``convengine-serve``: run the service with uvicorn on its settings.
+
+Before the engine is imported it sizes the BLAS thread pools so that workers x threads fits
+the CPUs this process may use (a container's CPU quota included), and with several workers
+points the metrics at a shared directory.
+"""
 
 from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
 
 import uvicorn
 
 from app.config import get_settings
+from app.observe import LOG_CONFIG
+
+_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def main() -> None:
     settings = get_settings()
+    threads = max(1, available_cpus() // settings.workers)
+    for variable in _THREAD_VARIABLES:
+        os.environ.setdefault(variable, str(threads))
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="convengine-metrics-")
     uvicorn.run(
         "app.main:app",
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        log_config=LOG_CONFIG,
+        access_log=False,  # app.observe writes one JSON line per request instead
+        timeout_graceful_shutdown=settings.shutdown_timeout,
     )
 
 

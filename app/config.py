@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from typing import Literal
 
@@ -23,6 +24,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    replica: str = Field(
+        default_factory=socket.gethostname,
+        description="this process's name in the X-Replica header and the logs",
+    )
+    shutdown_timeout: int = Field(
+        30, ge=0, description="seconds in-flight requests get to finish after SIGTERM"
+    )
 
     max_body_bytes: int = Field(
         256 * MiB, ge=1024, description="largest request body; larger ones get 413"

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import metrics
 from convengine import ConvError, DTypeError
 
 __all__ = [
@@ -135,6 +136,8 @@ def _shown(value: Any) -> str:
 
 
 def _response(status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
+    reason = detail[0]["type"] if detail else "unknown"
+    metrics.REFUSALS.labels(str(status), reason).inc()
     body = orjson.dumps({"detail": detail})
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 

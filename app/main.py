@@ -17,6 +17,7 @@ import convengine
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.limits import BodyLimit, Gate
+from app.observe import Observe
 from app.routes import conv, health
 from app.schemas import BackwardJSON, ErrorResponse, ForwardJSON
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimit, max_body_bytes=settings.max_body_bytes, max_json_bytes=settings.max_json_bytes
     )
+    app.add_middleware(Observe, replica=settings.replica)  # outermost: sees every answer
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(conv.router)

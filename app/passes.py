@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 import pydantic
 
+from app import metrics
 from app.codecs import NPY, ArrayNames, Budget, choose_decoder, choose_encoder
 from app.config import Settings
 from app.errors import InvalidInput, NotAcceptable, engine_errors, validation_errors
@@ -66,7 +67,8 @@ def _compute(
     name: Pass, arrays: dict[str, np.ndarray], hyper: dict[str, object]
 ) -> dict[str, np.ndarray]:
     # Overflow to inf is an answer, not a warning: encoders report values JSON cannot carry.
-    with np.errstate(all="ignore"):
+    seconds = metrics.ENGINE_SECONDS.labels(name)
+    with np.errstate(all="ignore"), metrics.COMPUTING.track_inprogress(), seconds.time():
         if name == "forward":
             return {"out": conv2d(arrays["x"], arrays["w"], arrays.get("b"), **hyper)}
         dx, dw, db = conv2d_backward(arrays["dout"], arrays["x"], arrays["w"], **hyper)

@@ -1,4 +1,4 @@
-"""Liveness, readiness and version."""
+"""Liveness, readiness, version and metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 import convengine
+from app import metrics
 
 router = APIRouter(tags=["health"])
 
@@ -36,3 +37,9 @@ async def version() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus_metrics() -> Response:
+    """Prometheus metrics: requests, latency, bytes, engine time, in-flight work, refusals."""
+    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)

@@ -1,0 +1,113 @@
+"""Per-request observation: request id, replica name, metrics and one JSON log line."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import metrics
+
+__all__ = ["LOG_CONFIG", "Observe"]
+
+access_log = logging.getLogger("convengine.access")
+_MAX_ID = 128
+
+# uvicorn's logging, plus the access logger writing bare JSON lines to stdout.
+LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "default": {"()": "uvicorn.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s"},
+        "json": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "default": {
+            "formatter": "default",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+        },
+        "json": {
+            "formatter": "json",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+        },
+    },
+    "loggers": {
+        "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"level": "INFO"},
+        "convengine.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
+    },
+}
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text: str = value.decode("latin-1")
+            if 0 < len(text) <= _MAX_ID and text.isprintable():
+                return text
+    return uuid.uuid4().hex
+
+
+class Observe:
+    """ASGI middleware: echo or make ``X-Request-ID``, name the replica, count and log."""
+
+    def __init__(self, app: ASGIApp, replica: str) -> None:
+        self.app, self.replica = app, replica
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        seen = {"in": 0, "out": 0, "status": 500}
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            seen["in"] += len(message.get("body", b""))
+            return message
+
+        async def observing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                headers["x-replica"] = self.replica
+            elif message["type"] == "http.response.body":
+                seen["out"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, observing_send)
+        finally:
+            self._record(scope, request_id, seen, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, request_id: str, seen: dict[str, int], seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        method = scope["method"]
+        metrics.REQUESTS.labels(route, method, str(seen["status"])).inc()
+        metrics.REQUEST_SECONDS.labels(route, method).observe(seconds)
+        metrics.REQUEST_BYTES.labels(route).observe(seen["in"])
+        metrics.RESPONSE_BYTES.labels(route).observe(seen["out"])
+        client = scope.get("client")
+        line = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "request_id": request_id,
+            "replica": self.replica,
+            "method": method,
+            "route": route,
+            "path": scope["path"],
+            "status": seen["status"],
+            "duration_ms": round(seconds * 1000, 3),
+            "bytes_in": seen["in"],
+            "bytes_out": seen["out"],
+            "client": client[0] if client else None,
+        }
+        access_log.info(orjson.dumps(line).decode())

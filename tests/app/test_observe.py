@@ -1,0 +1,124 @@
+"""Request ids, replica names, metrics and the JSON access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.config import Settings
+
+from .conftest import serve
+from .test_end_to_end import _free_port
+
+pytestmark = pytest.mark.anyio
+BODY = {"x": [[[[1.0, 2.0], [3.0, 4.0]]]], "w": [[[[1.0]]]]}
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_request_id_is_echoed_or_made_and_replica_named():
+    async with serve(Settings(replica="replica-7")) as client:
+        given = await client.post("/forward", json=BODY, headers={"x-request-id": "abc-123"})
+        made = await client.post("/forward", json=BODY)
+        refused = await client.post(
+            "/forward", content=b"x", headers={"content-type": "text/plain"}
+        )
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(made.headers["x-request-id"]) == 32
+    assert refused.headers["x-request-id"] and refused.headers["x-replica"] == "replica-7"
+    assert given.headers["x-replica"] == "replica-7"
+
+
+async def test_one_json_log_line_per_request(caplog):
+    async with serve(Settings(replica="r1")) as client:
+        with caplog.at_level(logging.INFO, logger="convengine.access"):
+            await client.post(
+                "/forward",
+                content=json.dumps(BODY),
+                headers={"x-request-id": "log-me", "content-type": "application/json"},
+            )
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "convengine.access"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["request_id"] == "log-me" and line["replica"] == "r1"
+    assert (line["method"], line["route"], line["status"]) == ("POST", "/forward", 200)
+    assert line["bytes_in"] == len(json.dumps(BODY)) and line["bytes_out"] > 10
+    assert line["duration_ms"] > 0
+
+
+async def test_metrics_count_requests_bytes_engine_time_and_refusals(client):
+    before = _samples((await client.get("/metrics")).text)
+    await client.post("/forward", json=BODY)
+    await client.post("/backward", json={**BODY, "dout": BODY["x"]})
+    await client.post("/forward", content=b"x", headers={"content-type": "text/plain"})
+    await client.post("/forward", json={**BODY, "stride": 0})
+    after = _samples((await client.get("/metrics")).text)
+
+    def delta(name, **labels):
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert delta("convengine_requests_total", route="/forward", method="POST", status="200") == 1
+    assert delta("convengine_requests_total", route="/backward", method="POST", status="200") == 1
+    assert delta("convengine_requests_total", route="/forward", method="POST", status="415") == 1
+    assert delta("convengine_refusals_total", status="415", reason="unsupported_media_type") == 1
+    assert delta("convengine_refusals_total", status="422", reason="greater_than_equal") == 1
+    assert delta("convengine_engine_seconds_count", **{"pass": "forward"}) == 1
+    assert delta("convengine_engine_seconds_count", **{"pass": "backward"}) == 1
+    assert delta("convengine_request_size_bytes_sum", route="/forward") > 0
+    assert delta("convengine_request_duration_seconds_count", route="/forward", method="POST") == 3
+    assert _value(after, "convengine_computations_in_flight") == 0
+
+
+def test_metrics_add_up_over_worker_processes(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CONVENGINE_PORT": str(port),
+        "CONVENGINE_WORKERS": "2",
+        "CONVENGINE_LOG_LEVEL": "warning",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        ready = 0
+        while ready < 5:  # several answers in a row: both workers are up
+            assert time.monotonic() < deadline and process.poll() is None
+            try:
+                ready = (
+                    ready + 1 if httpx.get(f"{base}/readyz", timeout=1).status_code == 200 else 0
+                )
+            except httpx.TransportError:
+                ready = 0
+                time.sleep(0.1)
+        for _ in range(20):  # a new connection each: the kernel spreads them over the workers
+            assert httpx.post(f"{base}/forward", json=BODY, timeout=10).status_code == 200
+        samples = _samples(httpx.get(f"{base}/metrics", timeout=10).text)
+        total = _value(
+            samples, "convengine_requests_total", route="/forward", method="POST", status="200"
+        )
+        assert total == 20
+        assert len(list(tmp_path.glob("counter_*.db"))) == 2  # both workers wrote their samples
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
