@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,42 +13,16 @@ import pytest
 from app.client import AsyncConvClient, ConvClient, ConvServiceError
 from convengine import conv2d, conv2d_backward
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from ..servers import start_service
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "uvicorn.log"
-    log_file = log_path.open("wb")
-    env = {**os.environ, "CONVENGINE_PORT": str(port), "CONVENGINE_LOG_LEVEL": "info"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"], env=env, stderr=log_file, stdout=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, "the server exited while starting"
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not become ready in 30 s"
-        time.sleep(0.1)
-    yield base
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
-    log_file.close()
-    log = log_path.read_bytes()
-    # uvicorn re-raises the signal once it has shut down, so -SIGTERM is a clean exit.
-    assert process.returncode in (0, -signal.SIGTERM), log.decode()
-    assert b"Application shutdown complete" in log, log.decode()
-    assert b"Traceback" not in log, log.decode()
+    service = start_service(tmp_path_factory.mktemp("server"), log_level="info")
+    service.wait_ready(timeout=30)
+    yield service.url
+    log = service.stop()
+    assert "Application shutdown complete" in log, log
 
 
 def test_client_forward_and_backward(server):

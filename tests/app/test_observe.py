@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -16,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 
+from ..servers import start_service
 from .conftest import serve
-from .test_end_to_end import _free_port
 
 pytestmark = pytest.mark.anyio
 BODY = {"x": [[[[1.0, 2.0], [3.0, 4.0]]]], "w": [[[[1.0]]]]}
@@ -89,36 +84,14 @@ async def test_metrics_count_requests_bytes_engine_time_and_refusals(client):
 
 
 def test_metrics_add_up_over_worker_processes(tmp_path):
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CONVENGINE_PORT": str(port),
-        "CONVENGINE_WORKERS": "2",
-        "CONVENGINE_LOG_LEVEL": "warning",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
-    }
-    process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    service = start_service(tmp_path, workers="2", log_level="warning")
     try:
-        deadline = time.monotonic() + 60
-        ready = 0
-        while ready < 5:  # several answers in a row: both workers are up
-            assert time.monotonic() < deadline and process.poll() is None
-            try:
-                ready = (
-                    ready + 1 if httpx.get(f"{base}/readyz", timeout=1).status_code == 200 else 0
-                )
-            except httpx.TransportError:
-                ready = 0
-                time.sleep(0.1)
+        service.wait_ready(streak=5)  # several answers in a row: both workers are up
         for _ in range(20):  # a new connection each: the kernel spreads them over the workers
-            assert httpx.post(f"{base}/forward", json=BODY, timeout=10).status_code == 200
-        samples = _samples(httpx.get(f"{base}/metrics", timeout=10).text)
-        total = _value(
-            samples, "convengine_requests_total", route="/forward", method="POST", status="200"
-        )
-        assert total == 20
-        assert len(list(tmp_path.glob("counter_*.db"))) == 2  # both workers wrote their samples
+            response = httpx.post(f"{service.url}/forward", json=BODY, timeout=10)
+            assert response.status_code == 200
+        samples = _samples(httpx.get(f"{service.url}/metrics", timeout=10).text)
+        labels = {"route": "/forward", "method": "POST", "status": "200"}
+        assert _value(samples, "convengine_requests_total", **labels) == 20
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        service.stop()

@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+
+# Build stage: pinned dependencies in a layer of their own (rebuilt only when the lock
+# changes), then the project itself, into a virtualenv that the runtime stage copies.
+FROM python:3.11.7-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY convengine ./convengine
+COPY app ./app
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
+
+# Runtime stage: the virtualenv only, run by an unprivileged user.
+FROM python:3.11.7-slim-bookworm
+RUN groupadd --system --gid 10001 convengine \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin convengine
+COPY --from=build /opt/venv /opt/venv
+# BLAS threads per worker are sized at start from the CPUs the container may use
+# (app/__main__.py); set OPENBLAS_NUM_THREADS to override.
+ENV PATH="/opt/venv/bin:$PATH" \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    CONVENGINE_HOST=0.0.0.0 \
+    CONVENGINE_PORT=8000 \
+    CONVENGINE_WORKERS=1
+# Numeric, so that Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "app.healthcheck"]
+CMD ["python", "-m", "app"]

@@ -1,0 +1,72 @@
+"""Real service processes for tests: `python -m app` on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60, streak: int = 1) -> None:
+        """Until /readyz answers 200 ``streak`` times in a row (several workers: all up)."""
+        deadline, ready = time.monotonic() + timeout, 0
+        while ready < streak:
+            assert self.process.poll() is None, f"the service exited:\n{self.log()}"
+            assert time.monotonic() < deadline, f"not ready in {timeout} s:\n{self.log()}"
+            try:
+                ok = httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                ok = False
+            ready = ready + 1 if ok else 0
+            if not ok:
+                time.sleep(0.1)
+
+    def stop(self, timeout: float = 30) -> str:
+        """SIGTERM, wait, and return the log; a clean shutdown is asserted."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=timeout)
+        log = self.log()
+        # uvicorn re-raises the signal once it has shut down: -SIGTERM is a clean exit.
+        assert self.process.returncode in (0, -signal.SIGTERM), log
+        assert "Traceback" not in log, log
+        return log
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_service(log_dir: Path, **settings: str) -> Service:
+    """``python -m app`` with ``CONVENGINE_<NAME>`` for each setting given."""
+    port = int(settings.pop("port", 0)) or free_port()
+    env = {**os.environ, "CONVENGINE_PORT": str(port)}
+    env.update({f"CONVENGINE_{k.upper()}": str(v) for k, v in settings.items()})
+    log_path = log_dir / f"service-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    return Service(process, port, log_path)
