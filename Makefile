@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench clean
+.PHONY: install system-deps serve test lint bench clean
 
 install: $(STAMP)
 
@@ -17,12 +17,18 @@ $(STAMP): pyproject.toml
 serve: install
 	$(BIN)/python -m app
 
+# What the deployment tests run for real: Debian's nginx and docker-compose (for `config`).
+system-deps:
+	@if ! command -v nginx >/dev/null || ! command -v docker-compose >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx docker-compose; \
+	fi
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint system-deps
 	$(BIN)/python -m pytest
 
 bench: install

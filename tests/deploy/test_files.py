@@ -1,0 +1,163 @@
+"""The image, compose and Kubernetes files, checked statically and by running their commands."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ..servers import free_port, start_service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        pytest.fail(f"{name} is not installed: `make test` (or .ci/run) installs it")
+    return path
+
+
+def _run(*command: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def _dockerfile_instruction(name: str) -> list[str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return lines
+
+
+def test_hadolint_finds_nothing():
+    result = _run(_tool("hadolint"), str(ROOT / "Dockerfile"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_does_catch_problems(tmp_path):
+    """The lint is live: an untagged base image and an unpinned pip install are reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN pip install numpy\nCMD python -m app\n")
+    result = _run(_tool("hadolint"), str(bad))
+    assert result.returncode != 0
+    assert "DL3006" in result.stdout and "DL3013" in result.stdout
+
+
+def test_image_runs_the_same_commands_as_the_tests():
+    assert _dockerfile_instruction("CMD") == ['CMD ["python", "-m", "app"]']
+    (healthcheck,) = _dockerfile_instruction("HEALTHCHECK")
+    assert healthcheck.endswith('CMD ["python", "-m", "app.healthcheck"]')
+    assert "EXPOSE 8000" in _dockerfile_instruction("EXPOSE")
+    assert _dockerfile_instruction("USER") == ["USER 10001:10001"]
+    froms = _dockerfile_instruction("FROM")
+    assert len(froms) == 2 and all("slim" in line for line in froms)
+
+
+def test_image_pins_every_runtime_dependency():
+    lock = {
+        re.split(r"==", line)[0].lower().replace("_", "-")
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in project:
+        name = re.split(r"[<>=\[ ]", requirement)[0].lower()
+        assert name in lock, f"{name} is a dependency but requirements.lock does not pin it"
+
+
+def test_dockerignore_keeps_tests_and_caches_out():
+    rules = (ROOT / ".dockerignore").read_text().splitlines()
+    assert rules[rules.index("*") :][0] == "*"  # everything out, then only what is built from
+    allowed = {line[1:].rstrip("/") for line in rules if line.startswith("!")}
+    assert allowed == {"requirements.lock", "pyproject.toml", "README.md", "convengine", "app"}
+
+
+def test_healthcheck_command(tmp_path):
+    """The exact HEALTHCHECK command: 0 against a live service, 1 against a dead port."""
+    command = json.loads(_dockerfile_instruction("HEALTHCHECK")[0].split("CMD", 1)[1])
+    command[0] = sys.executable
+    service = start_service(tmp_path)
+    try:
+        service.wait_ready()
+        env = {"CONVENGINE_PORT": str(service.port), "PATH": ""}
+        assert _run(*command, env=env, cwd=ROOT).returncode == 0
+    finally:
+        service.stop()
+    dead = {"CONVENGINE_PORT": str(free_port()), "PATH": ""}
+    assert _run(*command, env=dead, cwd=ROOT).returncode == 1
+
+
+def test_compose_file_is_valid():
+    result = _run(_tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_validation_rejects_a_broken_file(tmp_path):
+    broken = (ROOT / "docker-compose.yml").read_text().replace("replicas: 2", "replicas: two")
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    result = _run(
+        _tool("docker-compose"), "-f", str(tmp_path / "docker-compose.yml"), "config", "-q"
+    )
+    assert result.returncode != 0
+
+
+def test_compose_topology_matches_the_service():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service, lb = compose["services"]["convengine"], compose["services"]["lb"]
+    assert service["deploy"]["replicas"] >= 2
+    assert service["deploy"]["resources"]["limits"]["cpus"]
+    assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "app.healthcheck"]
+    assert lb["ports"] == ["8080:8080"]
+    nginx = (ROOT / "deploy/nginx/convengine.conf").read_text()
+    body_limit = int(service["environment"]["CONVENGINE_MAX_BODY_BYTES"])
+    (megabytes,) = re.findall(r"client_max_body_size (\d+)m;", nginx)
+    assert int(megabytes) << 20 == body_limit
+    grace = int(service["stop_grace_period"].rstrip("s"))
+    assert grace > int(service["environment"]["CONVENGINE_SHUTDOWN_TIMEOUT"])
+    mounted = {volume.split(":")[1] for volume in lb["volumes"]}
+    assert mounted == {
+        f"/etc/nginx/{name}"
+        for name in ("nginx.conf", "convengine.conf", "upstreams.conf", "listen.conf")
+    }
+
+
+def test_nginx_accepts_the_compose_configuration(tmp_path):
+    """`nginx -t` on the compose nginx.conf, with the replica's name mapped to loopback."""
+    for name in ("nginx.conf", "convengine.conf", "listen.conf"):
+        shutil.copy(ROOT / "deploy/nginx" / name, tmp_path / name)
+    upstreams = (
+        (ROOT / "deploy/nginx/upstreams.conf").read_text().replace("convengine:", "127.0.0.1:")
+    )
+    (tmp_path / "upstreams.conf").write_text(upstreams)
+    config = (
+        (tmp_path / "nginx.conf")
+        .read_text()
+        .replace("/var/run/nginx.pid", str(tmp_path / "nginx.pid"))
+    )
+    (tmp_path / "nginx.conf").write_text(config)
+    result = _run(_tool("nginx"), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"))
+    assert result.returncode == 0, result.stderr
+
+
+def test_kubernetes_manifests_are_valid():
+    manifests = sorted(str(p) for p in (ROOT / "deploy/k8s").glob("*.yaml"))
+    assert len(manifests) == 3
+    result = _run(_tool("kubernetes-validate"), "--strict", *manifests)
+    assert result.returncode == 0, result.stdout + result.stderr
+    kinds = {yaml.safe_load(Path(m).read_text())["kind"] for m in manifests}
+    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+
+
+def test_kubernetes_validation_rejects_a_broken_manifest(tmp_path):
+    broken = (
+        (ROOT / "deploy/k8s/deployment.yaml").read_text().replace("replicas: 2", "replicas: two")
+    )
+    (tmp_path / "deployment.yaml").write_text(broken)
+    result = _run(_tool("kubernetes-validate"), "--strict", str(tmp_path / "deployment.yaml"))
+    assert result.returncode != 0

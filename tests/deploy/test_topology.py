@@ -1,0 +1,218 @@
+"""The compose topology on loopback: Debian's nginx with the deployment's own configuration,
+in front of two real replicas on different 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from convengine import conv2d, conv2d_backward
+
+from ..app.payloads import REQUEST_FORMS, read, request
+from ..servers import Service, free_port, start_service
+
+ROOT = Path(__file__).resolve().parents[2]
+NGINX_CONF = """daemon off;
+worker_processes 2;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log {work}/access.log;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    include {root}/deploy/nginx/convengine.conf;
+}}
+"""
+
+
+@dataclass
+class Topology:
+    url: str
+    replicas: dict[str, Service]
+    nginx: subprocess.Popen[bytes]
+    work: Path
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, "nginx exited"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer in {seconds} s"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def topology() -> Iterator[Topology]:
+    nginx = shutil.which("nginx") or pytest.fail("nginx is not installed: `make test` installs it")
+    # nginx's workers run unprivileged: their temp folders must be reachable (not pytest's 0700).
+    work = Path(tempfile.mkdtemp(prefix="convengine-topology-"))
+    work.chmod(0o755)
+    replicas = {
+        name: start_service(work, replica=name, log_level="warning", shutdown_timeout="20")
+        for name in ("a", "b")
+    }
+    for replica in replicas.values():
+        replica.wait_ready()
+    port = free_port()
+    upstreams = "".join(
+        f"server 127.0.0.1:{r.port} max_fails=1 fail_timeout=5s;\n" for r in replicas.values()
+    )
+    (work / "upstreams.conf").write_text(upstreams)
+    (work / "listen.conf").write_text(f"listen 127.0.0.1:{port};\n")
+    (work / "nginx.conf").write_text(NGINX_CONF.format(work=work, root=ROOT))
+    process = subprocess.Popen([nginx, "-p", str(work), "-c", str(work / "nginx.conf")])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{url}/healthz", process)
+        yield Topology(url, replicas, process, work)
+    finally:
+        process.send_signal(signal.SIGQUIT)  # graceful stop
+        process.wait(timeout=30)
+        for replica in replicas.values():
+            replica.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _arrays(rng: np.random.Generator, dtype: str = "float32"):
+    x = rng.standard_normal((2, 4, 12, 12)).astype(dtype)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(dtype)
+    return x, w
+
+
+def _requests_total(service: Service) -> float:
+    text = httpx.get(f"{service.url}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "convengine_requests_total" and sample.labels["route"] != "/metrics"
+    )
+
+
+def test_every_form_through_the_balancer_reaches_both_replicas(topology):
+    rng = np.random.default_rng(0)
+    served = Counter()
+    hyper = {"stride": 1, "padding": 1}
+    with httpx.Client(base_url=topology.url, timeout=30) as client:
+        for _ in range(3):
+            for form in REQUEST_FORMS:
+                x, w = _arrays(rng)
+                forward = client.post("/forward", **request(form, {"x": x, "w": w}, hyper))
+                assert forward.status_code == 200, forward.text
+                np.testing.assert_array_equal(read(forward, ["out"])["out"], conv2d(x, w, **hyper))
+                dout = rng.standard_normal((2, 6, 12, 12)).astype("float32")
+                accept = "application/x-npz"
+                backward = client.post(
+                    "/backward", **request(form, {"x": x, "w": w, "dout": dout}, hyper, accept)
+                )
+                assert backward.status_code == 200, backward.text
+                got = read(backward, ["dx", "dw", "db"])
+                for name, want in zip(["dx", "dw", "db"], conv2d_backward(dout, x, w, **hyper)):
+                    np.testing.assert_array_equal(got[name], want)
+                served.update([forward.headers["x-replica"], backward.headers["x-replica"]])
+                assert forward.headers["x-request-id"]
+    assert set(served) == {"a", "b"}, served
+
+
+def test_request_id_travels_through_the_balancer(topology):
+    response = httpx.get(f"{topology.url}/healthz", headers={"x-request-id": "trace-42"})
+    assert response.headers["x-request-id"] == "trace-42"
+    made = httpx.get(f"{topology.url}/healthz").headers["x-request-id"]
+    assert len(made) == 32  # nginx's $request_id, passed on to the replica and echoed
+
+
+def test_body_over_the_limit_is_refused_by_nginx_before_any_replica(topology):
+    before = [_requests_total(r) for r in topology.replicas.values()]
+    host, port = topology.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            "POST /forward HTTP/1.1\r\nHost: convengine\r\nContent-Type: application/x-npz\r\n"
+            f"Content-Length: {300 << 20}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"\0" * 65536)
+        answer = sock.recv(4096).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert "x-replica" not in answer.lower()
+    assert [_requests_total(r) for r in topology.replicas.values()] == before
+
+
+def test_sigterm_to_one_replica_under_load_fails_no_request(topology):
+    """400 requests at concurrency 8; replica a gets SIGTERM a third of the way in."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 16, 32, 32)).astype("float32")
+    w = rng.standard_normal((32, 16, 3, 3)).astype("float32")
+    dout = rng.standard_normal((4, 32, 32, 32)).astype("float32")
+    expected_out = conv2d(x, w, padding=1)
+    expected_dx = conv2d_backward(dout, x, w, padding=1)[0]
+    total, done, lock = 400, 0, threading.Lock()
+    killed = threading.Event()
+    local = threading.local()
+    clients: list[httpx.Client] = []
+
+    def one(i: int) -> tuple[int, str, bool]:
+        nonlocal done
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(base_url=topology.url, timeout=60)
+            with lock:
+                clients.append(client)
+        arrays = {"x": x, "w": w} if i % 2 else {"x": x, "w": w, "dout": dout}
+        response = client.post(
+            "/forward" if i % 2 else "/backward",
+            **request("npz", arrays, {"padding": 1}, "application/x-npz"),
+        )
+        correct = False
+        if response.status_code == 200:
+            with np.load(io.BytesIO(response.content)) as result:
+                correct = (
+                    np.array_equal(result["out"], expected_out)
+                    if i % 2
+                    else np.array_equal(result["dx"], expected_dx)
+                )
+        with lock:
+            done += 1
+            if done == total // 3:
+                topology.replicas["a"].process.send_signal(signal.SIGTERM)
+                killed.set()
+        return response.status_code, response.headers.get("x-replica", ""), correct
+
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(one, range(total), timeout=240))
+    finally:
+        for client in clients:
+            client.close()
+    assert killed.is_set()
+    assert time.monotonic() - started < 240
+    statuses = Counter(status for status, _, _ in results)
+    assert statuses == {200: total}, statuses
+    assert all(correct for _, _, correct in results)
+    assert Counter(replica for _, replica, _ in results[-(total // 3) :]) == {"b": total // 3}
+    log = topology.replicas["a"].stop()  # exited by itself, cleanly
+    assert topology.replicas["a"].process.returncode is not None, log
