@@ -5,6 +5,7 @@ Hierarchy::
     Exception
     └── ServiceError                 status and FastAPI-style ``detail`` items
         ├── BadRequest               400  a body that cannot be parsed at all
+        ├── NotFound                 404  an unknown model (inference protocol)
         ├── NotAcceptable            406  an Accept header we cannot answer
         ├── PayloadTooLarge          413  a body over the size limit
         ├── UnsupportedMediaType     415  a Content-Type we do not read
@@ -14,6 +15,9 @@ Hierarchy::
 Errors from lower layers are translated here: the engine's ``ConvError`` (a 422 pointing at
 the field it names), pydantic's ``ValidationError`` and FastAPI's ``RequestValidationError``.
 Anything else is a bug: it is logged with its traceback and answered with a bare 500.
+
+Under ``/v2`` (the Open Inference Protocol) the same errors take that protocol's shape,
+``{"error": "<message>"}``, and a 422 becomes its 400.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "BadRequest",
     "InvalidInput",
     "NotAcceptable",
+    "NotFound",
     "Overloaded",
     "PayloadTooLarge",
     "ServiceError",
@@ -73,6 +78,10 @@ class ServiceError(Exception):
 
 class BadRequest(ServiceError):
     status, type = 400, "malformed"
+
+
+class NotFound(ServiceError):
+    status, type = 404, "not_found"
 
 
 class NotAcceptable(ServiceError):
@@ -135,16 +144,34 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _response(status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
+def _is_protocol(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def _protocol_message(detail: list[dict[str, Any]]) -> str:
+    def one(item: dict[str, Any]) -> str:
+        where = ".".join(str(part) for part in item["loc"][1:])
+        return f"{where}: {item['msg']}" if where else str(item["msg"])
+
+    return "; ".join(one(item) for item in detail)
+
+
+def _response(
+    status: int, detail: Any, headers: dict[str, str] | None = None, protocol: bool = False
+) -> Response:
     reason = detail[0]["type"] if detail else "unknown"
     metrics.REFUSALS.labels(str(status), reason).inc()
-    body = orjson.dumps({"detail": detail})
+    if protocol:
+        status = 400 if status == 422 else status
+        body = orjson.dumps({"error": _protocol_message(detail)})
+    else:
+        body = orjson.dumps({"detail": detail})
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return _response(exc.status, exc.detail, exc.headers)
+    return _response(exc.status, exc.detail, exc.headers, _is_protocol(request.url.path))
 
 
 async def _conv_error(request: Request, exc: Exception) -> Response:
@@ -159,18 +186,20 @@ async def _conv_error(request: Request, exc: Exception) -> Response:
 async def _request_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return _response(422, detail)
+    return _response(422, detail, protocol=_is_protocol(request.url.path))
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = [{"loc": [], "msg": str(exc.detail), "type": f"http_{exc.status_code}"}]
-    return _response(exc.status_code, detail, dict(exc.headers or {}))
+    protocol = _is_protocol(request.url.path)
+    return _response(exc.status_code, detail, dict(exc.headers or {}), protocol)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    return _response(500, [{"loc": [], "msg": "internal error", "type": "internal"}])
+    detail = [{"loc": [], "msg": "internal error", "type": "internal"}]
+    return _response(500, detail, protocol=_is_protocol(request.url.path))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -182,6 +211,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-def error_response(exc: ServiceError) -> Response:
-    """The response for ``exc``, for code that answers outside a route (middleware)."""
-    return _response(exc.status, exc.detail, exc.headers)
+def error_response(exc: ServiceError, path: str = "") -> Response:
+    """The response for ``exc`` on ``path``, for code that answers outside a route."""
+    return _response(exc.status, exc.detail, exc.headers, _is_protocol(path))

@@ -53,7 +53,7 @@ class BodyLimit:
                 )
             if problem is not None:
                 problem.headers["Connection"] = "close"
-                await error_response(problem)(scope, receive, send)
+                await error_response(problem, scope["path"])(scope, receive, send)
                 return
         received = 0
 

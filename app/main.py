@@ -18,7 +18,7 @@ from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.limits import BodyLimit, Gate
 from app.observe import Observe
-from app.routes import conv, health
+from app.routes import conv, health, oip
 from app.schemas import BackwardJSON, ErrorResponse, ForwardJSON
 
 __all__ = ["app", "create_app"]
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(conv.router)
+    app.include_router(oip.router)
     app.openapi = lambda: _openapi_with_models(app)  # type: ignore[method-assign]
     return app
 

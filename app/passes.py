@@ -9,14 +9,14 @@ import numpy as np
 import pydantic
 
 from app import metrics
-from app.codecs import NPY, ArrayNames, Budget, choose_decoder, choose_encoder
+from app.codecs import NPY, ArrayNames, Budget, Decoded, choose_decoder, choose_encoder
 from app.config import Settings
 from app.errors import InvalidInput, NotAcceptable, engine_errors, validation_errors
 from app.limits import check_work
 from app.schemas import ARRAYS, UNION_TAGS, Hyperparameters, JSONOptions
 from convengine import ConvGeometry, conv2d, conv2d_backward
 
-__all__ = ["Pass", "run_pass"]
+__all__ = ["Pass", "evaluate", "run_pass"]
 
 Pass = Literal["forward", "backward"]
 
@@ -47,6 +47,14 @@ def run_pass(
             loc=("query", key),
             type="extra_forbidden",
         )
+    return encode(evaluate(name, decoded, settings), decoded.style), media_type
+
+
+def evaluate(name: Pass, decoded: Decoded, settings: Settings) -> dict[str, np.ndarray]:
+    """Validate the hyperparameters and the arrays against each other, then compute.
+
+    -> {"out": ...} for forward, {"dx", "dw", "db"} for backward
+    """
     hyper = _hyperparameters(decoded.params, decoded.style != "binary", decoded.param_location)
     arrays = decoded.arrays
     with engine_errors(decoded.param_location):
@@ -59,8 +67,7 @@ def run_pass(
             max_bytes=settings.max_work_bytes,
             max_gflop=settings.max_gflop,
         )
-        outputs = _compute(name, arrays, hyper)
-    return encode(outputs, decoded.style), media_type
+        return _compute(name, arrays, hyper)
 
 
 def _compute(

@@ -49,7 +49,7 @@ class Decoded:
     arrays: dict[str, np.ndarray]
     params: dict[str, Any]
     style: TensorStyle
-    param_location: Literal["body", "query"] = "body"
+    param_location: Literal["body", "query", "parameters"] = "body"
 
 
 @dataclass

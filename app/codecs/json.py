@@ -19,7 +19,7 @@ from app.errors import BadRequest, InvalidInput
 
 from ._common import ArrayNames, Budget, Decoded, TensorStyle, check_names, float_dtype, shape_of
 
-__all__ = ["decode", "encode"]
+__all__ = ["array_from_lists", "decode", "encode"]
 
 _TYPED_KEYS = {"shape", "dtype", "data"}
 _B64_KEYS = {"shape", "dtype", "b64"}
@@ -64,7 +64,7 @@ def _tensor(
     value: object, name: str, default_dtype: np.dtype, budget: Budget
 ) -> tuple[np.ndarray, TensorStyle]:
     if isinstance(value, list):
-        array = _from_lists(value, name, default_dtype, ("body", name))
+        array = array_from_lists(value, name, default_dtype, ("body", name))
         budget.take(array.nbytes, name)
         return array, "nested"
     if isinstance(value, dict) and set(value) == _TYPED_KEYS:
@@ -73,7 +73,7 @@ def _tensor(
         budget.take(math.prod(shape) * dtype.itemsize, name)
         if not isinstance(value["data"], list):
             raise InvalidInput(f"{name}.data must be a list of numbers", loc=("body", name, "data"))
-        flat = _from_lists(value["data"], name, dtype, ("body", name, "data"))
+        flat = array_from_lists(value["data"], name, dtype, ("body", name, "data"))
         if flat.size != math.prod(shape):
             raise InvalidInput(
                 f"{name}.data holds {flat.size} numbers but shape {list(shape)} needs "
@@ -97,7 +97,9 @@ def _describe(value: object) -> str:
     return f"a JSON {type(value).__name__}"
 
 
-def _from_lists(value: list[Any], name: str, dtype: np.dtype, loc: tuple[str, ...]) -> np.ndarray:
+def array_from_lists(
+    value: list[Any], name: str, dtype: np.dtype, loc: tuple[str, ...]
+) -> np.ndarray:
     try:
         array = np.array(value)
     except (ValueError, TypeError, OverflowError) as exc:
