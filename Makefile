@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 serve: install
 	$(BIN)/python -m app
 
-# What the deployment tests run for real: Debian's nginx and docker-compose (for `config`).
+# What the tests run for real, from Debian's packages: nginx and docker-compose (for `config`)
+# for the deployment, chromium for the playground.
 system-deps:
-	@if ! command -v nginx >/dev/null || ! command -v docker-compose >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx docker-compose; \
+	@if ! command -v nginx >/dev/null || ! command -v docker-compose >/dev/null \
+		|| ! command -v chromium >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			nginx docker-compose chromium; \
 	fi
 
 lint: install

@@ -10,6 +10,7 @@ import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 
@@ -18,7 +19,7 @@ from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.limits import BodyLimit, Gate
 from app.observe import Observe
-from app.routes import conv, health, oip
+from app.routes import conv, health, oip, playground
 from app.schemas import BackwardJSON, ErrorResponse, ForwardJSON
 
 __all__ = ["app", "create_app"]
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(conv.router)
     app.include_router(oip.router)
+    app.include_router(playground.router)
+    app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
     app.openapi = lambda: _openapi_with_models(app)  # type: ignore[method-assign]
     return app
 

@@ -1,0 +1,164 @@
+"""The playground in a real headless Chromium (Debian's), against a real uvicorn process."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from convengine import conv2d
+
+from ..servers import start_service
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory) -> Iterator[str]:
+    service = start_service(tmp_path_factory.mktemp("playground"), log_level="warning")
+    service.wait_ready()
+    yield service.url
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium") or pytest.fail(
+        "chromium is not installed: `make test` installs it"
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=CHROMIUM_FLAGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, base_url, request) -> Iterator[tuple[Page, list[str]]]:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
+        ),
+    )
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.goto(base_url + "/")
+    page.wait_for_function("window.playground && window.playground.state.lastForward")
+    yield page, problems
+    ARTIFACTS.mkdir(exist_ok=True)
+    name = re.sub(r"[^\w.-]+", "_", request.node.name)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.close()
+
+
+def _array(page: Page, expression: str) -> np.ndarray:
+    shape, data = page.evaluate(
+        f"(() => {{ const t = {expression}; return [t.shape, Array.from(t.data)]; }})()"
+    )
+    return np.array(data, dtype=np.float32).reshape(shape)
+
+
+def _canvas(page: Page, selector: str) -> np.ndarray:
+    """The RGBA pixels of a canvas: (H, W, 4)."""
+    width, height, data = page.evaluate(
+        """(selector) => {
+            const c = document.querySelector(selector);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            return [c.width, c.height, Array.from(d)];
+        }""",
+        selector,
+    )
+    return np.array(data, dtype=np.uint8).reshape(height, width, 4)
+
+
+def _convolve(page: Page) -> None:
+    page.evaluate("window.playground.state.lastForward = null")
+    page.click("#run-forward")
+    page.wait_for_function("window.playground.state.lastForward")
+
+
+def test_page_loads_without_console_errors(page):
+    page_, problems = page
+    assert page_.title() == "convengine playground"
+    assert page_.locator("canvas.feature-map").count() == 3
+    assert "output height = (48 + 1+1 - 1*(3-1) - 1)/1 + 1 = 48" in page_.inner_text("#arithmetic")
+    assert problems == []
+
+
+def test_sobel_feature_map_is_what_the_engine_computes(page):
+    page_, problems = page
+    page_.select_option("#sample", "checkerboard")
+    page_.select_option("#preset-0", "sobel x")
+    page_.fill("#stride", "1")
+    page_.fill("#padding", "1")
+    _convolve(page_)
+    x = _array(page_, "window.playground.state.lastInput")
+    w = _array(page_, "window.playground.state.lastWeights")
+    np.testing.assert_array_equal(w[0, 0], [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+    expected = conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(_array(page_, "window.playground.state.lastForward"), expected)
+    # What the page shows: the map scaled from its minimum (black) to its maximum (white).
+    plane = expected[0, 0]
+    grey = np.round((plane - plane.min()) / (plane.max() - plane.min()) * 255)
+    shown = _canvas(page_, 'canvas.feature-map[data-filter="0"]')
+    assert np.abs(shown[..., 0].astype(int) - grey).max() <= 1
+    assert problems == []
+
+
+@pytest.mark.parametrize("dilation, span", [(1, 5), (2, 9)])
+def test_one_pixel_backward_lights_exactly_its_receptive_field(page, dilation, span):
+    page_, problems = page
+    page_.select_option("#ksize", "5")
+    page_.select_option("#preset-0", "box blur")
+    page_.fill("#dilation", str(dilation))
+    _convolve(page_)
+    page_.locator('canvas.feature-map[data-filter="0"]').click(
+        position={"x": 97, "y": 97}
+    )  # the centre, past a 1px border
+    assert "pixel (24, 24) of map 0" in page_.inner_text("#loss-pixel")
+    page_.click("#run-backward")
+    page_.wait_for_function("window.playground.state.lastBackward")
+    dx = _canvas(page_, "#dx-canvas")
+    touched = np.argwhere((dx[..., :3] != 255).any(axis=-1))
+    assert len(touched) == 25  # every tap of the 5x5 kernel, and nothing else
+    (top, left), (bottom, right) = touched.min(axis=0), touched.max(axis=0)
+    assert (bottom - top + 1, right - left + 1) == (span, span)
+    assert (top + bottom) / 2 == 24 and (left + right) / 2 == 24  # centred on the pixel ("same")
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    "stride, message",
+    [
+        ("2", "output height (48 + 2*0 - 1*(3-1) - 1)/2 + 1 = 23.5 is not a whole number"),
+        ("0", "Input should be greater than or equal to 1, got 0"),
+    ],
+    ids=["not-whole", "zero"],
+)
+def test_a_refused_stride_shows_the_services_message_beside_the_field(page, stride, message):
+    page_, _ = page
+    page_.fill("#stride", stride)
+    page_.fill("#padding", "0")
+    page_.click("#run-forward")
+    page_.wait_for_function("document.getElementById('error-stride').textContent.length > 0")
+    assert message in page_.inner_text("#error-stride")
+    assert "invalid" in (page_.get_attribute("#stride", "class") or "")
+    assert page_.inner_text("#error-general") == ""
