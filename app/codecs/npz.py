@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import zipfile
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,7 +33,7 @@ MAX_MEMBERS = 16
 def decode(body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Budget) -> Decoded:
     try:
         archive = zipfile.ZipFile(io.BytesIO(body))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+    except Exception as exc:  # zipfile raises a zoo of types on hostile bytes
         raise BadRequest(f"the body is not a valid .npz (zip) archive: {exc}") from exc
     with archive:
         members = archive.infolist()
@@ -60,14 +59,7 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -
     try:
         with archive.open(member) as stream:
             data = stream.read(member.file_size + 1)
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        EOFError,
-        NotImplementedError,
-        RuntimeError,
-        ValueError,
-    ) as exc:
+    except Exception as exc:  # corrupt data, unknown compression, encryption, bad CRC...
         raise BadRequest(
             f"{name} in the archive is corrupt or unreadable: {exc}", loc=("body", name)
         ) from exc
