@@ -19,10 +19,13 @@ from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.limits import BodyLimit, Gate
 from app.observe import Observe
+from app.oip import InferRequest, InferResponse, ProtocolError
 from app.routes import conv, health, oip, playground
 from app.schemas import BackwardJSON, ErrorResponse, ForwardJSON
 
 __all__ = ["app", "create_app"]
+
+PROTOCOL_MODELS = (InferRequest, InferResponse, ProtocolError)
 
 DESCRIPTION = """Forward and backward passes of 2-D convolution layers (NCHW, weights
 (F, C/groups, KH, KW)), computed by a vectorised NumPy engine.
@@ -53,7 +56,10 @@ def _openapi_with_models(app: FastAPI) -> dict[str, Any]:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         _, definitions = models_json_schema(
-            [(model, "validation") for model in (ForwardJSON, BackwardJSON, ErrorResponse)],
+            [
+                (model, "validation")
+                for model in (ForwardJSON, BackwardJSON, ErrorResponse, *PROTOCOL_MODELS)
+            ],
             ref_template="#/components/schemas/{model}",
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])

@@ -23,7 +23,19 @@ from app.config import Settings
 from app.errors import BadRequest, InvalidInput, NotFound
 from app.passes import Pass, evaluate
 
-__all__ = ["MODELS", "ModelSpec", "infer", "model"]
+__all__ = [
+    "MODELS",
+    "InferInput",
+    "InferOutput",
+    "InferRequest",
+    "InferResponse",
+    "ModelMetadata",
+    "ModelSpec",
+    "ProtocolError",
+    "ServerMetadata",
+    "infer",
+    "model",
+]
 
 VERSION = "1"
 _DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64)}
@@ -90,7 +102,7 @@ def model(name: str, version: str | None = None) -> ModelSpec:
     return spec
 
 
-class _Input(BaseModel):
+class InferInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     shape: list[int] = Field(max_length=8)
@@ -99,18 +111,58 @@ class _Input(BaseModel):
     data: Any = None  # converted by NumPy in one call, never validated number by number
 
 
-class _Output(BaseModel):
+class InferOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     parameters: dict[str, Any] = {}
 
 
-class _Request(BaseModel):
+class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str | None = None
     parameters: dict[str, Any] = {}
-    inputs: list[_Input] = Field(max_length=16)
-    outputs: list[_Output] | None = Field(None, max_length=16)
+    inputs: list[InferInput] = Field(max_length=16)
+    outputs: list[InferOutput] | None = Field(None, max_length=16)
+
+
+class ProtocolError(BaseModel):
+    error: str
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, str]
+
+
+class OutputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float] | None = None
+    parameters: dict[str, int] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[OutputTensor]
 
 
 def infer(
@@ -119,7 +171,7 @@ def infer(
     """The response body and headers for one inference request."""
     document, blob = _split(body, header_length)
     try:
-        request = _Request.model_validate(document)
+        request = InferRequest.model_validate(document)
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -148,7 +200,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
 
 
 def _inputs(
-    spec: ModelSpec, request: _Request, blob: memoryview, budget: Budget
+    spec: ModelSpec, request: InferRequest, blob: memoryview, budget: Budget
 ) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     offset = 0
@@ -188,7 +240,7 @@ def _inputs(
 
 
 def _binary(
-    tensor: _Input, dtype: np.dtype, rest: memoryview, binary_size: object, nbytes: int
+    tensor: InferInput, dtype: np.dtype, rest: memoryview, binary_size: object, nbytes: int
 ) -> np.ndarray:
     if binary_size != nbytes or isinstance(binary_size, bool):
         raise BadRequest(
@@ -203,7 +255,7 @@ def _binary(
     return little.reshape(tensor.shape).astype(dtype, copy=False)
 
 
-def _json_data(tensor: _Input, dtype: np.dtype) -> np.ndarray:
+def _json_data(tensor: InferInput, dtype: np.dtype) -> np.ndarray:
     if not isinstance(tensor.data, list):
         raise BadRequest(f"input {tensor.name} needs data (a list of numbers) or binary data")
     array = array_from_lists(tensor.data, tensor.name, dtype, ("inputs", tensor.name))
@@ -230,7 +282,7 @@ def _hyperparameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _wants_binary(request: _Request, name: str) -> bool:
+def _wants_binary(request: InferRequest, name: str) -> bool:
     default = request.parameters.get("binary_data_output") is True
     for output in request.outputs or ():
         if output.name == name:
@@ -239,7 +291,7 @@ def _wants_binary(request: _Request, name: str) -> bool:
 
 
 def _response(
-    spec: ModelSpec, request: _Request, outputs: dict[str, np.ndarray]
+    spec: ModelSpec, request: InferRequest, outputs: dict[str, np.ndarray]
 ) -> tuple[bytes, dict[str, str]]:
     requested = [o.name for o in request.outputs] if request.outputs else list(spec.outputs)
     for name in requested:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
@@ -11,8 +12,16 @@ from app import oip
 
 router = APIRouter(prefix="/v2", tags=["inference protocol"])
 
+_ERROR = {
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProtocolError"}}}
+}
+_NO_BODY: dict[str, Any] = {"content": {}}
+_UNKNOWN_MODEL: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown model or version", **_ERROR}
+}
 
-@router.get("")
+
+@router.get("", response_model=oip.ServerMetadata)
 async def server_metadata() -> dict[str, object]:
     """Server name, version and protocol extensions."""
     return {
@@ -22,35 +31,94 @@ async def server_metadata() -> dict[str, object]:
     }
 
 
-@router.get("/health/live")
+@router.get(
+    "/health/live", response_class=Response, responses={200: {"description": "live", **_NO_BODY}}
+)
 async def live() -> Response:
     """200 while the process answers."""
     return Response(status_code=200)
 
 
-@router.get("/health/ready")
+@router.get(
+    "/health/ready",
+    response_class=Response,
+    responses={
+        200: {"description": "ready", **_NO_BODY},
+        400: {"description": "not ready yet", **_NO_BODY},
+    },
+)
 async def ready(request: Request) -> Response:
     """200 once the engine is warmed up, 400 before (the protocol's 'false')."""
     return Response(status_code=200 if getattr(request.app.state, "ready", False) else 400)
 
 
-@router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}", response_model=oip.ModelMetadata, responses=_UNKNOWN_MODEL)
+@router.get(
+    "/models/{name}/versions/{version}", response_model=oip.ModelMetadata, responses=_UNKNOWN_MODEL
+)
 async def model_metadata(name: str, version: str | None = None) -> dict[str, object]:
     """Inputs and outputs of a model: conv2d or conv2d_backward."""
     return oip.model(name, version).metadata()
 
 
-@router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
+_READY: dict[int | str, dict[str, Any]] = {
+    200: {"description": "ready", **_NO_BODY},
+    400: {"description": "not ready yet", **_NO_BODY},
+    **_UNKNOWN_MODEL,
+}
+
+
+@router.get("/models/{name}/ready", response_class=Response, responses=_READY)
+@router.get("/models/{name}/versions/{version}/ready", response_class=Response, responses=_READY)
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """200 when the model can serve."""
     oip.model(name, version)
     return await ready(request)
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "the JSON request (its length in the header "
+                    "Inference-Header-Content-Length) followed by the inputs' little-endian bytes",
+                }
+            },
+        },
+    }
+}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the outputs, as JSON or as a JSON header followed by binary data",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    400: {"description": "a request the model cannot run", **_ERROR},
+    413: {"description": "a body over the size limit", **_ERROR},
+    503: {"description": "busy: retry after the Retry-After seconds", **_ERROR},
+    **_UNKNOWN_MODEL,
+}
+
+
+@router.post(
+    "/models/{name}/infer",
+    response_class=Response,
+    openapi_extra=_INFER_BODY,
+    responses=_INFER_RESPONSES,
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_class=Response,
+    openapi_extra=_INFER_BODY,
+    responses=_INFER_RESPONSES,
+)
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run a model: JSON tensors, or a JSON header followed by binary tensor data."""
     spec = oip.model(name, version)
