@@ -48,6 +48,7 @@ def main() -> None:
         log_config=LOG_CONFIG,
         access_log=False,  # app.observe writes one JSON line per request instead
         timeout_graceful_shutdown=settings.shutdown_timeout,
+        limit_concurrency=settings.max_connections,
     )
 
 

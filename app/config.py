@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     max_gflop: float = Field(
         2000.0, gt=0, description="largest computation one request may ask for, in GFLOP"
     )
+    body_timeout: float = Field(
+        60.0, gt=0, description="seconds a request body may take to arrive; slower ones get 408"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="open connections uvicorn accepts; beyond, 503"
+    )
     max_concurrent: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,

@@ -7,6 +7,7 @@ Hierarchy::
         ├── BadRequest               400  a body that cannot be parsed at all
         ├── NotFound                 404  an unknown model (inference protocol)
         ├── NotAcceptable            406  an Accept header we cannot answer
+        ├── RequestTimeout           408  a body that arrives too slowly
         ├── PayloadTooLarge          413  a body over the size limit
         ├── UnsupportedMediaType     415  a Content-Type we do not read
         ├── InvalidInput             422  a readable request that is wrong
@@ -43,6 +44,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "RequestTimeout",
     "ServiceError",
     "UnsupportedMediaType",
     "engine_errors",
@@ -86,6 +88,10 @@ class NotFound(ServiceError):
 
 class NotAcceptable(ServiceError):
     status, type = 406, "not_acceptable"
+
+
+class RequestTimeout(ServiceError):
+    status, type = 408, "timeout"
 
 
 class PayloadTooLarge(ServiceError):

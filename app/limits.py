@@ -6,11 +6,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
+import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BadRequest, InvalidInput, Overloaded, PayloadTooLarge, error_response
+from app.errors import (
+    BadRequest,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    error_response,
+)
 from convengine import ConvGeometry
 
 __all__ = ["BodyLimit", "Gate", "check_work"]
@@ -20,15 +28,20 @@ MiB = 1 << 20
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over the limit, enforced while it streams in.
+    """ASGI middleware: 413 for a body over the limit, 408 for one that arrives too slowly.
 
     A declared Content-Length over the limit is refused before reading a byte; a body that
     grows past the limit (chunked, or a lying Content-Length) fails as soon as it does.
-    JSON bodies have their own, lower limit: parsed JSON costs many times its size.
+    JSON bodies have their own, lower limit: parsed JSON costs many times its size. A body
+    must arrive whole within ``body_timeout`` seconds, so slow senders cannot hold a
+    computation place for ever.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_json_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, max_json_bytes: int, body_timeout: float
+    ) -> None:
         self.app, self.max_body, self.max_json = app, max_body_bytes, max_json_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,12 +68,23 @@ class BodyLimit:
                 problem.headers["Connection"] = "close"
                 await error_response(problem, scope["path"])(scope, receive, send)
                 return
-        received = 0
+        received, complete = 0, False
+        deadline = anyio.current_time() + self.body_timeout
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body: waiting for a disconnect is not bounded here
+                return await receive()
+            try:
+                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the {what} did not arrive within {self.body_timeout:g} seconds",
+                    headers={"Connection": "close"},
+                ) from None
             if message["type"] == "http.request":
+                complete = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise PayloadTooLarge(

@@ -79,7 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gate = Gate(settings.max_concurrent, settings.max_waiting)
     app.state.ready = False
     app.add_middleware(
-        BodyLimit, max_body_bytes=settings.max_body_bytes, max_json_bytes=settings.max_json_bytes
+        BodyLimit,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_bytes=settings.max_json_bytes,
+        body_timeout=settings.body_timeout,
     )
     app.add_middleware(Observe, replica=settings.replica)  # outermost: sees every answer
     install_error_handlers(app)

@@ -192,6 +192,7 @@ def test_every_service_error_maps_to_its_status():
         errors.BadRequest: 400,
         errors.NotFound: 404,
         errors.NotAcceptable: 406,
+        errors.RequestTimeout: 408,
         errors.PayloadTooLarge: 413,
         errors.UnsupportedMediaType: 415,
         errors.InvalidInput: 422,

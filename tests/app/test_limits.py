@@ -104,3 +104,18 @@ async def test_computations_beyond_the_slots_wait_their_turn():
             tasks.cancel_scope.cancel()
         assert statuses == [200] * 4
         assert 1 <= peak <= 2
+
+
+async def test_a_body_that_arrives_too_slowly_gets_408():
+    async def dribble():
+        for _ in range(20):
+            await anyio.sleep(0.1)
+            yield b"0" * 10
+
+    async with serve(Settings(body_timeout=0.3)) as client:
+        response = await client.post(
+            "/forward", content=dribble(), headers={"content-type": "application/x-npz"}
+        )
+        assert response.status_code == 408
+        assert response.json()["detail"][0]["msg"] == "the body did not arrive within 0.3 seconds"
+        assert (await client.post("/forward", json={"x": X, "w": [[[[1.0]]]]})).status_code == 200
