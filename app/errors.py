@@ -15,7 +15,8 @@ Hierarchy::
 
 Errors from lower layers are translated here: the engine's ``ConvError`` (a 422 pointing at
 the field it names), pydantic's ``ValidationError`` and FastAPI's ``RequestValidationError``.
-Anything else is a bug: it is logged with its traceback and answered with a bare 500.
+A client that disconnects mid-upload gets nginx's 499 (which it never reads). Anything else
+is a bug: it is logged with its traceback and answered with a bare 500.
 
 Under ``/v2`` (the Open Inference Protocol) the same errors take that protocol's shape,
 ``{"error": "<message>"}``, and a 422 becomes its 400.
@@ -33,6 +34,7 @@ import pydantic
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app import metrics
 from convengine import ConvError, DTypeError
@@ -202,6 +204,13 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return _response(exc.status_code, detail, dict(exc.headers or {}), protocol)
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    # The client left mid-upload: nobody will read this answer, and nothing is broken.
+    logger.info("client disconnected during %s %s", request.method, request.url.path)
+    detail = [{"loc": ["body"], "msg": "the client disconnected", "type": "client_disconnect"}]
+    return _response(499, detail, protocol=_is_protocol(request.url.path))
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     detail = [{"loc": [], "msg": "internal error", "type": "internal"}]
@@ -214,6 +223,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ConvError, _conv_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected)
 
 
