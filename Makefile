@@ -34,8 +34,10 @@ lint: install
 test: lint system-deps
 	$(BIN)/python -m pytest
 
+# The engine, then the service under load (see BENCHMARKS.md).
 bench: install
 	$(BIN)/python -m convengine.bench
+	$(BIN)/python -m benchmarks.service
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
