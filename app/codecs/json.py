@@ -5,7 +5,6 @@ Parsed by orjson; lists become arrays in one NumPy call, never one pydantic chec
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json as stdlib_json
 import math
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pybase64
 
 from app.errors import BadRequest, InvalidInput
 
@@ -136,7 +136,7 @@ def _from_b64(value: dict[str, Any], name: str, budget: Budget) -> np.ndarray:
     if not isinstance(text, str):
         raise InvalidInput(f"{name}.b64 must be a base64 string", loc=("body", name, "b64"))
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(
             f"{name}.b64 is not valid base64: {exc}", loc=("body", name, "b64")
@@ -161,7 +161,7 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle) -> bytes:
             document[name] = {
                 "shape": list(array.shape),
                 "dtype": array.dtype.name,
-                "b64": base64.b64encode(raw).decode("ascii"),
+                "b64": pybase64.b64encode_as_string(raw),
             }
             continue
         if not np.isfinite(array).all():
