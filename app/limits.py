@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import (
@@ -121,6 +123,15 @@ class Gate:
     async def run(self, work: Callable[[], T]) -> T:
         """``work()`` in a worker thread, once a computation slot is free."""
         return await anyio.to_thread.run_sync(work, limiter=self.limiter)
+
+    async def serve(self, request: Request, work: Callable[[bytes], T]) -> T:
+        """Admit ``request``, read its body, and run ``work(body)`` in a computation slot.
+
+        The body is read only once admitted, so refused requests hold no memory.
+        """
+        async with self.admit():
+            body = await request.body()
+            return await self.run(partial(work, body))
 
 
 def check_work(

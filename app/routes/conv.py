@@ -122,19 +122,15 @@ def _responses(outputs: str, npy: bool) -> dict[int | str, dict[str, Any]]:
 
 async def _serve(request: Request, pass_: Pass) -> Response:
     state = request.app.state
-    async with state.gate.admit():
-        body = await request.body()
-        content, media_type = await state.gate.run(
-            partial(
-                run_pass,
-                pass_,
-                body,
-                request.headers.get("content-type"),
-                request.headers.get("accept"),
-                dict(request.query_params),
-                state.settings,
-            )
-        )
+    work = partial(
+        run_pass,
+        pass_,
+        content_type=request.headers.get("content-type"),
+        accept=request.headers.get("accept"),
+        query=dict(request.query_params),
+        settings=state.settings,
+    )
+    content, media_type = await state.gate.serve(request, work)
     return Response(content, media_type=media_type)
 
 

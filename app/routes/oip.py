@@ -123,15 +123,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     """Run a model: JSON tensors, or a JSON header followed by binary tensor data."""
     spec = oip.model(name, version)
     state = request.app.state
-    async with state.gate.admit():
-        body = await request.body()
-        content, headers = await state.gate.run(
-            partial(
-                oip.infer,
-                spec,
-                body,
-                request.headers.get("inference-header-content-length"),
-                state.settings,
-            )
-        )
+    work = partial(
+        oip.infer,
+        spec,
+        header_length=request.headers.get("inference-header-content-length"),
+        settings=state.settings,
+    )
+    content, headers = await state.gate.serve(request, work)
     return Response(content, headers=headers)
