@@ -2,71 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from convengine import conv2d
 
-from ..servers import start_service
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]
-
-
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory) -> Iterator[str]:
-    service = start_service(tmp_path_factory.mktemp("playground"), log_level="warning")
-    service.wait_ready()
-    yield service.url
-    service.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = shutil.which("chromium") or pytest.fail(
-        "chromium is not installed: `make test` installs it"
-    )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium, headless=True, args=CHROMIUM_FLAGS
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, base_url, request) -> Iterator[tuple[Page, list[str]]]:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    problems: list[str] = []
-    page.on(
-        "console",
-        lambda m: (
-            problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
-        ),
-    )
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.goto(base_url + "/")
-    page.wait_for_function("window.playground && window.playground.state.lastForward")
-    yield page, problems
-    ARTIFACTS.mkdir(exist_ok=True)
-    name = re.sub(r"[^\w.-]+", "_", request.node.name)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    page.close()
+from .conftest import ARTIFACTS
 
 
 def _array(page: Page, expression: str) -> np.ndarray:
@@ -162,3 +104,61 @@ def test_a_refused_stride_shows_the_services_message_beside_the_field(page, stri
     assert message in page_.inner_text("#error-stride")
     assert "invalid" in (page_.get_attribute("#stride", "class") or "")
     assert page_.inner_text("#error-general") == ""
+
+
+def _png(width: int, height: int, rgb: np.ndarray) -> bytes:
+    """A minimal PNG (8-bit RGB) of ``rgb`` (H, W, 3), made by hand: no imaging library needed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    rows = b"".join(b"\0" + rgb[i].astype(np.uint8).tobytes() for i in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_an_uploaded_image_is_convolved_in_rgb(page):
+    page_, problems = page
+    rgb = np.zeros((20, 30, 3), dtype=np.uint8)
+    rgb[:, 15:, 0] = 255  # right half red
+    rgb[5:15, :, 2] = 255  # a blue band
+    page_.select_option("#channels", "3")
+    page_.select_option("#preset-0", "identity")
+    page_.evaluate("window.playground.state.lastForward = null")
+    page_.set_input_files(
+        "#upload",
+        files=[{"name": "bands.png", "mimeType": "image/png", "buffer": _png(30, 20, rgb)}],
+    )
+    page_.wait_for_function("window.playground.state.lastForward")
+    x = _array(page_, "window.playground.state.lastInput")
+    assert x.shape == (1, 3, 20, 30)
+    np.testing.assert_allclose(x[0].transpose(1, 2, 0), rgb / 255, atol=1 / 255)
+    out = _array(page_, "window.playground.state.lastForward")
+    # identity on every channel: the output is the sum of the three channels
+    np.testing.assert_allclose(out[0, 0], x[0].sum(axis=0), rtol=1e-6)
+    assert "x (N, C, H, W) = (1, 3, 20, 30)" in page_.inner_text("#arithmetic")
+    assert problems == []
+
+
+def test_api_docs_render_offline(browser, base_url):
+    """Swagger UI from the package's own assets, in a browser that can reach nothing else."""
+    docs = browser.new_page()
+    failed: list[str] = []
+    docs.on("requestfailed", lambda r: failed.append(r.url))
+    docs.goto(base_url + "/docs")
+    docs.wait_for_selector(".opblock-summary-path", timeout=20_000)
+    paths = set(docs.locator(".opblock-summary-path").all_inner_texts())
+    assert {"/forward", "/backward", "/v2/models/{name}/infer"} <= {p.strip() for p in paths}
+    assert failed == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    docs.screenshot(path=str(ARTIFACTS / "docs.png"))
+    docs.close()
