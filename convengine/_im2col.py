@@ -27,8 +27,9 @@ __all__ = ["Canvas", "batch_chunks", "row_width", "workspace"]
 # 8 MiB chunks, and 32 MiB was slower still.
 CHUNK_BYTES = 2 << 20
 # Work buffers up to this size are kept per thread and reused: first-touch page faults of a
-# fresh buffer cost more than the copy into it (see ENGINE-NOTES.md).
-_KEEP_BYTES = 64 << 20
+# fresh buffer cost more than the copy into it. With five slots a thread keeps at most 160 MiB;
+# a mid layer (16x32x56x56) needs about 30 MiB of them.
+_KEEP_BYTES = 32 << 20
 _local = threading.local()
 
 
