@@ -61,7 +61,7 @@ def conv2d(
     if b is not None:
         b = as_float_array(b, "b", x.dtype)
         geometry.check_bias(b.shape)
-    return forward(x, w, b, geometry)
+    return _forward(x, w, b, geometry)
 
 
 def conv2d_backward(
@@ -86,10 +86,42 @@ def conv2d_backward(
         x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups
     )
     geometry.check_dout(dout.shape)
-    return backward(dout, x, w, geometry)
+    return _backward(dout, x, w, geometry)
 
 
-def forward(
+def forward(x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: ConvGeometry) -> np.ndarray:
+    """:func:`conv2d` for a geometry already built: the arrays are checked against it, cheaply.
+
+    For callers that validate a request once (the service) and must not size it twice.
+    x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, H_out, W_out)
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    geometry.check_shape("x", x.shape, geometry.x_shape)
+    geometry.check_shape("w", w.shape, geometry.w_shape)
+    if b is not None:
+        b = as_float_array(b, "b", x.dtype)
+        geometry.check_bias(b.shape)
+    return _forward(x, w, b, geometry)
+
+
+def backward(
+    dout: ArrayLike, x: ArrayLike, w: ArrayLike, geometry: ConvGeometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`conv2d_backward` for a geometry already built; the arrays are checked against it.
+
+    dout (N, F, H_out, W_out), x (N, C, H, W), w (F, C/groups, KH, KW) -> dx, dw, db
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    dout = as_float_array(dout, "dout", x.dtype)
+    geometry.check_shape("x", x.shape, geometry.x_shape)
+    geometry.check_shape("w", w.shape, geometry.w_shape)
+    geometry.check_dout(dout.shape)
+    return _backward(dout, x, w, geometry)
+
+
+def _forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
 ) -> np.ndarray:
     """The forward pass on checked arrays of one dtype.
@@ -106,7 +138,7 @@ def forward(
     return out
 
 
-def backward(
+def _backward(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The backward pass on checked arrays of one dtype; shapes as in :func:`conv2d_backward`."""
@@ -256,5 +288,5 @@ def _depthwise_backward(
                 targets[chunk, :, i, j] += term
     dx = dcanvas.interior()
     if geometry.f_per_group > 1:
-        return dx.reshape(g.n, geometry.c, geometry.f_per_group, g.h, g.w).sum(axis=2), dw
+        return dx.reshape(g.n, geometry.c, geometry.f_per_group, g.height, g.width).sum(axis=2), dw
     return dx.copy(), dw

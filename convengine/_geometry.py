@@ -123,8 +123,8 @@ class ConvGeometry:
 
     n: int
     c: int
-    h: int
-    w: int
+    height: int
+    width: int
     f: int
     kernel: tuple[int, int]
     stride: tuple[int, int]
@@ -162,7 +162,7 @@ class ConvGeometry:
 
     @property
     def x_shape(self) -> tuple[int, int, int, int]:
-        return self.n, self.c, self.h, self.w
+        return self.n, self.c, self.height, self.width
 
     @property
     def w_shape(self) -> tuple[int, int, int, int]:
@@ -175,7 +175,7 @@ class ConvGeometry:
 
     @property
     def padded_hw(self) -> tuple[int, int]:
-        return self.h + sum(self.pad_h), self.w + sum(self.pad_w)
+        return self.height + sum(self.pad_h), self.width + sum(self.pad_w)
 
     @property
     def is_padded(self) -> bool:
@@ -225,6 +225,14 @@ class ConvGeometry:
     def flops(self) -> int:
         """Multiply-adds of the forward pass, counted as two operations each."""
         return 2 * self.n * self.f * self.positions * self.col_rows
+
+    def check_shape(self, field: str, shape: Sequence[int], expected: tuple[int, ...]) -> None:
+        """ShapeError unless ``shape`` is the ``expected`` shape this geometry was built for."""
+        if tuple(shape) != expected:
+            raise ShapeError(
+                f"{field} has shape {tuple(shape)} but this geometry was built for {expected}",
+                field=field,
+            )
 
     def check_bias(self, shape: Sequence[int]) -> None:
         if tuple(shape) != (self.f,):

@@ -105,7 +105,7 @@ class Canvas:
         """The unpadded batch: (N, C, H, W), a view."""
         g = self.geometry
         top, left = g.pad_h[0], g.pad_w[0]
-        return self.image()[:, :, top : top + g.h, left : left + g.w]
+        return self.image()[:, :, top : top + g.height, left : left + g.width]
 
     def fields(self) -> np.ndarray:
         """Every receptive field, without copying: (N, C, KH, KW, H_out, width), read-only."""

@@ -89,7 +89,7 @@ def _tutorial_backward(
     dcols = (w.reshape(g.f, -1).T @ dout_rows).reshape(g.col_rows, -1, g.n).transpose(2, 0, 1)
     dxp = np.zeros_like(xp)
     np.add.at(dxp, (slice(None), k, i, j), dcols)  # type: ignore[arg-type]
-    dx = dxp[:, :, p : p + g.h, p : p + g.w] if p else dxp
+    dx = dxp[:, :, p : p + g.height, p : p + g.width] if p else dxp
     return dx, dw, dout.sum(axis=(0, 2, 3))
 
 

@@ -6,7 +6,7 @@ import anyio
 import numpy as np
 import pytest
 
-from app.client import AsyncConvClient, ConvServiceError
+from convengine.client import AsyncConvClient, ConvServiceError
 from app.config import Settings
 from convengine import conv2d
 

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.client import AsyncConvClient, ConvClient, ConvServiceError
+from convengine.client import AsyncConvClient, ConvClient, ConvServiceError
 from convengine import conv2d, conv2d_backward
 
 from ..servers import start_service

@@ -58,12 +58,17 @@ def test_float32_layer(rng):
 
 def test_public_names():
     assert set(convengine.__all__) == {
+        "OPERATIONS",
         "Conv",
         "ConvError",
         "ConvGeometry",
+        "Cost",
         "DTypeError",
+        "Operation",
         "ShapeError",
+        "backward",
         "conv2d",
         "conv2d_backward",
+        "forward",
     }
     assert not [m for m in ("fastapi", "starlette", "app") if hasattr(convengine, m)]
