@@ -7,29 +7,15 @@ points the metrics at a shared directory.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
-from pathlib import Path
 
 import uvicorn
 
-from app.config import get_settings
+from app.config import available_cpus, get_settings
 from app.observe import LOG_CONFIG
 
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota."""
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cpus
 
 
 def main() -> None:

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "available_cpus", "get_settings"]
 
 MiB = 1 << 20
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 class Settings(BaseSettings):
@@ -54,9 +68,10 @@ class Settings(BaseSettings):
         1024, ge=1, description="open connections uvicorn accepts; beyond, 503"
     )
     max_concurrent: int = Field(
-        default_factory=lambda: os.cpu_count() or 1,
+        default_factory=available_cpus,
         ge=1,
-        description="convolutions computed at once",
+        description="convolutions computed at once; by default the CPUs this process may use "
+        "(its affinity and the container's CPU quota)",
     )
     max_waiting: int = Field(
         32, ge=0, description="requests that may wait for a computation slot; more get 503"

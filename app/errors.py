@@ -13,31 +13,33 @@ Hierarchy::
         ├── InvalidInput             422  a readable request that is wrong
         └── Overloaded               503  every computation slot and queue place taken
 
-Errors from lower layers are translated here: the engine's ``ConvError`` (a 422 pointing at
-the field it names), pydantic's ``ValidationError`` and FastAPI's ``RequestValidationError``.
-A client that disconnects mid-upload gets nginx's 499 (which it never reads). Anything else
-is a bug: it is logged with its traceback and answered with a bare 500.
+Errors from lower layers are translated here: pydantic's ``ValidationError`` (the request
+models' own, and the engine's geometry errors they carry as ``PydanticCustomError``) by
+:func:`validation_errors`, FastAPI's ``RequestValidationError`` by its handler. A client that
+disconnects mid-upload gets nginx's 499 (which it never reads). Anything else is a bug: it is
+logged with its traceback and answered with a bare 500.
 
-Under ``/v2`` (the Open Inference Protocol) the same errors take that protocol's shape,
-``{"error": "<message>"}``, and a 422 becomes its 400.
+An error's body has FastAPI's shape, ``{"detail": [...]}``, unless the route's path starts
+with a prefix that registered a shape of its own (:func:`register_error_shape`; the inference
+protocol registers ``{"error": "<message>"}`` for ``/v2``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 import pydantic
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Scope
 
 from app import metrics
-from convengine import ConvError, DTypeError
 
 __all__ = [
     "BadRequest",
@@ -49,16 +51,14 @@ __all__ = [
     "RequestTimeout",
     "ServiceError",
     "UnsupportedMediaType",
-    "engine_errors",
     "error_response",
     "install_error_handlers",
+    "register_error_shape",
     "validation_errors",
 ]
 
 logger = logging.getLogger("app.errors")
 Loc = Sequence[str | int]
-# Hyperparameters travel in the body (JSON, multipart) or in the query (.npz); arrays never.
-HYPERPARAMETERS = frozenset({"stride", "padding", "dilation", "groups"})
 
 
 class ServiceError(Exception):
@@ -118,32 +118,31 @@ class Overloaded(ServiceError):
     status, type = 503, "overloaded"
 
 
-@contextmanager
-def engine_errors(param_location: str) -> Iterator[None]:
-    """Turn the engine's ConvError into a 422 pointing at the field it names."""
-    try:
-        yield
-    except ConvError as exc:
-        location = param_location if exc.field in HYPERPARAMETERS else "body"
-        kind = "dtype_error" if isinstance(exc, DTypeError) else "shape_error"
-        raise InvalidInput(exc.message, loc=(location, exc.field), type=kind) from exc
-
-
 def validation_errors(
-    exc: pydantic.ValidationError, location: str, drop: frozenset[str] = frozenset()
+    exc: pydantic.ValidationError,
+    location: str,
+    parameters: frozenset[str] = frozenset(),
+    drop: frozenset[str] = frozenset(),
 ) -> InvalidInput:
-    """A pydantic ValidationError as a 422 whose locs start with ``location``.
+    """A pydantic ValidationError as a 422, each loc starting with where its field travelled.
 
-    Loc parts in ``drop`` (the tags of discriminated unions) are left out, and each message
-    ends with the value it refused.
+    Fields in ``parameters`` travelled in ``location`` (the body, the query or the protocol's
+    parameters); everything else in the body. An error raised by a model validator names its
+    field in its context (``ctx["field"]``) and carries a finished message; any other message
+    ends with the value it refused. Loc parts in ``drop`` (the tags of discriminated unions)
+    are left out.
     """
     detail = []
-    for error in exc.errors(include_url=False, include_context=False):
-        loc = [location, *(part for part in error["loc"] if part not in drop)]
+    for error in exc.errors(include_url=False):
+        context = error.get("ctx") or {}
+        path = [part for part in error["loc"] if part not in drop]
+        if "field" in context:
+            path = [context["field"]] if context["field"] else []
+        where = location if path and path[0] in parameters else "body"
         msg = error["msg"]
-        if error["type"] != "missing":
+        if error["type"] != "missing" and "field" not in context:
             msg += f", got {_shown(error.get('input'))}"
-        detail.append({"loc": loc, "msg": msg, "type": error["type"]})
+        detail.append({"loc": [where, *path], "msg": msg, "type": error["type"]})
     return InvalidInput.of(detail)
 
 
@@ -152,81 +151,78 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _is_protocol(path: str) -> bool:
-    return path == "/v2" or path.startswith("/v2/")
+Render = Callable[[int, list[dict[str, Any]]], tuple[int, bytes]]
 
 
-def _protocol_message(detail: list[dict[str, Any]]) -> str:
-    def one(item: dict[str, Any]) -> str:
-        where = ".".join(str(part) for part in item["loc"][1:])
-        return f"{where}: {item['msg']}" if where else str(item["msg"])
+def _fastapi_shape(status: int, detail: list[dict[str, Any]]) -> tuple[int, bytes]:
+    return status, orjson.dumps({"detail": detail})
 
-    return "; ".join(one(item) for item in detail)
+
+def register_error_shape(app: Starlette, prefix: str, render: Render) -> None:
+    """Answer errors on paths under ``prefix`` with ``render(status, detail)``."""
+    app.state.error_shapes[prefix.rstrip("/")] = render
+
+
+def _render_for(scope: Scope) -> Render:
+    shapes: dict[str, Render] = getattr(
+        getattr(scope.get("app"), "state", None), "error_shapes", {}
+    )
+    path = scope.get("path", "")
+    for prefix, render in shapes.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return render
+    return _fastapi_shape
 
 
 def _response(
-    status: int, detail: Any, headers: dict[str, str] | None = None, protocol: bool = False
+    scope: Scope, status: int, detail: Any, headers: dict[str, str] | None = None
 ) -> Response:
     reason = detail[0]["type"] if detail else "unknown"
     metrics.REFUSALS.labels(str(status), reason).inc()
-    if protocol:
-        status = 400 if status == 422 else status
-        body = orjson.dumps({"error": _protocol_message(detail)})
-    else:
-        body = orjson.dumps({"detail": detail})
+    status, body = _render_for(scope)(status, detail)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return _response(exc.status, exc.detail, exc.headers, _is_protocol(request.url.path))
-
-
-async def _conv_error(request: Request, exc: Exception) -> Response:
-    try:
-        with engine_errors("body"):
-            raise exc
-    except InvalidInput as mapped:
-        return await _service_error(request, mapped)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _response(request.scope, exc.status, exc.detail, exc.headers)
 
 
 async def _request_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return _response(422, detail, protocol=_is_protocol(request.url.path))
+    return _response(request.scope, 422, detail)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = [{"loc": [], "msg": str(exc.detail), "type": f"http_{exc.status_code}"}]
-    protocol = _is_protocol(request.url.path)
-    return _response(exc.status_code, detail, dict(exc.headers or {}), protocol)
+    return _response(request.scope, exc.status_code, detail, dict(exc.headers or {}))
 
 
 async def _client_disconnect(request: Request, exc: Exception) -> Response:
     # The client left mid-upload: nobody will read this answer, and nothing is broken.
     logger.info("client disconnected during %s %s", request.method, request.url.path)
     detail = [{"loc": ["body"], "msg": "the client disconnected", "type": "client_disconnect"}]
-    return _response(499, detail, protocol=_is_protocol(request.url.path))
+    return _response(request.scope, 499, detail)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     detail = [{"loc": [], "msg": "internal error", "type": "internal"}]
-    return _response(500, detail, protocol=_is_protocol(request.url.path))
+    return _response(request.scope, 500, detail)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register one handler per base class; Starlette finds them along each error's MRO."""
+    app.state.error_shapes = {}
     app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(ConvError, _conv_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected)
 
 
-def error_response(exc: ServiceError, path: str = "") -> Response:
-    """The response for ``exc`` on ``path``, for code that answers outside a route."""
-    return _response(exc.status, exc.detail, exc.headers, _is_protocol(path))
+def error_response(exc: ServiceError, scope: Scope | None = None) -> Response:
+    """The response for ``exc`` in the shape of ``scope``'s path, for code outside a route."""
+    return _response(scope or {}, exc.status, exc.detail, exc.headers)

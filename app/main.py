@@ -12,22 +12,22 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 import convengine
+from app.codecs import json as json_codec
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.limits import BodyLimit, Gate
 from app.observe import Observe
-from app.oip import InferRequest, InferResponse, ProtocolError
-from app.routes import conv, health, oip, playground
-from app.schemas import BackwardJSON, ErrorResponse, ForwardJSON
+from app.routes import health, operations, playground, protocol
+from app.schemas import ErrorResponse
+from convengine import OPERATIONS
 
 __all__ = ["app", "create_app"]
 
-PROTOCOL_MODELS = (InferRequest, InferResponse, ProtocolError)
-
-DESCRIPTION = """Forward and backward passes of 2-D convolution layers (NCHW, weights
+DESCRIPTION = """Forward and backward passes of convolution layers (NCHW, weights
 (F, C/groups, KH, KW)), computed by a vectorised NumPy engine.
 
 Send arrays as JSON (nested lists, typed tensors or base64 tensors), as multipart `.npy`
@@ -49,17 +49,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.ready = False
 
 
+_OPENAPI_MODELS: tuple[type[BaseModel], ...] = (
+    *(json_codec.wire_model(operation) for operation in OPERATIONS.values()),
+    ErrorResponse,
+    *protocol.OPENAPI_MODELS,
+)
+
+
 def _openapi_with_models(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus the request models that routes reference by hand."""
+    """The generated schema plus the models that the codecs' entries reference."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         _, definitions = models_json_schema(
-            [
-                (model, "validation")
-                for model in (ForwardJSON, BackwardJSON, ErrorResponse, *PROTOCOL_MODELS)
-            ],
+            [(model, "validation") for model in _OPENAPI_MODELS],
             ref_template="#/components/schemas/{model}",
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
@@ -87,8 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Observe, replica=settings.replica)  # outermost: sees every answer
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(conv.router)
-    app.include_router(oip.router)
+    app.include_router(operations.router)
+    protocol.install(app)
     app.include_router(playground.router)
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
     app.openapi = lambda: _openapi_with_models(app)  # type: ignore[method-assign]

@@ -1,31 +1,56 @@
-"""The request's hyperparameters as pydantic models, and the wire models the OpenAPI shows.
+"""The one list of hyperparameters, and the one validated request per operation.
 
-Arrays are not validated here element by element: the codecs turn them into NumPy arrays and
-the engine's geometry checks them against each other. These models check the small fields.
+:class:`Hyperparameters` names every hyperparameter once, with its type, its text form (for
+the query, multipart fields and protocol parameters) and its documentation; the routes, the
+protocol, the OpenAPI document and the playground read them from here.
+
+:func:`request_model` gives each operation of the table a model that takes the
+hyperparameters and the input arrays' shapes and dtypes (never their numbers: the codecs
+decode those in bulk), and whose one ``model_validator(mode="after")`` asks the engine for
+the geometry, refuses what it cannot compute, and applies the work limits. The geometry it
+built is handed to the engine with the arrays, so that a request is sized once.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from functools import cache
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from app.limits.work import WorkLimits, check_cost
+from convengine import ConvError, ConvGeometry, DTypeError, Operation
 
 __all__ = [
-    "ARRAYS",
+    "HYPERPARAMETERS",
     "UNION_TAGS",
-    "B64Tensor",
-    "BackwardJSON",
+    "ConvRequest",
+    "DType",
     "ErrorItem",
     "ErrorResponse",
-    "ForwardJSON",
     "Hyperparameters",
-    "JSONOptions",
-    "TypedTensor",
+    "TensorSpec",
+    "parse_text",
+    "request_model",
 ]
 
 # Bounds far beyond any real layer; the work limits refuse big geometry long before these.
 _LIMIT = 1 << 20
 UNION_TAGS = frozenset({"int", "pair", "word"})
+DType = Literal["float32", "float64"]
 
 
 def _pair_kind(value: Any) -> str:
@@ -51,77 +76,149 @@ Padding = Annotated[
     Discriminator(_padding_kind),
 ]
 Groups = Annotated[int, Field(strict=True, ge=1, le=_LIMIT)]
-DType = Literal["float32", "float64"]
 
-# Which arrays each pass takes, required first.
-ARRAYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "forward": (("x", "w"), ("b",)),
-    "backward": (("x", "w", "dout"), ()),
-}
+# An ASCII integer of at most 9 digits: str.isdigit() also takes superscripts and other
+# scripts' digits, which int() then refuses or reads as numbers nobody typed.
+_INTEGER = re.compile(r"-?[0-9]{1,9}")
+
+
+def parse_text(text: str) -> Any:
+    """A hyperparameter sent as text: "2", "2,1", JSON such as "[2, 1]", or a word ("same").
+
+    Text that is none of these is returned as it is, for the model to refuse by name.
+    """
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            return orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            return text
+    parts = [part.strip() for part in stripped.split(",")]
+    if all(_INTEGER.fullmatch(part) for part in parts):
+        numbers = [int(part) for part in parts]
+        return numbers[0] if len(numbers) == 1 else numbers
+    return text
 
 
 class Hyperparameters(BaseModel):
-    """stride, padding, dilation: an int or [height, width]; padding also "same" or "valid"."""
+    """Every hyperparameter of a convolution: the one list the service reads them from.
+
+    Validated with ``context={"text": True}``, string values are read as their text forms
+    first (query, multipart fields, protocol parameters).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    stride: Stride = Field(1, description="step between receptive fields, >= 1")
+    stride: Stride = Field(
+        1,
+        description="step between receptive fields, >= 1: an int or [height, width]",
+        json_schema_extra={"text": "an int, or height,width (e.g. 2 or 2,1 or [2,1])"},
+    )
     padding: Padding = Field(
-        0, description='zeros added on each side, >= 0, or "same" (stride 1) or "valid"'
+        0,
+        description='zeros added on each side, >= 0: an int or [height, width], or "same" '
+        '(stride 1) or "valid"',
+        json_schema_extra={"text": 'an int, height,width, "same" or "valid"'},
     )
-    dilation: Dilation = Field(1, description="spacing between kernel taps, >= 1")
-    groups: Groups = Field(1, description="channel groups; must divide C and F")
-
-
-class JSONOptions(Hyperparameters):
-    """The non-array fields of a JSON request."""
-
-    dtype: DType = Field(
-        "float64",
-        description="dtype of arrays sent as nested lists (typed tensors carry their own)",
+    dilation: Dilation = Field(
+        1,
+        description="spacing between kernel taps, >= 1: an int or [height, width]",
+        json_schema_extra={"text": "an int, or height,width"},
+    )
+    groups: Groups = Field(
+        1,
+        description="channel groups; must divide C and F",
+        json_schema_extra={"text": "an int dividing C and F"},
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_text(cls, data: Any, info: ValidationInfo) -> Any:
+        if not (info.context or {}).get("text") or not isinstance(data, dict):
+            return data
+        return {
+            key: parse_text(value) if key in HYPERPARAMETERS and isinstance(value, str) else value
+            for key, value in data.items()
+        }
 
-# --- wire models, for the OpenAPI document -----------------------------------------------
+    def engine_arguments(self) -> dict[str, Any]:
+        """The hyperparameters as the engine's keyword arguments."""
+        return {name: getattr(self, name) for name in HYPERPARAMETERS}
 
-NestedList = list[Any]
+    @classmethod
+    def text_forms(cls) -> dict[str, str]:
+        """Each hyperparameter's text form, for documentation."""
+        forms = {}
+        for name, field in cls.model_fields.items():
+            extra = field.json_schema_extra
+            forms[name] = str(extra["text"] if isinstance(extra, dict) else field.description)
+        return forms
 
 
-class TypedTensor(BaseModel):
-    """A tensor in the inference protocol's layout: flat row-major data with its shape."""
+HYPERPARAMETERS = frozenset(Hyperparameters.model_fields)
 
-    model_config = ConfigDict(extra="forbid")
-    shape: list[Annotated[int, Field(ge=0)]]
+
+class TensorSpec(BaseModel):
+    """What the request model sees of an array: its shape and dtype, never its numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shape: tuple[Annotated[int, Field(ge=0)], ...]
     dtype: DType
-    data: list[float]
 
 
-class B64Tensor(BaseModel):
-    """A tensor as base64 of its little-endian row-major bytes."""
+class ConvRequest(Hyperparameters):
+    """One validated request: hyperparameters and input specs, checked against each other.
 
-    model_config = ConfigDict(extra="forbid")
-    shape: list[Annotated[int, Field(ge=0)]]
-    dtype: DType
-    b64: str
+    Built per operation by :func:`request_model`. Validate it with
+    ``context={"limits": WorkLimits(...)}`` to apply the service's work limits.
+    """
+
+    operation: ClassVar[Operation]
+    _geometry: ConvGeometry = PrivateAttr()
+
+    @property
+    def geometry(self) -> ConvGeometry:
+        """The engine's geometry, built once by the validator."""
+        return self._geometry
+
+    def specs(self) -> dict[str, TensorSpec]:
+        return {
+            name: spec
+            for name in self.operation.inputs
+            if (spec := getattr(self, name)) is not None
+        }
+
+    @model_validator(mode="after")
+    def _plan(self, info: ValidationInfo) -> Self:
+        specs = self.specs()
+        try:
+            geometry = self.operation.plan(
+                {name: spec.shape for name, spec in specs.items()}, self.engine_arguments()
+            )
+        except ConvError as exc:
+            kind = "dtype_error" if isinstance(exc, DTypeError) else "shape_error"
+            raise PydanticCustomError(
+                kind, "{message}", {"message": exc.message, "field": exc.field}
+            ) from exc
+        limits: WorkLimits | None = (info.context or {}).get("limits")
+        if limits is not None:
+            itemsize = 4 if specs[self.operation.inputs[0]].dtype == "float32" else 8
+            check_cost(self.operation.cost(geometry, itemsize), geometry, limits)
+        self._geometry = geometry
+        return self
 
 
-Tensor = NestedList | TypedTensor | B64Tensor
-
-
-class ForwardJSON(JSONOptions):
-    """POST /forward as JSON. Every tensor is a nested list, a typed tensor or a b64 tensor."""
-
-    x: Tensor = Field(description="input, (N, C, H, W)")
-    w: Tensor = Field(description="filters, (F, C/groups, KH, KW)")
-    b: Tensor | None = Field(None, description="bias, (F,)")
-
-
-class BackwardJSON(JSONOptions):
-    """POST /backward as JSON."""
-
-    x: Tensor = Field(description="input, (N, C, H, W)")
-    w: Tensor = Field(description="filters, (F, C/groups, KH, KW)")
-    dout: Tensor = Field(description="gradient of the loss w.r.t. the output, (N, F, H_out, W_out)")
+@cache
+def request_model(operation: Operation) -> type[ConvRequest]:
+    """The validated request of ``operation``: one optional or required spec per input."""
+    fields: dict[str, Any] = {
+        name: (TensorSpec | None, None) if name in operation.optional else (TensorSpec, ...)
+        for name in operation.inputs
+    }
+    model = create_model(f"{operation.name.title()}Request", __base__=ConvRequest, **fields)
+    model.operation = operation
+    return model
 
 
 class ErrorItem(BaseModel):

@@ -28,8 +28,8 @@ from fastapi import Request, Response
 
 from app.config import Settings
 from app.main import create_app
+from benchmarks.payloads import REQUEST_FORMS, request
 from convengine import conv2d, conv2d_backward
-from tests.app.payloads import REQUEST_FORMS, request
 
 # --- the app under test: production routes plus the floors --------------------------------
 

@@ -17,10 +17,25 @@ import numpy as np
 from ._conv import backward, forward
 from ._geometry import ConvGeometry
 
-__all__ = ["OPERATIONS", "Cost", "Operation"]
+__all__ = ["OPERATIONS", "ArrayDoc", "Cost", "Operation"]
 
 Shapes = Mapping[str, tuple[int, ...]]
 Arrays = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ArrayDoc:
+    """What an array is, and its axes: ``ArrayDoc("input", "N, C, H, W")``."""
+
+    role: str
+    axes: str
+
+    @property
+    def ndim(self) -> int:
+        return len(self.axes.split(","))
+
+    def __str__(self) -> str:
+        return f"{self.role}, ({self.axes}{',' if self.ndim == 1 else ''})"
 
 
 @dataclass(frozen=True)
@@ -31,12 +46,15 @@ class Cost:
     flops: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed as itself: one record per operation
 class Operation:
     """One operation the engine offers.
 
     ``inputs`` are in the order of the engine function's positional arguments; those in
-    ``optional`` may be left out. ``arrays`` describes every input and output for people.
+    ``optional`` may be left out. ``arrays`` describes every input and output for people, by
+    its axes; ``example`` is a small call (arrays as nested lists, and hyperparameters).
+    ``plan`` checks the inputs' shapes against the hyperparameters and sizes the geometry;
+    ``run`` computes on arrays that fit it.
     """
 
     name: str  # how callers name it: the REST path, the client method
@@ -45,10 +63,11 @@ class Operation:
     inputs: tuple[str, ...]
     optional: frozenset[str]
     outputs: tuple[str, ...]
-    arrays: Mapping[str, str]
+    arrays: Mapping[str, ArrayDoc]
     plan: Callable[[Shapes, Mapping[str, Any]], ConvGeometry]
     run: Callable[[ConvGeometry, Arrays], dict[str, np.ndarray]]
     passes: int  # GEMM-sized passes over the data, for the arithmetic cost
+    example: Mapping[str, Any]
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -81,18 +100,18 @@ def _run_backward(geometry: ConvGeometry, arrays: Arrays) -> dict[str, np.ndarra
 
 
 _ARRAYS = {
-    "x": "input, (N, C, H, W)",
-    "w": "filters, (F, C/groups, KH, KW)",
-    "b": "bias, (F,)",
-    "out": "output, (N, F, H_out, W_out)",
-    "dout": "gradient of the loss w.r.t. out, (N, F, H_out, W_out)",
-    "dx": "gradient of the loss w.r.t. x, (N, C, H, W)",
-    "dw": "gradient of the loss w.r.t. w, (F, C/groups, KH, KW)",
-    "db": "gradient of the loss w.r.t. b, (F,)",
+    "x": ArrayDoc("input", "N, C, H, W"),
+    "w": ArrayDoc("filters", "F, C/groups, KH, KW"),
+    "b": ArrayDoc("bias", "F"),
+    "out": ArrayDoc("output", "N, F, H_out, W_out"),
+    "dout": ArrayDoc("gradient of the loss w.r.t. out", "N, F, H_out, W_out"),
+    "dx": ArrayDoc("gradient of the loss w.r.t. x", "N, C, H, W"),
+    "dw": ArrayDoc("gradient of the loss w.r.t. w", "F, C/groups, KH, KW"),
+    "db": ArrayDoc("gradient of the loss w.r.t. b", "F"),
 }
 
 
-def _described(*names: str) -> Mapping[str, str]:
+def _described(*names: str) -> Mapping[str, ArrayDoc]:
     return MappingProxyType({name: _ARRAYS[name] for name in names})
 
 
@@ -111,6 +130,13 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 plan=_plan_forward,
                 run=_run_forward,
                 passes=1,
+                example={
+                    "x": [[[[1, 2, 3], [4, 5, 6], [7, 8, 9]]]],
+                    "w": [[[[0, 1], [1, 0]]]],
+                    "b": [0.5],
+                    "stride": 1,
+                    "padding": 0,
+                },
             ),
             Operation(
                 name="backward",
@@ -124,6 +150,11 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 plan=_plan_backward,
                 run=_run_backward,
                 passes=2,
+                example={
+                    "dout": [[[[1, 0], [0, 1]]]],
+                    "x": [[[[1, 2], [3, 4]]]],
+                    "w": [[[[2]]]],
+                },
             ),
         )
     }

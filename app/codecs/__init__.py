@@ -1,53 +1,37 @@
-"""Wire formats: one module per format, chosen here by Content-Type and Accept.
+"""Wire formats: one module per format, each declaring one :class:`Codec`, chosen here.
 
-A decoder turns a body into :class:`Decoded` arrays and raw hyperparameters; an encoder turns
-the outputs into bytes. A new format is one module and one line in each table below.
+Requests are read by Content-Type, answers written by Accept. A new format is one module
+and one entry in ``CODECS``; its OpenAPI entries come with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from functools import partial
-
-import numpy as np
+from typing import Any
 
 from app.errors import NotAcceptable, UnsupportedMediaType
+from convengine import Operation
 
 from . import json, npy, npz
-from ._common import ArrayNames, Budget, Decoded, TensorStyle
+from .base import Budget, Codec, Decoded, Decoder, Encoder, TensorStyle
 
 __all__ = [
-    "JSON",
-    "NPY",
-    "NPZ",
-    "REQUEST_TYPES",
-    "RESPONSE_TYPES",
-    "ArrayNames",
+    "CODECS",
     "Budget",
+    "Codec",
     "Decoded",
     "Decoder",
     "Encoder",
     "TensorStyle",
     "choose_decoder",
     "choose_encoder",
+    "request_body",
+    "responses_content",
 ]
 
-JSON, NPZ, NPY, MULTIPART = (
-    "application/json",
-    "application/x-npz",
-    "application/x-npy",
-    "multipart/form-data",
-)
-Decoder = Callable[[bytes, ArrayNames, Mapping[str, str], Budget], Decoded]
-Encoder = Callable[[dict[str, np.ndarray], TensorStyle], bytes]
-
-REQUEST_TYPES = (JSON, MULTIPART, NPZ)
-RESPONSE_TYPES = (JSON, NPZ, NPY)
-_ENCODERS: dict[str, Encoder] = {
-    JSON: json.encode,
-    NPZ: lambda outputs, style: npz.encode(outputs),
-    NPY: lambda outputs, style: npy.encode(outputs),
-}
+# In order of preference for answers when the client accepts anything.
+CODECS: tuple[Codec, ...] = (json.CODEC, npz.CODEC, npy.NPY, npy.MULTIPART)
+_DECODERS = {codec.media_type: codec for codec in CODECS if codec.decode is not None}
+_ENCODERS = {codec.media_type: codec for codec in CODECS if codec.encode is not None}
 
 
 def _media_type(header: str) -> tuple[str, dict[str, str]]:
@@ -59,23 +43,22 @@ def _media_type(header: str) -> tuple[str, dict[str, str]]:
     return kind.strip().lower(), params
 
 
-def choose_decoder(content_type: str | None) -> Decoder:
-    """The decoder for a Content-Type header; 415 for anything else."""
-    kind, params = _media_type(content_type or "")
-    if kind == JSON or kind.endswith("+json"):
-        return json.decode
-    if kind == NPZ:
-        return npz.decode
-    if kind == MULTIPART:
-        return partial(npy.decode_multipart, boundary=params.get("boundary", ""))
-    raise UnsupportedMediaType(
-        f"Content-Type {kind or '(none)'!r} is not read here: send {', '.join(REQUEST_TYPES)}",
-        loc=("header", "content-type"),
-    )
+def choose_decoder(content_type: str | None) -> tuple[Codec, dict[str, str]]:
+    """The codec for a Content-Type header, with the header's options; 415 for anything else."""
+    kind, options = _media_type(content_type or "")
+    if kind.endswith("+json"):  # application/problem+json and kin are JSON all the same
+        kind = json.MEDIA_TYPE
+    codec = _DECODERS.get(kind)
+    if codec is None:
+        raise UnsupportedMediaType(
+            f"Content-Type {kind or '(none)'!r} is not read here: send {', '.join(_DECODERS)}",
+            loc=("header", "content-type"),
+        )
+    return codec, options
 
 
-def choose_encoder(accept: str | None) -> tuple[str, Encoder]:
-    """The best response type the Accept header allows (JSON when it allows anything)."""
+def choose_encoder(accept: str | None, operation: Operation) -> Codec:
+    """The best answer format the Accept header allows (JSON when it allows anything)."""
     offers: list[tuple[float, int, str]] = []
     for position, entry in enumerate((accept or "*/*").split(",")):
         kind, params = _media_type(entry)
@@ -84,13 +67,48 @@ def choose_encoder(accept: str | None) -> tuple[str, Encoder]:
         except ValueError:
             quality = 0.0
         if kind in ("*/*", "application/*"):
-            kind = JSON
+            kind = json.MEDIA_TYPE
         if kind in _ENCODERS and quality > 0:
             offers.append((-quality, position, kind))
     if not offers:
         raise NotAcceptable(
-            f"cannot answer in {accept!r}: accept one of {', '.join(RESPONSE_TYPES)}",
+            f"cannot answer in {accept!r}: accept one of {', '.join(_ENCODERS)}",
             loc=("header", "accept"),
         )
-    kind = min(offers)[2]
-    return kind, _ENCODERS[kind]
+    codec = _ENCODERS[min(offers)[2]]
+    if not codec.answers(operation):
+        fits = [c.media_type for c in _ENCODERS.values() if c.answers(operation)]
+        raise NotAcceptable(
+            f"{codec.media_type} carries a single array; {operation.name} answers "
+            f"{_listed(operation.outputs)}: accept {' or '.join(fits)}",
+            loc=("header", "accept"),
+        )
+    return codec
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def request_body(operation: Operation) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of ``operation``: one entry per format that reads requests."""
+    content = {
+        codec.media_type: codec.request_doc(operation)
+        for codec in _DECODERS.values()
+        if codec.request_doc is not None
+    }
+    return {"required": True, "content": content}
+
+
+def responses_content(operation: Operation) -> dict[str, Any]:
+    """The OpenAPI content of a 200 answer of ``operation``: every format that can carry it."""
+    return {
+        codec.media_type: codec.response_doc(operation)
+        for codec in _ENCODERS.values()
+        if codec.response_doc is not None and codec.answers(operation)
+    }
+
+
+def query_codecs() -> list[str]:
+    """The formats whose hyperparameters travel in the query string."""
+    return [codec.media_type for codec in _DECODERS.values() if codec.query_parameters]

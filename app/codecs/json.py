@@ -1,6 +1,8 @@
 """application/json: arrays as nested lists, typed tensors or base64 tensors.
 
 Parsed by orjson; lists become arrays in one NumPy call, never one pydantic check per float.
+Hyperparameters are fields of the same object, beside an optional ``dtype`` for the nested
+lists.
 """
 
 from __future__ import annotations
@@ -9,23 +11,35 @@ import binascii
 import json as stdlib_json
 import math
 from collections.abc import Mapping
-from typing import Any
+from functools import cache
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
 import pybase64
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from app.errors import BadRequest, InvalidInput
+from app.schemas import DType, Hyperparameters
+from convengine import Operation
 
-from ._common import ArrayNames, Budget, Decoded, TensorStyle, check_names, float_dtype, shape_of
+from .base import Budget, Codec, Decoded, TensorStyle, check_names, float_dtype, shape_of
 
-__all__ = ["array_from_lists", "decode", "encode"]
+__all__ = ["CODEC", "MEDIA_TYPE", "array_from_lists", "decode", "encode", "wire_model"]
+
+MEDIA_TYPE = "application/json"
 
 _TYPED_KEYS = {"shape", "dtype", "data"}
 _B64_KEYS = {"shape", "dtype", "b64"}
 
 
-def decode(body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Budget) -> Decoded:
+def decode(
+    body: bytes,
+    operation: Operation,
+    query: Mapping[str, str],
+    budget: Budget,
+    options: Mapping[str, str],
+) -> Decoded:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -36,16 +50,28 @@ def decode(body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Bud
             f"got a JSON {type(document).__name__}",
             type="model_type",
         )
-    declared = document.get("dtype", "float64")
-    default_dtype = np.dtype(declared if declared in ("float32", "float64") else "float64")
-    raw = {key: document.pop(key) for key in names.all if key in document}
-    if "b" in raw and raw["b"] is None:  # an explicit null bias is no bias
-        del raw["b"]
-    check_names(raw, names)
+    default_dtype = _default_dtype(document.pop("dtype", "float64"))
+    raw = {key: document.pop(key) for key in operation.inputs if key in document}
+    for name in operation.optional:  # an explicit null is an optional array left out
+        if name in raw and raw[name] is None:
+            del raw[name]
+    check_names(raw, operation)
     arrays, styles = {}, {}
     for name, value in raw.items():
         arrays[name], styles[name] = _tensor(value, name, default_dtype, budget)
-    return Decoded(arrays, document, styles["x"])
+    # The answer imitates the style of x, the layer's input.
+    return Decoded(arrays, document, styles.get("x", next(iter(styles.values()))))
+
+
+def _default_dtype(declared: object) -> np.dtype:
+    if declared not in ("float32", "float64"):
+        raise InvalidInput(
+            f"dtype must be 'float32' or 'float64' (the dtype of arrays sent as nested lists), "
+            f"got {str(declared)[:40]!r}",
+            loc=("body", "dtype"),
+            type="literal_error",
+        )
+    return np.dtype(str(declared))
 
 
 def _lenient(body: bytes, error: orjson.JSONDecodeError) -> Any:
@@ -179,6 +205,107 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle) -> bytes:
             }
         else:
             document[name] = array
-    if style in ("nested", "binary"):
+    if style in ("nested", "file"):
         document["dtype"] = next(iter(outputs.values())).dtype.name
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# --- the OpenAPI document ------------------------------------------------------------------
+
+NestedList = list[Any]
+
+
+class TypedTensor(BaseModel):
+    """A tensor in the inference protocol's layout: flat row-major data with its shape."""
+
+    model_config = ConfigDict(extra="forbid")
+    shape: list[Annotated[int, Field(ge=0)]]
+    dtype: DType
+    data: list[float]
+
+
+class B64Tensor(BaseModel):
+    """A tensor as base64 of its little-endian row-major bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+    shape: list[Annotated[int, Field(ge=0)]]
+    dtype: DType
+    b64: str
+
+
+Tensor = NestedList | TypedTensor | B64Tensor
+
+
+class _Options(Hyperparameters):
+    dtype: DType = Field(
+        "float64",
+        description="dtype of arrays sent as nested lists (typed tensors carry their own)",
+    )
+
+
+@cache
+def wire_model(operation: Operation) -> type[BaseModel]:
+    """The JSON body of ``operation``, as the OpenAPI document shows it."""
+    fields: dict[str, Any] = {
+        name: (
+            Tensor | None if name in operation.optional else Tensor,
+            Field(
+                None if name in operation.optional else ..., description=str(operation.arrays[name])
+            ),
+        )
+        for name in operation.inputs
+    }
+    model: type[BaseModel] = create_model(
+        f"{operation.name.title()}JSON",
+        __base__=_Options,
+        __doc__=f"POST /{operation.name} as JSON: every tensor a nested list, a typed tensor "
+        "or a b64 tensor.",
+        **fields,
+    )
+    return model
+
+
+def _examples(operation: Operation) -> dict[str, Any]:
+    nested = dict(operation.example)
+    arrays = {
+        name: np.asarray(nested[name], np.float32) for name in operation.inputs if name in nested
+    }
+    hyper = {key: value for key, value in nested.items() if key not in arrays}
+    typed = {
+        name: {"shape": list(a.shape), "dtype": "float32", "data": a.ravel().tolist()}
+        for name, a in arrays.items()
+    }
+    b64 = {
+        name: {
+            "shape": list(a.shape),
+            "dtype": "float32",
+            "b64": pybase64.b64encode_as_string(a.astype("<f4").tobytes()),
+        }
+        for name, a in arrays.items()
+    }
+    return {
+        "nested lists": {"value": nested},
+        "typed tensors": {"value": {**typed, **hyper}},
+        "base64 tensors": {"value": {**b64, **hyper}},
+    }
+
+
+def _request_doc(operation: Operation) -> dict[str, Any]:
+    return {
+        "schema": {"$ref": f"#/components/schemas/{wire_model(operation).__name__}"},
+        "examples": _examples(operation),
+    }
+
+
+def _response_doc(operation: Operation) -> dict[str, Any]:
+    return {
+        "schema": {
+            "type": "object",
+            "description": f"{', '.join(operation.outputs)}, each tensor in the style of x",
+        }
+    }
+
+
+CODEC = Codec(
+    MEDIA_TYPE, decode=decode, encode=encode, request_doc=_request_doc, response_doc=_response_doc
+)

@@ -11,18 +11,12 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import BadRequest, InvalidInput, NotAcceptable
+from app.schemas import Hyperparameters
+from convengine import Operation
 
-from ._common import (
-    ArrayNames,
-    Budget,
-    Decoded,
-    check_known,
-    check_names,
-    parse_param_text,
-    read_npy,
-)
+from .base import Budget, Codec, Decoded, TensorStyle, check_known, check_names, read_npy
 
-__all__ = ["decode_multipart", "encode"]
+__all__ = ["MULTIPART", "NPY", "decode_multipart", "encode"]
 
 MAX_PARTS = 16
 
@@ -82,8 +76,13 @@ def _parse_parts(body: bytes, boundary: bytes) -> list[_Part]:
 
 
 def decode_multipart(
-    body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Budget, boundary: str
+    body: bytes,
+    operation: Operation,
+    query: Mapping[str, str],
+    budget: Budget,
+    options: Mapping[str, str],
 ) -> Decoded:
+    boundary = options.get("boundary", "")
     if not boundary:
         raise BadRequest("multipart/form-data needs a boundary parameter in its Content-Type")
     arrays: dict[str, np.ndarray] = {}
@@ -92,23 +91,54 @@ def decode_multipart(
         data = b"".join(part.chunks)
         if part.name in arrays or part.name in params:
             raise InvalidInput(f"{part.name!r} is sent twice", loc=("body", part.name))
-        if part.filename is not None or part.name in names.all:
-            check_known(part.name, names)
+        if part.filename is not None or part.name in operation.inputs:
+            check_known(part.name, operation)
             arrays[part.name] = read_npy(data, part.name, budget)
         else:
-            params[part.name] = parse_param_text(data.decode("utf-8", "replace"))
-    check_names(arrays, names)
-    return Decoded(arrays, params, "binary")
+            params[part.name] = data.decode("utf-8", "replace")
+    check_names(arrays, operation)
+    return Decoded(arrays, params, "file", params_as_text=True)
 
 
-def encode(outputs: dict[str, np.ndarray]) -> bytes:
-    """The one output of a forward pass as a .npy file."""
-    if list(outputs) != ["out"]:
+def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes:
+    """The one output of an operation as a .npy file."""
+    if len(outputs) != 1:
         raise NotAcceptable(
             f"application/x-npy carries a single array but this answer has "
             f"{', '.join(outputs)}: accept application/x-npz or application/json",
             loc=("header", "accept"),
         )
     stream = io.BytesIO()
-    np.save(stream, outputs["out"], allow_pickle=False)
+    np.save(stream, next(iter(outputs.values())), allow_pickle=False)
     return stream.getvalue()
+
+
+def _multipart_doc(operation: Operation) -> dict[str, Any]:
+    files = {
+        name: {"type": "string", "format": "binary", "description": f".npy file: {doc}"}
+        for name, doc in operation.arrays.items()
+        if name in operation.inputs
+    }
+    fields = {
+        name: {"type": "string", "description": text}
+        for name, text in Hyperparameters.text_forms().items()
+    }
+    return {
+        "schema": {
+            "type": "object",
+            "properties": {**files, **fields},
+            "required": list(operation.required),
+        }
+    }
+
+
+def _npy_doc(operation: Operation) -> dict[str, Any]:
+    return {"schema": {"type": "string", "format": "binary", "description": "a .npy file"}}
+
+
+def _single_output(operation: Operation) -> bool:
+    return len(operation.outputs) == 1
+
+
+MULTIPART = Codec("multipart/form-data", decode=decode_multipart, request_doc=_multipart_doc)
+NPY = Codec("application/x-npy", encode=encode, response_doc=_npy_doc, answers=_single_output)

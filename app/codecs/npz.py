@@ -10,27 +10,27 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from app.errors import BadRequest, InvalidInput
+from convengine import Operation
 
-from ._common import (
-    ArrayNames,
-    Budget,
-    Decoded,
-    check_known,
-    check_names,
-    parse_param_text,
-    read_npy,
-)
+from .base import Budget, Codec, Decoded, TensorStyle, check_known, check_names, read_npy
 
-__all__ = ["decode", "encode"]
+__all__ = ["CODEC", "decode", "encode"]
 
 MAX_MEMBERS = 16
 
 
-def decode(body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Budget) -> Decoded:
+def decode(
+    body: bytes,
+    operation: Operation,
+    query: Mapping[str, str],
+    budget: Budget,
+    options: Mapping[str, str],
+) -> Decoded:
     try:
         archive = zipfile.ZipFile(io.BytesIO(body))
     except Exception as exc:  # zipfile raises a zoo of types on hostile bytes
@@ -46,13 +46,12 @@ def decode(body: bytes, names: ArrayNames, query: Mapping[str, str], budget: Bud
             name = member.filename.removesuffix(".npy")
             if name in arrays:
                 raise InvalidInput(f"the archive holds {name!r} twice", loc=("body", name))
-            check_known(name, names)
+            check_known(name, operation)
             budget.take(member.file_size, name)
             # Charged above, from the directory, before inflating.
             arrays[name] = read_npy(_read_member(archive, member, name), name, None)
-    check_names(arrays, names)
-    params = {key: parse_param_text(value) for key, value in query.items()}
-    return Decoded(arrays, params, "binary", param_location="query")
+    check_names(arrays, operation)
+    return Decoded(arrays, dict(query), "file", param_location="query", params_as_text=True)
 
 
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -> bytes:
@@ -72,7 +71,39 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -
     return data
 
 
-def encode(outputs: dict[str, np.ndarray]) -> bytes:
+def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes:
     stream = io.BytesIO()
     np.savez(stream, allow_pickle=False, **outputs)
     return stream.getvalue()
+
+
+def _request_doc(operation: Operation) -> dict[str, Any]:
+    return {
+        "schema": {
+            "type": "string",
+            "format": "binary",
+            "description": f".npz archive holding {', '.join(operation.inputs)} "
+            f"({', '.join(sorted(operation.optional)) or 'none'} optional); "
+            "hyperparameters in the query",
+        }
+    }
+
+
+def _response_doc(operation: Operation) -> dict[str, Any]:
+    return {
+        "schema": {
+            "type": "string",
+            "format": "binary",
+            "description": f".npz archive holding {', '.join(operation.outputs)}",
+        }
+    }
+
+
+CODEC = Codec(
+    "application/x-npz",
+    decode=decode,
+    encode=encode,
+    request_doc=_request_doc,
+    response_doc=_response_doc,
+    query_parameters=True,
+)

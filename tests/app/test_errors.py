@@ -11,9 +11,9 @@ import pytest
 
 import app.errors as errors
 from app.config import Settings
+from benchmarks.payloads import npy_bytes, npz_bytes
 
 from .conftest import serve
-from .payloads import npy_bytes, npz_bytes
 
 pytestmark = pytest.mark.anyio
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.payloads import REQUEST_FORMS, RESPONSE_FORMS, read, request
 from convengine import conv2d, conv2d_backward
-
-from .payloads import REQUEST_FORMS, RESPONSE_FORMS, read, request
 
 pytestmark = pytest.mark.anyio
 HYPER = {"stride": (2, 1), "padding": (1, 2), "dilation": 1, "groups": 2}
@@ -67,7 +66,7 @@ async def test_json_answers_in_the_style_of_x(client, form):
 
 async def test_compressed_npz_and_query_padding_words(client):
     x, w, b = _arrays("float64")
-    from .payloads import npz_bytes
+    from benchmarks.payloads import npz_bytes
 
     response = await client.post(
         "/forward?padding=same&groups=2",
@@ -83,7 +82,7 @@ async def test_compressed_npz_and_query_padding_words(client):
 @pytest.mark.parametrize("padding", ["1,2", "[1, 2]", "[1,2]"])
 async def test_multipart_hyperparameter_spellings(client, padding):
     x, w, _ = _arrays("float64")
-    from .payloads import npy_bytes
+    from benchmarks.payloads import npy_bytes
 
     response = await client.post(
         "/forward",
@@ -106,7 +105,7 @@ async def test_json_float32_nested_lists_by_top_level_dtype(client):
 
 async def test_fortran_order_and_big_endian_npy(client):
     x, w, _ = _arrays("float64")
-    from .payloads import npy_bytes
+    from benchmarks.payloads import npy_bytes
 
     response = await client.post(
         "/forward",

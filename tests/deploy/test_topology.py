@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.payloads import REQUEST_FORMS, read, request
 from convengine import conv2d, conv2d_backward
 
-from ..app.payloads import REQUEST_FORMS, read, request
 from ..servers import Service, free_port, start_service
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from app.config import Settings
 from app.main import create_app
-
-from ..app.payloads import npy_bytes
+from benchmarks.payloads import npy_bytes
 
 APP = create_app(Settings())
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

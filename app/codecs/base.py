@@ -1,55 +1,83 @@
-"""What every wire format shares: the decoded request, the byte budget, and .npy reading."""
+"""What every wire format shares: the codec record, the decoded request, the byte budget,
+the array-name checks and .npy reading."""
 
 from __future__ import annotations
 
-import io
 import math
-from collections.abc import Mapping
+import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import orjson
 
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge
+from convengine import Operation
+
+from .npy_header import parse_header
 
 __all__ = [
-    "ArrayNames",
+    "MAX_NDIM",
     "Budget",
+    "Codec",
     "Decoded",
+    "Decoder",
+    "Encoder",
     "TensorStyle",
     "check_known",
     "check_names",
-    "parse_param_text",
+    "float_dtype",
     "read_npy",
+    "shape_of",
 ]
 
-# How the request sent x, which the JSON answer imitates; "binary" arrays answer nested lists.
-TensorStyle = Literal["nested", "typed", "b64", "binary"]
+# How the request sent x, which a JSON answer imitates: "file" arrays (.npy, .npz, the
+# protocol's binary data) are answered as nested lists.
+TensorStyle = Literal["nested", "typed", "b64", "file"]
 MAX_NDIM = 8
-_NPY_MAX_HEADER = 10_000
-
-
-@dataclass(frozen=True)
-class ArrayNames:
-    """The arrays one pass takes."""
-
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-
-    @property
-    def all(self) -> tuple[str, ...]:
-        return self.required + self.optional
 
 
 @dataclass
 class Decoded:
-    """A request body turned into arrays and raw (not yet validated) hyperparameters."""
+    """A request body turned into arrays and raw (not yet validated) hyperparameters.
+
+    ``params_as_text``: the hyperparameters arrived as text (query, form fields, protocol
+    parameters) and are read through their text forms.
+    """
 
     arrays: dict[str, np.ndarray]
     params: dict[str, Any]
     style: TensorStyle
     param_location: Literal["body", "query", "parameters"] = "body"
+    params_as_text: bool = False
+
+
+# decode(body, operation, query, budget, media type options such as the multipart boundary)
+Decoder = Callable[[bytes, Operation, Mapping[str, str], "Budget", Mapping[str, str]], Decoded]
+# encode(outputs, style of the request's tensors)
+Encoder = Callable[[dict[str, np.ndarray], TensorStyle], bytes]
+OpenAPIEntry = Callable[[Operation], dict[str, Any]]
+
+
+def _everything(operation: Operation) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One wire format: how it reads requests and writes answers, and how the OpenAPI shows it.
+
+    ``answers`` tells which operations' outputs the format can carry; ``query_parameters``
+    marks a format whose hyperparameters travel in the query string.
+    """
+
+    media_type: str
+    decode: Decoder | None = None
+    encode: Encoder | None = None
+    request_doc: OpenAPIEntry | None = None
+    response_doc: OpenAPIEntry | None = None
+    answers: Callable[[Operation], bool] = _everything
+    query_parameters: bool = False
 
 
 @dataclass
@@ -72,38 +100,23 @@ class Budget:
         self.remaining -= nbytes
 
 
-def check_known(name: str, names: ArrayNames) -> None:
-    """422 for an array the pass does not take."""
-    if name not in names.all:
+def check_known(name: str, operation: Operation) -> None:
+    """422 for an array the operation does not take."""
+    if name not in operation.inputs:
         raise InvalidInput(
-            f"unknown array {name[:40]!r}: this endpoint takes {', '.join(names.all)}",
+            f"unknown array {name[:40]!r}: this endpoint takes {', '.join(operation.inputs)}",
             loc=("body", name[:40]),
             type="extra_forbidden",
         )
 
 
-def check_names(present: Mapping[str, object], names: ArrayNames) -> None:
-    """422 for a missing required array or an array the pass does not take."""
+def check_names(present: Mapping[str, object], operation: Operation) -> None:
+    """422 for a missing required array or an array the operation does not take."""
     for name in present:
-        check_known(name, names)
-    for name in names.required:
+        check_known(name, operation)
+    for name in operation.required:
         if name not in present:
             raise InvalidInput(f"array {name!r} is required", loc=("body", name), type="missing")
-
-
-def parse_param_text(text: str) -> Any:
-    """A hyperparameter sent as text (form field, query): "2", "1,2", "[1, 2]", "same"."""
-    stripped = text.strip()
-    if stripped.startswith("["):
-        try:
-            return orjson.loads(stripped)
-        except orjson.JSONDecodeError:
-            return text
-    parts = [part.strip() for part in stripped.split(",")]
-    if all(part.lstrip("-").isdigit() for part in parts):
-        numbers = [int(part) for part in parts]
-        return numbers[0] if len(numbers) == 1 else numbers
-    return text
 
 
 def shape_of(value: object, name: str) -> tuple[int, ...]:
@@ -140,35 +153,34 @@ def read_npy(data: bytes, name: str, budget: Budget | None) -> np.ndarray:
 
     Only float32 and float64 (either byte order) are accepted; never pickles.
     """
-    stream = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            header = np.lib.format.read_array_header_1_0(stream, max_header_size=_NPY_MAX_HEADER)
-        elif version == (2, 0):
-            header = np.lib.format.read_array_header_2_0(stream, max_header_size=_NPY_MAX_HEADER)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except Exception as exc:  # numpy's header parser raises a zoo of types on hostile bytes
+        header = parse_header(data)
+    except (ValueError, UnicodeDecodeError, struct.error) as exc:
         raise BadRequest(f"{name} is not a valid .npy file: {exc}", loc=("body", name)) from exc
-    shape, fortran_order, dtype = header
-    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or len(shape) > MAX_NDIM:
+    shape, fortran_order, dtype = header.shape, header.fortran_order, header.dtype
+    if dtype is None or dtype.kind != "f" or dtype.itemsize not in (4, 8) or len(shape) > MAX_NDIM:
         raise InvalidInput(
-            f"{name} has dtype {dtype.str if not dtype.hasobject else 'object'} and "
-            f"{len(shape)} dimensions; the service takes float32 or float64 arrays",
+            f"{name} has dtype {_dtype_name(dtype)} and {len(shape)} dimensions; "
+            "the service takes float32 or float64 arrays",
             loc=("body", name),
             type="dtype_error",
         )
     count = math.prod(shape)
     if budget is not None:
         budget.take(count * dtype.itemsize, name)
-    available = len(data) - stream.tell()
+    available = len(data) - header.data_offset
     if available != count * dtype.itemsize:
         raise BadRequest(
             f"{name} is a truncated or corrupt .npy file: its header announces shape {shape} "
             f"({count * dtype.itemsize} bytes of {dtype.name}) but {available} bytes follow",
             loc=("body", name),
         )
-    array = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=header.data_offset)
     array = array.reshape(shape, order="F" if fortran_order else "C")
     return np.ascontiguousarray(array, dtype=dtype.newbyteorder("="))
+
+
+def _dtype_name(dtype: np.dtype | None) -> str:
+    if dtype is None:
+        return "structured (a list of fields)"
+    return "object" if dtype.hasobject else dtype.str

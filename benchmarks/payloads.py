@@ -19,7 +19,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return stream.getvalue()
 
 
-def npz_bytes(compressed: bool = False, **arrays: np.ndarray) -> bytes:
+def npz_bytes(compressed: bool = False, **arrays: Any) -> bytes:
     stream = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(stream, **arrays)
     return stream.getvalue()
@@ -69,13 +69,13 @@ def request(
         }
         return {"files": files, "data": {k: _text(v) for k, v in hyper.items()}, "headers": headers}
     return {
-        "content": npz_bytes(**arrays),
+        "content": npz_bytes(False, **arrays),
         "params": {k: _text(v) for k, v in hyper.items()},
         "headers": {"content-type": "application/x-npz", **headers},
     }
 
 
-def read(response, names: list[str]) -> dict[str, np.ndarray]:
+def read(response: Any, names: list[str]) -> dict[str, np.ndarray]:
     """The arrays of a 200 response, whatever its media type."""
     kind = response.headers["content-type"]
     if kind == "application/x-npy":

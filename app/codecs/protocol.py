@@ -1,14 +1,15 @@
-"""The Open Inference Protocol (KServe v2 REST), with its binary tensor data extension.
+"""The Open Inference Protocol's tensors (KServe v2 REST), with its binary data extension.
 
-Two models: ``conv2d`` (inputs x, w, optional b; output out) and ``conv2d_backward`` (inputs
-x, w, dout; outputs dx, dw, db). Hyperparameters travel in the request's ``parameters``.
-The same validation, limits and engine as /forward and /backward; only the wire differs.
+A request is a JSON document (:class:`InferRequest`) optionally followed by the inputs'
+little-endian bytes, the JSON's length in the ``Inference-Header-Content-Length`` header.
+Decoding gives the same :class:`Decoded` as every other codec, its hyperparameters from the
+request's ``parameters``; encoding gives JSON outputs or a JSON header followed by binary data.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
 from typing import Any
 
 import numpy as np
@@ -16,30 +17,25 @@ import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.codecs import Budget, Decoded
-from app.codecs._common import parse_param_text
-from app.codecs.json import array_from_lists
-from app.config import Settings
-from app.errors import BadRequest, InvalidInput, NotFound
-from app.passes import Pass, evaluate
+from app.errors import BadRequest, InvalidInput
+from app.schemas import HYPERPARAMETERS, Hyperparameters
+from convengine import Operation
+
+from .base import Budget, Decoded
+from .json import array_from_lists
 
 __all__ = [
-    "MODELS",
+    "DATATYPES",
     "InferInput",
     "InferOutput",
     "InferRequest",
-    "InferResponse",
-    "ModelMetadata",
-    "ModelSpec",
-    "ProtocolError",
-    "ServerMetadata",
-    "infer",
-    "model",
+    "check_outputs",
+    "decode",
+    "encode",
+    "parse_request",
 ]
 
-VERSION = "1"
-_DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64)}
-_HYPERPARAMETERS = ("stride", "padding", "dilation", "groups")
+DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64)}
 # Triton's own request parameters, which a stateless convolution has no use for.
 _IGNORED = {
     "binary_data_output",
@@ -49,57 +45,7 @@ _IGNORED = {
     "sequence_start",
     "sequence_end",
 }
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    pass_: Pass
-    inputs: tuple[str, ...]
-    required: tuple[str, ...]
-    outputs: tuple[str, ...]
-    ndims: dict[str, int]
-
-    def metadata(self) -> dict[str, Any]:
-        def tensor(name: str) -> dict[str, Any]:
-            return {"name": name, "datatype": "FP32", "shape": [-1] * self.ndims[name]}
-
-        return {
-            "name": self.name,
-            "versions": [VERSION],
-            "platform": "convengine",
-            "inputs": [tensor(name) for name in self.inputs],
-            "outputs": [tensor(name) for name in self.outputs],
-            "parameters": {
-                "datatypes": "FP32 or FP64, the same for every input; outputs follow x",
-                "hyperparameters": "stride, padding, dilation: an int or 'h,w'; "
-                "padding also 'same' or 'valid'; groups: an int",
-            },
-        }
-
-
-_NDIMS = {"x": 4, "w": 4, "b": 1, "dout": 4, "out": 4, "dx": 4, "dw": 4, "db": 1}
-MODELS = {
-    "conv2d": ModelSpec("conv2d", "forward", ("x", "w", "b"), ("x", "w"), ("out",), _NDIMS),
-    "conv2d_backward": ModelSpec(
-        "conv2d_backward",
-        "backward",
-        ("x", "w", "dout"),
-        ("x", "w", "dout"),
-        ("dx", "dw", "db"),
-        _NDIMS,
-    ),
-}
-
-
-def model(name: str, version: str | None = None) -> ModelSpec:
-    """The model called ``name`` (and ``version``), or 404."""
-    spec = MODELS.get(name)
-    if spec is None:
-        raise NotFound(f"unknown model {name[:60]!r}: this server has {', '.join(MODELS)}")
-    if version is not None and version != VERSION:
-        raise NotFound(f"model {name!r} has only version {VERSION}, not {version[:20]!r}")
-    return spec
+_LENGTH = re.compile(r"[0-9]{1,12}")
 
 
 class InferInput(BaseModel):
@@ -125,50 +71,8 @@ class InferRequest(BaseModel):
     outputs: list[InferOutput] | None = Field(None, max_length=16)
 
 
-class ProtocolError(BaseModel):
-    error: str
-
-
-class ServerMetadata(BaseModel):
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class TensorMetadata(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-    parameters: dict[str, str]
-
-
-class OutputTensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[float] | None = None
-    parameters: dict[str, int] | None = None
-
-
-class InferResponse(BaseModel):
-    model_name: str
-    model_version: str
-    id: str | None = None
-    outputs: list[OutputTensor]
-
-
-def infer(
-    spec: ModelSpec, body: bytes, header_length: str | None, settings: Settings
-) -> tuple[bytes, dict[str, str]]:
-    """The response body and headers for one inference request."""
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest, memoryview]:
+    """The inference request and the binary tensor data after it."""
     document, blob = _split(body, header_length)
     try:
         request = InferRequest.model_validate(document)
@@ -176,17 +80,30 @@ def infer(
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"])
         raise BadRequest(f"invalid inference request: {where}: {first['msg']}") from exc
-    arrays = _inputs(spec, request, blob, Budget(settings.max_decoded_bytes))
-    params = _hyperparameters(request.parameters)
-    outputs = evaluate(spec.pass_, Decoded(arrays, params, "binary", "parameters"), settings)
-    return _response(spec, request, outputs)
+    return request, blob
+
+
+def decode(
+    operation: Operation, model: str, request: InferRequest, blob: memoryview, budget: Budget
+) -> Decoded:
+    """The request's inputs as arrays and its parameters as (text-form) hyperparameters."""
+    arrays = _inputs(operation, model, request, blob, budget)
+    params = {key: value for key, value in request.parameters.items() if key not in _IGNORED}
+    for key in params:
+        if key not in HYPERPARAMETERS:
+            raise InvalidInput(
+                f"unknown parameter {key[:40]!r}: the models take "
+                f"{', '.join(Hyperparameters.model_fields)}",
+                loc=("parameters", key[:40]),
+            )
+    return Decoded(arrays, params, "file", param_location="parameters", params_as_text=True)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     """The JSON header and the binary tensor data after it."""
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > size:
+        if not _LENGTH.fullmatch(header_length) or int(header_length) > size:
             raise BadRequest(
                 f"Inference-Header-Content-Length {header_length[:20]!r} must be a number no "
                 f"larger than the body ({size} bytes)"
@@ -200,19 +117,19 @@ def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
 
 
 def _inputs(
-    spec: ModelSpec, request: InferRequest, blob: memoryview, budget: Budget
+    operation: Operation, model: str, request: InferRequest, blob: memoryview, budget: Budget
 ) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for tensor in request.inputs:
-        if tensor.name not in spec.inputs:
+        if tensor.name not in operation.inputs:
             raise BadRequest(
-                f"model {spec.name} has no input {tensor.name[:40]!r}: its inputs are "
-                f"{', '.join(spec.inputs)}"
+                f"model {model} has no input {tensor.name[:40]!r}: its inputs are "
+                f"{', '.join(operation.inputs)}"
             )
         if tensor.name in arrays:
             raise BadRequest(f"input {tensor.name!r} is given twice")
-        dtype = _DATATYPES.get(tensor.datatype)
+        dtype = DATATYPES.get(tensor.datatype)
         if dtype is None:
             raise BadRequest(
                 f"input {tensor.name} has datatype {tensor.datatype[:20]!r}; the models "
@@ -233,9 +150,9 @@ def _inputs(
             f"the body holds {len(blob)} bytes of binary tensor data but the inputs' "
             f"binary_data_size add up to {offset}"
         )
-    missing = [name for name in spec.required if name not in arrays]
+    missing = [name for name in operation.required if name not in arrays]
     if missing:
-        raise BadRequest(f"model {spec.name} needs input {missing[0]!r}")
+        raise BadRequest(f"model {model} needs input {missing[0]!r}")
     return arrays
 
 
@@ -267,21 +184,6 @@ def _json_data(tensor: InferInput, dtype: np.dtype) -> np.ndarray:
     return array.reshape(tensor.shape)
 
 
-def _hyperparameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """The request's parameters as hyperparameters; strings such as "2,1" or "same" parsed."""
-    params = {}
-    for key, value in parameters.items():
-        if key in _IGNORED:
-            continue
-        if key not in _HYPERPARAMETERS:
-            raise InvalidInput(
-                f"unknown parameter {key[:40]!r}: the models take {', '.join(_HYPERPARAMETERS)}",
-                loc=("parameters", key[:40]),
-            )
-        params[key] = parse_param_text(value) if isinstance(value, str) else value
-    return params
-
-
 def _wants_binary(request: InferRequest, name: str) -> bool:
     default = request.parameters.get("binary_data_output") is True
     for output in request.outputs or ():
@@ -290,16 +192,26 @@ def _wants_binary(request: InferRequest, name: str) -> bool:
     return default
 
 
-def _response(
-    spec: ModelSpec, request: InferRequest, outputs: dict[str, np.ndarray]
-) -> tuple[bytes, dict[str, str]]:
-    requested = [o.name for o in request.outputs] if request.outputs else list(spec.outputs)
+def check_outputs(operation: Operation, model: str, request: InferRequest) -> list[str]:
+    """The outputs the request asks for (all by default), each known and named once."""
+    requested = [o.name for o in request.outputs] if request.outputs else list(operation.outputs)
     for name in requested:
-        if name not in spec.outputs:
+        if name not in operation.outputs:
             raise BadRequest(
-                f"model {spec.name} has no output {name[:40]!r}: its outputs are "
-                f"{', '.join(spec.outputs)}"
+                f"model {model} has no output {name[:40]!r}: its outputs are "
+                f"{', '.join(operation.outputs)}"
             )
+    if len(set(requested)) != len(requested):
+        twice = next(name for name in requested if requested.count(name) > 1)
+        raise BadRequest(f"output {twice!r} is asked for twice")
+    return requested
+
+
+def encode(
+    model: str, version: str, request: InferRequest, outputs: dict[str, np.ndarray]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers: JSON outputs, or a JSON header and binary data."""
+    requested = [o.name for o in request.outputs] if request.outputs else list(outputs)
     tensors, blobs = [], []
     for name in requested:
         array = np.ascontiguousarray(outputs[name])
@@ -320,7 +232,7 @@ def _response(
                 )
             entry["data"] = array.ravel()
         tensors.append(entry)
-    document = {"model_name": spec.name, "model_version": VERSION, "outputs": tensors}
+    document = {"model_name": model, "model_version": version, "outputs": tensors}
     if request.id is not None:
         document["id"] = request.id
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)

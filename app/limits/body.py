@@ -1,32 +1,13 @@
-"""Bounds on what one request may cost: body bytes, work, and computations at once."""
+"""The body's bounds: its size, and the time it may take to arrive."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import partial
-from typing import TypeVar
-
 import anyio
-import anyio.to_thread
-from anyio import CapacityLimiter
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import (
-    BadRequest,
-    InvalidInput,
-    Overloaded,
-    PayloadTooLarge,
-    RequestTimeout,
-    error_response,
-)
-from convengine import ConvGeometry
+from app.errors import BadRequest, PayloadTooLarge, RequestTimeout, error_response
 
-__all__ = ["BodyLimit", "Gate", "check_work"]
-
-T = TypeVar("T")
-MiB = 1 << 20
+__all__ = ["BodyLimit"]
 
 
 class BodyLimit:
@@ -50,7 +31,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        is_json = headers.get(b"content-type", b"").lower().startswith(b"application/json")
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        # Every type the JSON decoder reads: application/json and any +json type.
+        is_json = kind == b"application/json" or kind.endswith(b"+json")
         limit = self.max_json if is_json else self.max_body
         what = "JSON body" if is_json else "body"
         declared = headers.get(b"content-length")
@@ -68,7 +51,7 @@ class BodyLimit:
                 )
             if problem is not None:
                 problem.headers["Connection"] = "close"
-                await error_response(problem, scope["path"])(scope, receive, send)
+                await error_response(problem, scope)(scope, receive, send)
                 return
         received, complete = 0, False
         deadline = anyio.current_time() + self.body_timeout
@@ -96,61 +79,3 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
-
-
-class Gate:
-    """At most ``slots`` computations at once and ``waiting`` more in line; beyond, 503."""
-
-    def __init__(self, slots: int, waiting: int) -> None:
-        self.limiter = CapacityLimiter(slots)
-        self.capacity = slots + waiting
-        self.admitted = 0  # touched only on the event loop: no lock needed
-
-    @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        if self.admitted >= self.capacity:
-            raise Overloaded(
-                f"all {self.capacity} computation and waiting places are taken: retry shortly",
-                loc=(),
-                headers={"Retry-After": "1"},
-            )
-        self.admitted += 1
-        try:
-            yield
-        finally:
-            self.admitted -= 1
-
-    async def run(self, work: Callable[[], T]) -> T:
-        """``work()`` in a worker thread, once a computation slot is free."""
-        return await anyio.to_thread.run_sync(work, limiter=self.limiter)
-
-    async def serve(self, request: Request, work: Callable[[bytes], T]) -> T:
-        """Admit ``request``, read its body, and run ``work(body)`` in a computation slot.
-
-        The body is read only once admitted, so refused requests hold no memory.
-        """
-        async with self.admit():
-            body = await request.body()
-            return await self.run(partial(work, body))
-
-
-def check_work(
-    geometry: ConvGeometry, itemsize: int, passes: int, max_bytes: int, max_gflop: float
-) -> None:
-    """422 for a convolution that would need more memory or arithmetic than allowed."""
-    need = geometry.work_elements() * itemsize
-    if need > max_bytes:
-        raise InvalidInput(
-            f"this convolution would need about {need / MiB:,.0f} MiB of working memory "
-            f"(output {geometry.out_shape}, padded input {geometry.padded_hw}), over the "
-            f"service's limit of {max_bytes / MiB:,.0f} MiB: "
-            "send a smaller batch, image or padding",
-            type="work_limit",
-        )
-    gflop = geometry.flops() * passes / 1e9
-    if gflop > max_gflop:
-        raise InvalidInput(
-            f"this convolution would take {gflop:,.1f} GFLOP, over the service's limit of "
-            f"{max_gflop:,.1f} GFLOP: split the batch into several requests",
-            type="work_limit",
-        )

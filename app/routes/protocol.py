@@ -5,12 +5,23 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 
 import convengine
-from app import oip
+from app import protocol
+from app.codecs.protocol import InferRequest
+from app.errors import register_error_shape
 
-router = APIRouter(prefix="/v2", tags=["inference protocol"])
+PREFIX = "/v2"
+router = APIRouter(prefix=PREFIX, tags=["inference protocol"])
+OPENAPI_MODELS = (InferRequest, protocol.InferResponse, protocol.ProtocolError)
+
+
+def install(app: FastAPI) -> None:
+    """Serve the protocol on ``app``, errors under /v2 in the protocol's own shape."""
+    app.include_router(router)
+    register_error_shape(app, PREFIX, protocol.render_error)
+
 
 _ERROR = {
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProtocolError"}}}
@@ -21,7 +32,7 @@ _UNKNOWN_MODEL: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("", response_model=oip.ServerMetadata)
+@router.get("", response_model=protocol.ServerMetadata)
 async def server_metadata() -> dict[str, object]:
     """Server name, version and protocol extensions."""
     return {
@@ -52,13 +63,15 @@ async def ready(request: Request) -> Response:
     return Response(status_code=200 if getattr(request.app.state, "ready", False) else 400)
 
 
-@router.get("/models/{name}", response_model=oip.ModelMetadata, responses=_UNKNOWN_MODEL)
+@router.get("/models/{name}", response_model=protocol.ModelMetadata, responses=_UNKNOWN_MODEL)
 @router.get(
-    "/models/{name}/versions/{version}", response_model=oip.ModelMetadata, responses=_UNKNOWN_MODEL
+    "/models/{name}/versions/{version}",
+    response_model=protocol.ModelMetadata,
+    responses=_UNKNOWN_MODEL,
 )
 async def model_metadata(name: str, version: str | None = None) -> dict[str, object]:
     """Inputs and outputs of a model: conv2d or conv2d_backward."""
-    return oip.model(name, version).metadata()
+    return protocol.metadata(protocol.model(name, version))
 
 
 _READY: dict[int | str, dict[str, Any]] = {
@@ -72,7 +85,7 @@ _READY: dict[int | str, dict[str, Any]] = {
 @router.get("/models/{name}/versions/{version}/ready", response_class=Response, responses=_READY)
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """200 when the model can serve."""
-    oip.model(name, version)
+    protocol.model(name, version)
     return await ready(request)
 
 
@@ -121,11 +134,11 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run a model: JSON tensors, or a JSON header followed by binary tensor data."""
-    spec = oip.model(name, version)
+    operation = protocol.model(name, version)
     state = request.app.state
     work = partial(
-        oip.infer,
-        spec,
+        protocol.infer,
+        operation,
         header_length=request.headers.get("inference-header-content-length"),
         settings=state.settings,
     )

@@ -1,0 +1,133 @@
+"""The Open Inference Protocol as a service: one model per operation of the table.
+
+``conv2d`` is the forward pass (inputs x, w, optional b; output out), ``conv2d_backward``
+the backward pass (inputs dout, x, w; outputs dx, dw, db): whatever :data:`OPERATIONS` holds.
+The same validation, limits and engine as the REST routes; only the wire differs
+(:mod:`app.codecs.protocol`), and so does the error shape: ``{"error": "<message>"}``, with
+a 422 becoming the protocol's 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from app import pipeline
+from app.codecs import Budget
+from app.codecs import protocol as wire
+from app.config import Settings
+from app.errors import NotFound
+from app.schemas import Hyperparameters
+from convengine import OPERATIONS, Operation
+
+__all__ = [
+    "MODELS",
+    "VERSION",
+    "InferResponse",
+    "ModelMetadata",
+    "ProtocolError",
+    "ServerMetadata",
+    "infer",
+    "metadata",
+    "model",
+    "render_error",
+]
+
+VERSION = "1"
+MODELS: dict[str, Operation] = {operation.model: operation for operation in OPERATIONS.values()}
+
+
+class ProtocolError(BaseModel):
+    error: str
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, str]
+
+
+class OutputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float] | None = None
+    parameters: dict[str, int] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[OutputTensor]
+
+
+def model(name: str, version: str | None = None) -> Operation:
+    """The operation served as model ``name`` (and ``version``), or 404."""
+    operation = MODELS.get(name)
+    if operation is None:
+        raise NotFound(f"unknown model {name[:60]!r}: this server has {', '.join(MODELS)}")
+    if version is not None and version != VERSION:
+        raise NotFound(f"model {name!r} has only version {VERSION}, not {version[:20]!r}")
+    return operation
+
+
+def metadata(operation: Operation) -> dict[str, Any]:
+    """The model's metadata: its tensors (any size per axis) and its parameters."""
+
+    def tensor(name: str) -> dict[str, Any]:
+        return {"name": name, "datatype": "FP32", "shape": [-1] * operation.arrays[name].ndim}
+
+    forms = "; ".join(f"{name}: {text}" for name, text in Hyperparameters.text_forms().items())
+    return {
+        "name": operation.model,
+        "versions": [VERSION],
+        "platform": "convengine",
+        "inputs": [tensor(name) for name in operation.inputs],
+        "outputs": [tensor(name) for name in operation.outputs],
+        "parameters": {
+            "datatypes": "FP32 or FP64, the same for every input; outputs follow x",
+            "hyperparameters": forms,
+        },
+    }
+
+
+def infer(
+    operation: Operation, body: bytes, header_length: str | None, settings: Settings
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers for one inference request."""
+    request, blob = wire.parse_request(body, header_length)
+    wire.check_outputs(operation, operation.model, request)
+    budget = Budget(settings.max_decoded_bytes)
+    decoded = wire.decode(operation, operation.model, request, blob, budget)
+    validated = pipeline.validate(operation, decoded, settings)
+    outputs = pipeline.compute(validated, decoded.arrays)
+    return wire.encode(operation.model, VERSION, request, outputs)
+
+
+def render_error(status: int, detail: list[dict[str, Any]]) -> tuple[int, bytes]:
+    """An error in the protocol's shape: one message naming each field, and 400 for 422."""
+
+    def one(item: dict[str, Any]) -> str:
+        where = ".".join(str(part) for part in item["loc"][1:])
+        return f"{where}: {item['msg']}" if where else str(item["msg"])
+
+    message = "; ".join(one(item) for item in detail)
+    return (400 if status == 422 else status), orjson.dumps({"error": message})

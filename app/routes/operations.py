@@ -1,0 +1,86 @@
+"""One POST route per operation of the table: /forward, /backward, ..."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from app import codecs, pipeline
+from app.schemas import Hyperparameters
+from convengine import OPERATIONS, Operation
+
+router = APIRouter(tags=["convolution"])
+
+_ERROR = {
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+}
+_REFUSALS = {
+    400: "a body that cannot be parsed",
+    406: "an Accept header that cannot be answered",
+    408: "a body that arrives too slowly",
+    413: "a body over the size limit",
+    415: "an unsupported Content-Type",
+    422: "arrays or hyperparameters that do not fit together",
+    503: "busy: retry after the Retry-After seconds",
+}
+
+
+def _openapi(operation: Operation) -> dict[str, Any]:
+    only = " or ".join(codecs.query_codecs())
+    return {
+        "requestBody": codecs.request_body(operation),
+        "parameters": [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": f"with {only} only: {text}",
+                "schema": {"type": "string"},
+            }
+            for name, text in Hyperparameters.text_forms().items()
+        ],
+    }
+
+
+def _responses(operation: Operation) -> dict[int | str, dict[str, Any]]:
+    answer = {
+        "description": ", ".join(operation.outputs),
+        "content": codecs.responses_content(operation),
+    }
+    return {
+        200: answer,
+        **{status: {"description": text, **_ERROR} for status, text in _REFUSALS.items()},
+    }
+
+
+def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        state = request.app.state
+        work = partial(
+            pipeline.run,
+            operation,
+            content_type=request.headers.get("content-type"),
+            accept=request.headers.get("accept"),
+            query=dict(request.query_params),
+            settings=state.settings,
+        )
+        content, media_type = await state.gate.serve(request, work)
+        return Response(content, media_type=media_type)
+
+    endpoint.__name__ = operation.name
+    endpoint.__doc__ = operation.summary
+    return endpoint
+
+
+for _operation in OPERATIONS.values():
+    router.add_api_route(
+        f"/{_operation.name}",
+        _endpoint(_operation),
+        methods=["POST"],
+        openapi_extra=_openapi(_operation),
+        responses=_responses(_operation),
+        response_class=Response,
+    )
