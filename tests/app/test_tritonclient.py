@@ -40,7 +40,8 @@ def test_health_and_metadata(client):
     assert client.is_model_ready("conv2d")
     assert client.is_model_ready("conv2d_backward")
     metadata = client.get_model_metadata("conv2d_backward")
-    assert [t["name"] for t in metadata["inputs"]] == ["dout", "x", "w"]  # conv2d_backward(dout, x, w)
+    # In the engine function's order: conv2d_backward(dout, x, w).
+    assert [t["name"] for t in metadata["inputs"]] == ["dout", "x", "w"]
     assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
 
 
