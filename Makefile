@@ -2,19 +2,30 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+RUNTIME := $(VENV)/.runtime
+TOOLS := $(VENV)/.tools
 
-.PHONY: install system-deps serve test lint bench clean
+.PHONY: install runtime system-deps serve test lint bench clean
 
-install: $(STAMP)
+# The service alone: its pinned runtime dependencies and the project, nothing more.
+runtime: $(RUNTIME)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
-	touch $(STAMP)
+	$(PIP) -r requirements.lock
+	$(PIP) --no-deps -e .
+	touch $(RUNTIME)
+
+# Everything the checks and benchmarks use besides: test, lint, browser and client tools.
+install: $(TOOLS)
+
+$(TOOLS): $(RUNTIME)
+	$(PIP) -e '.[dev,bench,client]'
+	touch $(TOOLS)
 
 # Settings come from CONVENGINE_* variables (see README): CONVENGINE_PORT=9000 make serve
-serve: install
+serve: runtime
 	$(BIN)/python -m app
 
 # What the tests run for real, from Debian's packages: nginx and docker-compose (for `config`)

@@ -52,3 +52,22 @@ async def test_client_sends_pairs_and_words():
         )
         with pytest.raises(ConvServiceError, match="groups=2 must divide the input channels C=1"):
             await client.forward(np.ones((1, 1, 4, 4)), np.ones((2, 1, 1, 1)), groups=2)
+
+
+async def test_every_operation_is_a_method_and_call_names_it():
+    async with serve() as http:
+        client = AsyncConvClient("http://convengine", client=http)
+        x = np.arange(32, dtype=np.int64).reshape(1, 2, 4, 4)  # integers travel as float64
+        out = await client.call("forward", x, W, None, padding=1)
+        np.testing.assert_array_equal(out, conv2d(x.astype(np.float64), W, padding=1))
+        dout = np.ones_like(out)
+        dx, dw, db = await client.backward(dout, x, W, padding=1)
+        assert dx.shape == x.shape and dw.shape == W.shape and db.shape == (3,)
+        with pytest.raises(AttributeError, match="no operation 'fordward'"):
+            client.fordward  # noqa: B018
+        with pytest.raises(TypeError, match="needs the array 'w'"):
+            await client.forward(x)
+        # Pairs of pairs travel as JSON text; the server says what it makes of them.
+        with pytest.raises(ConvServiceError) as info:
+            await client.forward(x, W, padding=[[1, 1], [1, 1]])
+        assert info.value.status_code == 422
