@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast, get_args
 
 from ._errors import ShapeError
 
-__all__ = ["ConvGeometry", "IntOrPair", "Padding", "normalize_padding", "pair"]
+__all__ = [
+    "ConvGeometry",
+    "IntOrPair",
+    "Padding",
+    "PaddingMode",
+    "Rounding",
+    "normalize_padding",
+    "pair",
+]
 
 IntOrPair: TypeAlias = int | Sequence[int]
-Padding: TypeAlias = IntOrPair | Literal["same", "valid"]
+# An int, (h, w), ((top, bottom), (left, right)), or a word.
+Padding: TypeAlias = IntOrPair | Sequence[Sequence[int]] | Literal["same", "same_lower", "valid"]
+PaddingMode: TypeAlias = Literal["zeros", "reflect", "replicate", "circular"]
+Rounding: TypeAlias = Literal["exact", "floor"]
+Sides: TypeAlias = tuple[int, int]
 
 _AXES = ("height", "width")
+_WORDS = ("same", "same_lower", "valid")
 
 
 def _as_int(value: object, field: str) -> int:
@@ -50,56 +63,157 @@ def pair(value: object, field: str, minimum: int) -> tuple[int, int]:
 
 
 def normalize_padding(
-    padding: object, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]
-) -> tuple[tuple[int, int], tuple[int, int]]:
+    padding: object,
+    kernel: tuple[int, int],
+    dilation: tuple[int, int],
+    stride: tuple[int, int],
+    size: tuple[int, int] | None = None,
+) -> tuple[Sides, Sides]:
     """Padding as ((top, bottom), (left, right)).
 
-    ``"same"`` pads a total of ``dilation*(K-1)`` per axis, the extra pixel of an odd total
-    going to the bottom/right, as PyTorch does.
+    ``"same"`` gives an output of ``ceil(size / stride)`` per axis, as TensorFlow and ONNX's
+    SAME_UPPER do: a total of ``max((out - 1)*stride + dilation*(K-1) + 1 - size, 0)``, the odd
+    pixel at the end (bottom/right; at stride 1 this is PyTorch's "same"). ``"same_lower"``
+    puts the odd pixel at the start, as ONNX's SAME_LOWER.
     """
     if isinstance(padding, str):
         if padding == "valid":
             return (0, 0), (0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ShapeError(
-                    f'padding="same" needs stride 1, got stride {stride}: '
-                    "give the padding as numbers instead",
-                    field="padding",
-                )
-            totals = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
-            (top, bottom), (left, right) = ((t // 2, t - t // 2) for t in totals)
-            return (top, bottom), (left, right)
+        if padding in ("same", "same_lower"):
+            sizes = size if size is not None else (1, 1)
+            if size is None and stride != (1, 1):
+                raise ShapeError(f'padding="{padding}" needs the input size', field="padding")
+            sides = []
+            for n, k, d, s in zip(sizes, kernel, dilation, stride, strict=True):
+                out = -(-n // s)
+                total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
+                small, large = total // 2, total - total // 2
+                sides.append((small, large) if padding == "same" else (large, small))
+            return sides[0], sides[1]
         raise ShapeError(
-            f'padding must be an integer, a pair of integers, "same" or "valid", got {padding!r}',
+            "padding must be an integer, a pair of integers, a pair of (before, after) pairs, "
+            f'"same", "same_lower" or "valid", got {padding!r}',
             field="padding",
         )
+    if _is_pair_of_pairs(padding):
+        assert isinstance(padding, Sequence)
+        top, bottom = pair(padding[0], "padding", 0)
+        left, right = pair(padding[1], "padding", 0)
+        return (top, bottom), (left, right)
     h, w = pair(padding, "padding", 0)
     return (h, h), (w, w)
 
 
-def _output_size(
-    axis: str, size: int, pads: tuple[int, int], kernel: int, dilation: int, stride: int
-) -> int:
-    numerator = size + pads[0] + pads[1] - dilation * (kernel - 1) - 1
-    padded = f"2*{pads[0]}" if pads[0] == pads[1] else f"{pads[0]}+{pads[1]}"
-    formula = f"({size} + {padded} - {dilation}*({kernel}-1) - 1)/{stride} + 1"
-    exact = Fraction(numerator, stride) + 1
-    shown = f"{float(exact):g}" if exact.denominator != 1 else str(exact)
-    if numerator < 0:
+def _is_pair_of_pairs(value: object) -> bool:
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str | bytes)
+        and len(value) == 2
+        and all(isinstance(v, Sequence) and not isinstance(v, str | bytes) for v in value)
+    )
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One spatial axis of a convolution, for the output-size formula and its messages."""
+
+    name: str
+    size: int
+    pads: Sides
+    kernel: int
+    dilation: int
+    stride: int
+
+    @property
+    def numerator(self) -> int:
+        return self.size + sum(self.pads) - self.dilation * (self.kernel - 1) - 1
+
+    @property
+    def formula(self) -> str:
+        before, after = self.pads
+        padded = f"2*{before}" if before == after else f"{before}+{after}"
+        return f"({self.size} + {padded} - {self.dilation}*({self.kernel}-1) - 1)/{self.stride} + 1"
+
+    @property
+    def exact(self) -> Fraction:
+        return Fraction(self.numerator, self.stride) + 1
+
+    @property
+    def floor(self) -> int:
+        return self.numerator // self.stride + 1
+
+    def padding_for_floor(self) -> Sides | None:
+        """Per-side padding whose output is exactly :attr:`floor`, keeping the start's, if any."""
+        total = (self.floor - 1) * self.stride + self.dilation * (self.kernel - 1) + 1 - self.size
+        if total < 0:
+            return None
+        before = min(self.pads[0], total)
+        return before, total - before
+
+
+def _shown(value: Fraction) -> str:
+    return f"{float(value):g}" if value.denominator != 1 else str(value)
+
+
+def _output_sizes(axes: tuple[_Axis, _Axis], rounding: str) -> tuple[int, int]:
+    """The output size per axis; ShapeError with the numbers and the ways out."""
+    for axis in axes:
+        if axis.numerator < 0:
+            raise ShapeError(
+                f"output {axis.name} {axis.formula} = {_shown(axis.exact)} is not positive: "
+                f"the kernel spans {axis.dilation * (axis.kernel - 1) + 1} pixels but the padded "
+                f"input is only {axis.size + sum(axis.pads)}: use more padding, a smaller kernel "
+                "or dilation, or a larger input",
+                field="w",
+            )
+    if rounding == "exact":
+        for axis in axes:
+            if axis.numerator % axis.stride:
+                raise ShapeError(
+                    f"output {axis.name} {axis.formula} = {_shown(axis.exact)} is not a whole "
+                    f"number: {_ways_out(axes, axis)}",
+                    field="stride",
+                )
+    return axes[0].floor, axes[1].floor
+
+
+def _ways_out(axes: tuple[_Axis, _Axis], culprit: _Axis) -> str:
+    fixes = [a.padding_for_floor() if a.numerator % a.stride else a.pads for a in axes]
+    floor = f'send rounding "floor" for an output {culprit.name} of {culprit.floor}'
+    if any(fix is None for fix in fixes):
+        return f"change stride or padding, or {floor}"
+    symmetric = culprit.pads[0] == culprit.pads[1]
+    who = "what PyTorch computes" if symmetric else 'what rounding "floor" computes'
+    padding = [list(fix) for fix in fixes if fix is not None]
+    return (
+        f"pad {padding} for an output {culprit.name} of {culprit.floor} ({who}), "
+        'or send rounding "floor"'
+    )
+
+
+def _check_choice(value: object, field: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
         raise ShapeError(
-            f"output {axis} {formula} = {shown} is not positive: the kernel spans "
-            f"{dilation * (kernel - 1) + 1} pixels but the padded input is only "
-            f"{size + pads[0] + pads[1]}: use more padding, a smaller kernel or dilation, "
-            f"or a larger input",
-            field="w",
+            f"{field} must be one of {', '.join(map(repr, choices))}, got {value!r}", field=field
         )
-    if numerator % stride:
-        raise ShapeError(
-            f"output {axis} {formula} = {shown} is not a whole number: change stride or padding",
-            field="stride",
-        )
-    return numerator // stride + 1
+    return value
+
+
+def _check_padding_mode(mode: str, axes: tuple[_Axis, _Axis]) -> None:
+    """PyTorch's limits: reflect pads less than the input, circular at most the input."""
+    if mode not in ("reflect", "circular"):
+        return
+    for axis in axes:
+        for side, amount in zip(("start", "end"), axis.pads, strict=True):
+            too_much = amount >= axis.size if mode == "reflect" else amount > axis.size
+            if too_much:
+                rule = "smaller than" if mode == "reflect" else "at most"
+                raise ShapeError(
+                    f'padding_mode "{mode}" needs each padding {rule} the input: padding '
+                    f"{amount} at the {side} of the {axis.name}, but the input {axis.name} is "
+                    f"{axis.size}",
+                    field="padding",
+                )
 
 
 def _shape(shape: Sequence[int], field: str, names: str) -> tuple[int, ...]:
@@ -134,6 +248,8 @@ class ConvGeometry:
     groups: int
     h_out: int
     w_out: int
+    padding_mode: PaddingMode = "zeros"
+    rounding: Rounding = "exact"
 
     @classmethod
     def build(
@@ -145,6 +261,8 @@ class ConvGeometry:
         padding: object = 0,
         dilation: object = 1,
         groups: object = 1,
+        padding_mode: object = "zeros",
+        rounding: object = "exact",
     ) -> ConvGeometry:
         """Check ``x (N, C, H, W)`` and ``w (F, C/groups, KH, KW)`` against the hyperparameters."""
         n, c, h, w = _shape(x_shape, "x", "N, C, H, W")
@@ -152,12 +270,32 @@ class ConvGeometry:
         stride_hw = pair(stride, "stride", 1)
         dilation_hw = pair(dilation, "dilation", 1)
         n_groups = _as_int(groups, "groups")
-        _check_groups(n_groups, c, f, c_g)
-        pad_h, pad_w = normalize_padding(padding, (kh, kw), dilation_hw, stride_hw)
-        h_out = _output_size("height", h, pad_h, kh, dilation_hw[0], stride_hw[0])
-        w_out = _output_size("width", w, pad_w, kw, dilation_hw[1], stride_hw[1])
+        mode = _check_choice(padding_mode, "padding_mode", get_args(PaddingMode))
+        rule = _check_choice(rounding, "rounding", get_args(Rounding))
+        _check_groups(n_groups, tuple(x_shape), f, c_g)
+        pad_h, pad_w = normalize_padding(padding, (kh, kw), dilation_hw, stride_hw, (h, w))
+        axes = (
+            _Axis("height", h, pad_h, kh, dilation_hw[0], stride_hw[0]),
+            _Axis("width", w, pad_w, kw, dilation_hw[1], stride_hw[1]),
+        )
+        h_out, w_out = _output_sizes(axes, rule)
+        _check_padding_mode(mode, axes)
         return cls(
-            n, c, h, w, f, (kh, kw), stride_hw, dilation_hw, pad_h, pad_w, n_groups, h_out, w_out
+            n,
+            c,
+            h,
+            w,
+            f,
+            (kh, kw),
+            stride_hw,
+            dilation_hw,
+            pad_h,
+            pad_w,
+            n_groups,
+            h_out,
+            w_out,
+            cast(PaddingMode, mode),
+            cast(Rounding, rule),
         )
 
     @property
@@ -220,7 +358,55 @@ class ConvGeometry:
         canvas = self.n * max(self.c, self.f) * (h_pad + 1) * w_pad
         image_cols = self.c * self.kernel[0] * self.kernel[1] * self.h_out * w_pad
         outputs = self.n * self.f * self.h_out * w_pad
-        return 2 * canvas + image_cols + 2 * outputs
+        # A padding mode or floor rounding adds the padded (or cropped) input and its gradient.
+        prepared = 0 if self.is_core else 2 * self.n * self.c * h_pad * w_pad
+        return 2 * canvas + image_cols + 2 * outputs + prepared
+
+    @property
+    def unread(self) -> tuple[int, int]:
+        """Trailing rows and columns of the padded input that no window reaches (floor rounding)."""
+        h_pad, w_pad = self.padded_hw
+        reach_h = (self.h_out - 1) * self.stride[0] + self.dilation[0] * (self.kernel[0] - 1) + 1
+        reach_w = (self.w_out - 1) * self.stride[1] + self.dilation[1] * (self.kernel[1] - 1) + 1
+        return h_pad - reach_h, w_pad - reach_w
+
+    @property
+    def is_core(self) -> bool:
+        """Zero padding and every padded pixel read: what the im2col passes compute directly."""
+        return self.padding_mode == "zeros" and self.unread == (0, 0)
+
+    def core(self) -> tuple[ConvGeometry, tuple[int, int]]:
+        """The geometry the im2col passes compute, and the trailing input pixels it leaves out.
+
+        With zero padding, the unread trailing pixels come off the end padding first, then
+        off the input (returned per axis, their gradient is zero). Any other padding mode is
+        applied to the input first, so the core sees the padded input, cropped, with no padding.
+        """
+        unread_h, unread_w = self.unread
+        if self.padding_mode != "zeros":
+            h_pad, w_pad = self.padded_hw
+            core = replace(
+                self,
+                height=h_pad - unread_h,
+                width=w_pad - unread_w,
+                pad_h=(0, 0),
+                pad_w=(0, 0),
+                padding_mode="zeros",
+                rounding="exact",
+            )
+            return core, (unread_h, unread_w)
+        (top, bottom), (left, right) = self.pad_h, self.pad_w
+        cut_h, cut_w = min(bottom, unread_h), min(right, unread_w)
+        crop = (unread_h - cut_h, unread_w - cut_w)
+        core = replace(
+            self,
+            height=self.height - crop[0],
+            width=self.width - crop[1],
+            pad_h=(top, bottom - cut_h),
+            pad_w=(left, right - cut_w),
+            rounding="exact",
+        )
+        return core, crop
 
     def flops(self) -> int:
         """Multiply-adds of the forward pass, counted as two operations each."""
@@ -250,9 +436,17 @@ class ConvGeometry:
             )
 
 
-def _check_groups(groups: int, c: int, f: int, c_per_group: int) -> None:
+def _check_groups(groups: int, x_shape: tuple[int, ...], f: int, c_per_group: int) -> None:
+    c = x_shape[1]
     if groups < 1:
         raise ShapeError(f"groups must be at least 1, got {groups}", field="groups")
+    if c_per_group * groups != c and x_shape[-1] == c_per_group * groups:
+        raise ShapeError(
+            f"x has {c} channels on axis 1 but w expects {c_per_group * groups}, which is x's "
+            f"last axis: x looks like (N, H, W, C) {x_shape}; send (N, C, H, W), e.g. "
+            "x.transpose(0, 3, 1, 2)",
+            field="x",
+        )
     if c % groups:
         raise ShapeError(f"groups={groups} must divide the input channels C={c}", field="groups")
     if f % groups:
