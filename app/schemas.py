@@ -49,7 +49,7 @@ __all__ = [
 
 # Bounds far beyond any real layer; the work limits refuse big geometry long before these.
 _LIMIT = 1 << 20
-UNION_TAGS = frozenset({"int", "pair", "word"})
+UNION_TAGS = frozenset({"int", "pair", "sides", "word"})
 DType = Literal["float32", "float64"]
 
 
@@ -58,7 +58,11 @@ def _pair_kind(value: Any) -> str:
 
 
 def _padding_kind(value: Any) -> str:
-    return "word" if isinstance(value, str) else _pair_kind(value)
+    if isinstance(value, str):
+        return "word"
+    if isinstance(value, list | tuple) and value and isinstance(value[0], list | tuple):
+        return "sides"
+    return _pair_kind(value)
 
 
 _Pad = Annotated[int, Field(strict=True, ge=0, le=_LIMIT)]
@@ -72,7 +76,8 @@ Dilation = Stride
 Padding = Annotated[
     Annotated[_Pad, Tag("int")]
     | Annotated[tuple[_Pad, _Pad], Tag("pair")]
-    | Annotated[Literal["same", "valid"], Tag("word")],
+    | Annotated[tuple[tuple[_Pad, _Pad], tuple[_Pad, _Pad]], Tag("sides")]
+    | Annotated[Literal["same", "same_lower", "valid"], Tag("word")],
     Discriminator(_padding_kind),
 ]
 Groups = Annotated[int, Field(strict=True, ge=1, le=_LIMIT)]
@@ -116,9 +121,14 @@ class Hyperparameters(BaseModel):
     )
     padding: Padding = Field(
         0,
-        description='zeros added on each side, >= 0: an int or [height, width], or "same" '
-        '(stride 1) or "valid"',
-        json_schema_extra={"text": 'an int, height,width, "same" or "valid"'},
+        description="pixels added around the input, >= 0: an int, [height, width], or per side "
+        '[[top, bottom], [left, right]]; or "valid" (none), "same" (output ceil(H/stride), the '
+        'odd pixel at the bottom/right, as TensorFlow and ONNX SAME_UPPER) or "same_lower" '
+        "(the odd pixel at the top/left, as ONNX SAME_LOWER)",
+        json_schema_extra={
+            "text": 'an int, height,width, JSON such as [[3,2],[3,2]], "same", "same_lower" '
+            'or "valid"'
+        },
     )
     dilation: Dilation = Field(
         1,
@@ -129,6 +139,18 @@ class Hyperparameters(BaseModel):
         1,
         description="channel groups; must divide C and F",
         json_schema_extra={"text": "an int dividing C and F"},
+    )
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = Field(
+        "zeros",
+        description="what the padding holds, as PyTorch's padding_mode: zeros, or the input "
+        "reflected about its edge pixel, its edge pixel repeated, or the input wrapped around",
+        json_schema_extra={"text": "zeros, reflect, replicate or circular"},
+    )
+    rounding: Literal["exact", "floor"] = Field(
+        "exact",
+        description='"exact" refuses an output size that is not whole, naming a padding that '
+        'fits; "floor" drops the last partial window, as PyTorch, ONNX and TensorFlow VALID do',
+        json_schema_extra={"text": "exact or floor"},
     )
 
     @model_validator(mode="before")

@@ -182,11 +182,11 @@ def _ways_out(axes: tuple[_Axis, _Axis], culprit: _Axis) -> str:
     floor = f'send rounding "floor" for an output {culprit.name} of {culprit.floor}'
     if any(fix is None for fix in fixes):
         return f"change stride or padding, or {floor}"
-    symmetric = culprit.pads[0] == culprit.pads[1]
-    who = "what PyTorch computes" if symmetric else 'what rounding "floor" computes'
+    # With symmetric padding, floor rounding is what PyTorch computes; say so.
+    who = " (what PyTorch computes)" if culprit.pads[0] == culprit.pads[1] else ""
     padding = [list(fix) for fix in fixes if fix is not None]
     return (
-        f"pad {padding} for an output {culprit.name} of {culprit.floor} ({who}), "
+        f"pad {padding} for an output {culprit.name} of {culprit.floor}{who}, "
         'or send rounding "floor"'
     )
 

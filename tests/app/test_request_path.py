@@ -49,6 +49,8 @@ def test_the_validated_request_carries_the_geometry_it_built():
         "padding": "same",
         "dilation": 1,
         "groups": 1,
+        "padding_mode": "zeros",
+        "rounding": "exact",
     }
 
 
