@@ -1,8 +1,20 @@
-"""convengine: 2-D convolution layers, forward and backward, as im2col + GEMM on NumPy."""
+"""convengine: convolution layers (1-, 2- and 3-D, and transposed), forward and backward,
+as im2col + GEMM on NumPy."""
 
 from ._errors import ConvError, DTypeError, ShapeError
-from ._functional import backward, conv2d, conv2d_backward, forward
-from ._geometry import ConvGeometry
+from ._functional import (
+    backward,
+    conv,
+    conv2d,
+    conv2d_backward,
+    conv_backward,
+    conv_transpose,
+    conv_transpose_backward,
+    forward,
+    transposed_backward,
+    transposed_forward,
+)
+from ._geometry import ConvGeometry, TransposedGeometry
 from ._layer import Conv
 from ._operations import OPERATIONS, Cost, Operation
 
@@ -15,9 +27,16 @@ __all__ = [
     "DTypeError",
     "Operation",
     "ShapeError",
+    "TransposedGeometry",
     "backward",
+    "conv",
     "conv2d",
     "conv2d_backward",
+    "conv_backward",
+    "conv_transpose",
+    "conv_transpose_backward",
     "forward",
+    "transposed_backward",
+    "transposed_forward",
 ]
 __version__ = "0.1.0"

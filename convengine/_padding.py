@@ -1,4 +1,4 @@
-"""Padding modes other than zeros, as PyTorch's ``nn.Conv2d`` applies them, and their adjoint.
+"""Padding modes other than zeros, as PyTorch's ``nn.Conv{1,2,3}d`` apply them, and their adjoint.
 
 A padded axis is the input axis read through a table of source indices: position ``p`` of
 the padded axis holds input pixel ``sources[p]``. Padding copies through the table; the
@@ -29,21 +29,20 @@ def source_indices(mode: str, size: int, before: int, after: int) -> np.ndarray:
 
 
 def pad(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
-    """x (N, C, H, W) -> (N, C, H_pad, W_pad), padded by the geometry's mode."""
+    """x (N, C, *size) -> (N, C, *padded), padded by the geometry's mode."""
     g = geometry
-    rows = source_indices(g.padding_mode, g.height, *g.pad_h)
-    cols = source_indices(g.padding_mode, g.width, *g.pad_w)
-    return np.take(np.take(x, rows, axis=2), cols, axis=3)
+    for axis, (size, sides) in enumerate(zip(g.size, g.pads, strict=True), start=2):
+        x = np.take(x, source_indices(g.padding_mode, size, *sides), axis=axis)
+    return x
 
 
 def fold(dpadded: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
-    """The adjoint of :func:`pad`: (N, C, H_pad, W_pad) -> dx (N, C, H, W)."""
+    """The adjoint of :func:`pad`: (N, C, *padded) -> dx (N, C, *size)."""
     g = geometry
-    rows = source_indices(g.padding_mode, g.height, *g.pad_h)
-    cols = source_indices(g.padding_mode, g.width, *g.pad_w)
-    return _fold_axis(
-        _fold_axis(dpadded, rows, g.pad_h[0], g.height, 2), cols, g.pad_w[0], g.width, 3
-    )
+    for axis, (size, sides) in enumerate(zip(g.size, g.pads, strict=True), start=2):
+        sources = source_indices(g.padding_mode, size, *sides)
+        dpadded = _fold_axis(dpadded, sources, sides[0], size, axis)
+    return dpadded
 
 
 def _fold_axis(d: np.ndarray, sources: np.ndarray, before: int, size: int, axis: int) -> np.ndarray:

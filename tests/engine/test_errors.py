@@ -7,19 +7,34 @@ import re
 import numpy as np
 import pytest
 
-from convengine import ConvError, ConvGeometry, ShapeError, conv2d, conv2d_backward
+from convengine import ConvError, ConvGeometry, ShapeError, conv, conv2d, conv2d_backward
 
 X, W = (2, 4, 32, 32), (8, 4, 3, 3)
 
 GEOMETRY_ERRORS = [
-    ("x-3d", (4, 32, 32), W, {}, "x", "x must be 4-D (N, C, H, W), got 3-D shape (4, 32, 32)"),
+    (
+        "x-3d",
+        (4, 32, 32),
+        W,
+        {},
+        "w",
+        "w has shape (8, 4, 3, 3) (2 spatial axes) but x has shape (4, 32, 32) (1): a 1-D layer takes w of 3 axes (K last)",
+    ),
+    (
+        "x-6d",
+        (1, 1, 2, 2, 2, 2),
+        W,
+        {},
+        "x",
+        "x must be 3-D (N, C, L) or 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got 6-D shape (1, 1, 2, 2, 2, 2)",
+    ),
     (
         "w-5d",
         X,
         (8, 4, 3, 3, 1),
         {},
         "w",
-        "w must be 4-D (F, C/groups, KH, KW), got 5-D shape (8, 4, 3, 3, 1)",
+        "w has shape (8, 4, 3, 3, 1) (3 spatial axes) but x has shape (2, 4, 32, 32) (2): a 2-D layer takes w of 4 axes (KH, KW last)",
     ),
     (
         "x-empty-axis",
@@ -164,7 +179,7 @@ GEOMETRY_ERRORS = [
         W,
         dict(padding=((1, -1), (0, 0))),
         "padding",
-        "padding must be at least 0 along every axis, got -1 along the width",
+        "padding must be at least 0 on every side, got -1 at the end of the height",
     ),
     (
         "resnet-stem",
@@ -236,7 +251,7 @@ def test_geometry_errors(x_shape, w_shape, hyper, field, message):
     assert info.value.field == field
     # The functional API raises exactly the same error.
     with pytest.raises(ShapeError, match="^" + re.escape(message)):
-        conv2d(np.zeros(x_shape), np.zeros(w_shape), **hyper)
+        conv(np.zeros(x_shape), np.zeros(w_shape), **hyper)
 
 
 def test_bias_length():

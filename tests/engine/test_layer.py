@@ -70,10 +70,17 @@ def test_public_names():
         "DTypeError",
         "Operation",
         "ShapeError",
+        "TransposedGeometry",
         "backward",
+        "conv",
         "conv2d",
         "conv2d_backward",
+        "conv_backward",
+        "conv_transpose",
+        "conv_transpose_backward",
         "forward",
+        "transposed_backward",
+        "transposed_forward",
     }
     assert not [m for m in ("fastapi", "starlette", "app") if hasattr(convengine, m)]
 
