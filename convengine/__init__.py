@@ -16,15 +16,18 @@ from ._functional import (
 )
 from ._geometry import ConvGeometry, TransposedGeometry
 from ._layer import Conv
-from ._operations import OPERATIONS, Cost, Operation
+from ._operations import OPERATIONS, RANKS, ArrayDoc, Cost, Geometry, Operation
 
 __all__ = [
     "OPERATIONS",
+    "RANKS",
+    "ArrayDoc",
     "Conv",
     "ConvError",
     "ConvGeometry",
     "Cost",
     "DTypeError",
+    "Geometry",
     "Operation",
     "ShapeError",
     "TransposedGeometry",

@@ -75,7 +75,7 @@ def _request(
     stream = io.BytesIO()
     present = {k: _as_sent(v) for k, v in named.items() if v is not None}
     np.savez(stream, allow_pickle=False, **present)
-    return f"/{operation.name}", {
+    return operation.path, {
         "content": stream.getvalue(),
         "params": {key: _param(value) for key, value in hyper.items()},
         "headers": {"content-type": NPZ, "accept": NPZ},

@@ -41,6 +41,7 @@ def _openapi(operation: Operation) -> dict[str, Any]:
                 "schema": {"type": "string"},
             }
             for name, text in Hyperparameters.text_forms().items()
+            if name in operation.hyperparameters
         ],
     }
 
@@ -77,7 +78,7 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
 
 for _operation in OPERATIONS.values():
     router.add_api_route(
-        f"/{_operation.name}",
+        _operation.path,
         _endpoint(_operation),
         methods=["POST"],
         openapi_extra=_openapi(_operation),

@@ -98,7 +98,7 @@ CASES = {
     "unknown-padding-mode": ("/forward", _json({"x": X, "w": W, "padding_mode": "mirror"}), 422, ["body", "padding_mode"], "Input should be 'zeros', 'reflect', 'replicate' or 'circular', got 'mirror'"),
     "unknown-rounding": ("/forward", _json({"x": X, "w": W, "rounding": "ceil"}), 422, ["body", "rounding"], "Input should be 'exact' or 'floor', got 'ceil'"),
     "sides-negative": ("/forward", _json({"x": X, "w": W, "padding": [[1, 1], [0, -1]]}), 422, ["body", "padding", 1, 1], "greater than or equal to 0, got -1"),
-    "sides-three": ("/forward", _json({"x": X, "w": W, "padding": [[1, 1], [0, 1], [1, 1]]}), 422, ["body", "padding"], "at most 2 items"),
+    "sides-three": ("/forward", _json({"x": X, "w": W, "padding": [[1, 1], [0, 1], [1, 1]]}), 422, ["body", "padding"], "padding per side needs one (before, after) pair per spatial axis (height, width), got 3 pairs"),
     "stem-not-whole": ("/forward", _json({"x": {"shape": [1, 1, 224, 224], "dtype": "float32", "b64": base64.b64encode(bytes(4 * 224 * 224)).decode()}, "w": [[[[1.0] * 7] * 7]], "stride": 2, "padding": 3}), 422, ["body", "stride"], 'output height (224 + 2*3 - 1*(7-1) - 1)/2 + 1 = 112.5 is not a whole number: pad [[3, 2], [3, 2]] for an output height of 112 (what PyTorch computes), or send rounding "floor"'),
     "channels-last": ("/forward", _json({"x": _typed([1, 4, 4, 3]), "w": _typed([2, 3, 3, 3])}), 422, ["body", "x"], "x looks like (N, H, W, C) (1, 4, 4, 3); send (N, C, H, W)"),
     "npz-sides-in-query": ("/forward", _npz(npz_bytes(x=np.ones((1, 1, 4, 4)), w=np.ones((1, 1, 3, 3))), "padding=[[1,1],[2]]"), 422, ["query", "padding", 1, 1], "Field required"),

@@ -63,11 +63,14 @@ def test_float32_layer(rng):
 def test_public_names():
     assert set(convengine.__all__) == {
         "OPERATIONS",
+        "RANKS",
+        "ArrayDoc",
         "Conv",
         "ConvError",
         "ConvGeometry",
         "Cost",
         "DTypeError",
+        "Geometry",
         "Operation",
         "ShapeError",
         "TransposedGeometry",
