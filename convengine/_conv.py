@@ -212,3 +212,37 @@ def _depthwise_backward(
     if geometry.f_per_group > 1:
         return dx.reshape(g.n, geometry.c, geometry.f_per_group, g.height, g.width).sum(axis=2), dw
     return dx.copy(), dw
+
+
+def _backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """dx alone, for a core planar geometry: no weight gradient, so no im2col of x.
+
+    dout (N, F, H_out, W_out), w (F, C/groups, KH, KW) -> dx (N, C, H, W). A transposed
+    convolution's forward pass is this input gradient.
+    """
+    g = geometry
+    dout = np.ascontiguousarray(dout)
+    if _is_depthwise(g):  # its own passes compute dx and dw together
+        return _backward(dout, np.zeros(g.x_shape, dtype=dout.dtype), w, g)[0]
+    pointwise = _is_pointwise(g)
+    # Junk columns of wide rows meet zeros in dout; inf * 0 would leak NaN into real pixels.
+    width = g.w_out if pointwise else row_width(g, wide=bool(np.isfinite(w).all()))
+    w_cols = w.reshape(g.groups, g.f_per_group, g.col_rows).transpose(0, 2, 1)
+    dout_groups = dout.reshape(g.n, g.groups, g.f_per_group, g.h_out, g.w_out)
+    if pointwise:
+        dx = np.empty(g.x_shape, dtype=dout.dtype)
+    else:
+        dcanvas = Canvas.blank(g, dout.dtype, "dx", width)
+    for chunk in batch_chunks(g, dout.dtype.itemsize):
+        n = chunk.stop - chunk.start
+        dout_rows = _wide(dout_groups[chunk], g, width, "dout").reshape(
+            n, g.groups, g.f_per_group, -1
+        )
+        if pointwise:
+            np.matmul(w_cols, dout_rows, out=dx[chunk].reshape(n, g.groups, g.col_rows, -1))
+            continue
+        # cols: (n, C, KH, KW, H_out, width), the column gradients col2im scatters
+        cols = workspace("cols", (n, g.c, *g.kernel, g.h_out, width), dout.dtype)
+        np.matmul(w_cols, dout_rows, out=cols.reshape(n, g.groups, g.col_rows, -1))
+        dcanvas.col2im_add(cols, chunk)
+    return dx if pointwise else dcanvas.interior().copy()

@@ -14,11 +14,11 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._conv import _backward, _forward, as_float_array
+from ._conv import _backward, _backward_input, _forward, as_float_array
 from ._errors import ShapeError
 from ._geometry import ConvGeometry, TransposedGeometry
 from ._padding import fold, pad
-from ._volume import volume_backward, volume_forward
+from ._volume import volume_backward, volume_backward_input, volume_forward
 
 __all__ = [
     "backward",
@@ -249,6 +249,22 @@ def _core_backward(
     return volume_backward(dout, x, w, geometry)
 
 
+def _core_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    if geometry.rank == 2:
+        return _backward_input(dout, w, geometry)
+    if geometry.rank == 1:
+        return _backward_input(dout[:, :, None], w[:, :, None], _as_plane(geometry))[:, :, 0]
+    return volume_backward_input(dout, w, geometry)
+
+
+def _input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """dx alone of a zero-padded convolution, for arrays checked against its geometry."""
+    if geometry.is_core:
+        return _core_backward_input(dout, w, geometry)
+    core, crop = geometry.core()
+    return _full_dx(_core_backward_input(dout, w, core), geometry, crop)
+
+
 def _core_input(x: np.ndarray, geometry: ConvGeometry, crop: tuple[int, ...]) -> np.ndarray:
     """What the core geometry convolves: x padded by its mode if not zeros, then cropped."""
     source = x if geometry.padding_mode == "zeros" else pad(x, geometry)
@@ -344,10 +360,8 @@ def transposed_forward(
     conv_geometry = geometry.conv
     conv_geometry.check_shape("x", x.shape, geometry.x_shape)
     conv_geometry.check_shape("w", w.shape, geometry.w_shape)
-    # The input gradient of the convolution whose output gradient is x. The convolution's
-    # input only feeds its weight gradient, unused here: zeros stand in for it.
-    blank = np.zeros(geometry.out_shape, dtype=x.dtype)
-    out, _, _ = backward(x, blank, w, conv_geometry)
+    # The input gradient of the convolution whose output gradient is x.
+    out = _input_gradient(x, w, conv_geometry)
     if b is not None:
         b = as_float_array(b, "b", x.dtype)
         geometry.check_bias(b.shape)

@@ -13,10 +13,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ._conv import _backward, _forward
+from ._conv import _backward, _backward_input, _forward
 from ._geometry import ConvGeometry
 
-__all__ = ["volume_backward", "volume_forward"]
+__all__ = ["volume_backward", "volume_backward_input", "volume_forward"]
 
 
 def _plane(geometry: ConvGeometry) -> ConvGeometry:
@@ -90,3 +90,16 @@ def volume_backward(
     begin = g.pads[0][0]
     dx = dx_padded[:, :, begin : begin + g.size[0]]
     return np.ascontiguousarray(dx), dw, dout.sum(axis=(0, 2, 3, 4))
+
+
+def volume_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """dx alone: dout (N, F, D_out, H_out, W_out), w -> dx (N, C, D, H, W)."""
+    g, plane = geometry, _plane(geometry)
+    dout_planes = dout.transpose(0, 2, 1, 3, 4).reshape(g.n * g.out[0], g.f, *g.out[1:])
+    dx_padded = np.zeros((g.n, g.c, g.padded[0], *g.size[1:]), dtype=dout.dtype)
+    for kd in range(g.kernel[0]):
+        dx_planes = _backward_input(dout_planes, w[:, :, kd], plane)
+        dx_planes = dx_planes.reshape(g.n, g.out[0], g.c, *g.size[1:]).transpose(0, 2, 1, 3, 4)
+        dx_padded[:, :, _depths(g, kd)] += dx_planes
+    begin = g.pads[0][0]
+    return np.ascontiguousarray(dx_padded[:, :, begin : begin + g.size[0]])
