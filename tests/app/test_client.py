@@ -6,9 +6,9 @@ import anyio
 import numpy as np
 import pytest
 
-from convengine.client import AsyncConvClient, ConvServiceError
 from app.config import Settings
 from convengine import conv2d
+from convengine.client import AsyncConvClient, ConvServiceError
 
 from .conftest import serve
 

@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from convengine.client import AsyncConvClient, ConvClient, ConvServiceError
 from convengine import conv2d, conv2d_backward
+from convengine.client import AsyncConvClient, ConvClient, ConvServiceError
 
 from ..servers import start_service
 
