@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import socket
 from functools import lru_cache
-from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, FilePath, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -68,7 +67,7 @@ class Settings(BaseSettings):
         1024, ge=0, description="smallest answer gzipped for a client that accepts gzip"
     )
     compress_level: int = Field(1, ge=1, le=9, description="gzip level of answers")
-    api_keys_file: Path | None = Field(
+    api_keys_file: FilePath | None = Field(
         None, description="keys (or their SHA-256 in hex), one a line; unset: no keys needed"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
