@@ -32,7 +32,8 @@ __all__ = ["PUBLIC_PATHS", "ApiKeys", "KeyFile", "key_id"]
 logger = logging.getLogger("app.auth")
 # Liveness and readiness probes, and pages that are the same for everyone and compute nothing.
 PUBLIC_PATHS = re.compile(
-    r"/(healthz|readyz|v2/health/(live|ready)|static/.*|docs(/.*)?|openapi\.json|)\Z"
+    r"/(healthz|readyz|v2/health/(live|ready)|static/.*|static-offline-docs/.*"
+    r"|docs(/.*)?|redoc|openapi\.json|)\Z"
 )
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
 _REALM = 'Bearer realm="convengine"'

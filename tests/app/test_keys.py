@@ -36,6 +36,9 @@ PUBLIC = [
     "/",
     "/static/playground.js",
     "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/static-offline-docs/swagger-ui.css",
     "/openapi.json",
 ]
 PROTECTED = ["/version", "/metrics", "/v2", "/v2/models/conv2d", "/v2/models/conv2d/ready"]
