@@ -144,11 +144,11 @@ def test_nginx_accepts_the_compose_configuration(tmp_path):
 
 def test_kubernetes_manifests_are_valid():
     manifests = sorted(str(p) for p in (ROOT / "deploy/k8s").glob("*.yaml"))
-    assert len(manifests) == 3
+    assert len(manifests) == 4
     result = _run(_tool("kubernetes-validate"), "--strict", *manifests)
     assert result.returncode == 0, result.stdout + result.stderr
     kinds = {yaml.safe_load(Path(m).read_text())["kind"] for m in manifests}
-    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "Secret"}
 
 
 def test_kubernetes_validation_rejects_a_broken_manifest(tmp_path):
