@@ -39,6 +39,7 @@ test: lint system-deps
 bench: install
 	$(BIN)/python -m convengine.bench
 	$(BIN)/python -m benchmarks.service
+	$(BIN)/python -m benchmarks.compression
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
