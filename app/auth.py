@@ -21,13 +21,15 @@ import hmac
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Unauthorized, error_response
 
-__all__ = ["PUBLIC_PATHS", "ApiKeys", "KeyFile", "key_id"]
+__all__ = ["PUBLIC_PATHS", "ApiKeys", "KeyFile", "key_id", "with_key_security"]
 
 logger = logging.getLogger("app.auth")
 # Liveness and readiness probes, and pages that are the same for everyone and compute nothing.
@@ -37,6 +39,10 @@ PUBLIC_PATHS = re.compile(
 )
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
 _REALM = 'Bearer realm="convengine"'
+_SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 
 
 def _digest(key: str) -> bytes:
@@ -133,3 +139,15 @@ class ApiKeys:
         if any(name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"]):
             headers["Connection"] = "close"  # the body stays unread
         return Unauthorized(msg, loc=("header", "authorization"), headers=headers)
+
+
+def with_key_security(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` declaring the keys too, so that /docs offers to send one (Authorize)."""
+
+    def schema() -> dict[str, Any]:
+        document = openapi()
+        document.setdefault("components", {}).setdefault("securitySchemes", _SECURITY_SCHEMES)
+        document.setdefault("security", [{"bearer": []}, {"apiKey": []}])
+        return document
+
+    return schema

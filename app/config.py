@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         default_factory=list, description="origins that browsers may call from, comma-separated"
     )
 
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

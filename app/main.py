@@ -16,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.middleware.cors import CORSMiddleware
 
 import convengine
-from app.auth import ApiKeys
+from app.auth import ApiKeys, with_key_security
 from app.config import Settings, get_settings
 from app.cors import cors_options
 from app.encoding import Compress, Inflate
@@ -107,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(playground.router)
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
     app.openapi = lambda: _openapi_with_models(app)  # type: ignore[method-assign]
+    if settings.api_keys_file is not None:
+        app.openapi = with_key_security(app.openapi)  # type: ignore[method-assign]
     return app
 
 

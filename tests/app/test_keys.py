@@ -181,8 +181,20 @@ def test_a_keys_file_that_cannot_be_read_stops_the_start(tmp_path):
         KeyFile(tmp_path / "missing")
 
 
-def test_keys_are_off_by_default():
+def test_keys_are_off_by_default(monkeypatch):
     assert Settings().api_keys_file is None
+    monkeypatch.setenv("CONVENGINE_API_KEYS_FILE", "")  # set but empty: off too
+    assert Settings().api_keys_file is None
+
+
+async def test_the_docs_offer_to_send_a_key(keys_file):
+    async with serve(Settings(api_keys_file=keys_file)) as client:
+        schema = (await client.get("/openapi.json")).json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["components"]["securitySchemes"]["apiKey"]["name"] == "X-API-Key"
+    assert schema["security"] == [{"bearer": []}, {"apiKey": []}]
+    async with serve() as client:
+        assert "security" not in (await client.get("/openapi.json")).json()
 
 
 # --- a real uvicorn, with our client and NVIDIA's ---------------------------------------------

@@ -90,3 +90,16 @@ def test_a_wrong_key_is_named_as_such(keyed_page):
         "document.getElementById('error-authorization').textContent.includes('not known')"
     )
     assert "the API key is not known here" in page.inner_text("#error-authorization")
+
+
+def test_the_docs_load_without_a_key_and_offer_to_send_one(browser, keyed_service):
+    docs = browser.new_page()
+    failed: list[str] = []
+    docs.on("requestfailed", lambda r: failed.append(r.url))
+    docs.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    docs.goto(keyed_service.url + "/docs")
+    docs.wait_for_selector("button.authorize", timeout=20_000)
+    docs.click("button.authorize")
+    docs.wait_for_selector("text=X-API-Key")
+    assert failed == []
+    docs.close()
