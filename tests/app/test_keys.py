@@ -233,7 +233,8 @@ def test_keys_through_uvicorn_accepted_refused_added_revoked(service):
     assert response.headers["www-authenticate"] == 'Bearer realm="convengine"'
 
 
-def test_tritonclient_sends_the_key_with_headers(service):
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_sends_the_key_with_headers(service, algorithm):
     service_, _ = service
     client = triton.InferenceServerClient(url=f"127.0.0.1:{service_.port}")
     try:
@@ -252,8 +253,8 @@ def test_tritonclient_sends_the_key_with_headers(service):
             inputs,
             headers={"Authorization": f"Bearer {KEY}"},
             parameters={"padding": "same"},
-            request_compression_algorithm="gzip",
-            response_compression_algorithm="gzip",
+            request_compression_algorithm=algorithm,
+            response_compression_algorithm=algorithm,  # deflate: answered as is
         )
         np.testing.assert_array_equal(result.as_numpy("out"), conv2d(x, w, padding="same"))
         assert client.get_model_metadata("conv2d", headers={"X-API-Key": KEY})["name"] == "conv2d"
