@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from app.auth import KeyFile
 from app.config import Settings
 from convengine import conv2d
-from convengine.client import ConvClient, ConvServiceError
+from convengine.client import AsyncConvClient, ConvClient, ConvServiceError
 
 from ..servers import Service, start_service
 from .conftest import serve
@@ -141,6 +141,17 @@ async def test_a_refused_request_is_answered_before_its_body_is_read(keys_file):
         assert response.status_code == 401
         assert response.headers["connection"] == "close"
         assert pulled <= 1  # httpx's transport may start the stream; the service read nothing
+
+
+async def test_the_async_client_sends_its_key(keys_file):
+    x, w = np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3))
+    async with serve(Settings(api_keys_file=keys_file)) as http:  # closed by serve alone
+        client = AsyncConvClient("http://convengine", client=http, api_key=HASHED)
+        np.testing.assert_array_equal(await client.forward(x, w), conv2d(x, w))
+        keyless = AsyncConvClient("http://convengine", client=http, compress=True)
+        with pytest.raises(ConvServiceError) as refused:
+            await keyless.forward(x, w)
+    assert refused.value.status_code == 401
 
 
 async def test_logs_and_metrics_name_the_key_by_its_id_only(keys_file, caplog):

@@ -158,6 +158,8 @@ def test_a_replica_recreated_on_a_new_address_is_used_again(stage):
     master = stage.nginx.pid
     stage.replicas.pop("a").stop()  # the container is gone ...
     stage.start_replica("a2", "127.0.0.3")  # ... and recreated with a new address
+    time.sleep(1.5)  # past `valid=1s`: nginx asks again, and still hears the old address
+    assert _replicas_answering(stage.url, 2) == {"502": 2}  # the name, not luck, moves it
     stage.point_name_at("127.0.0.3")
     _wait(lambda: _replicas_answering(stage.url, 1) == {"a2": 1}, "nginx following the name", 15)
     assert _replicas_answering(stage.url, 20) == {"a2": 20}
