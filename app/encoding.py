@@ -183,7 +183,7 @@ class Inflate:
                     decoder.finish()
                     done = True
                     return {"type": "http.request", "body": b"", "more_body": False}
-                out = decoder.inflate(data, last=not more and not decoder.tail)
+                out = decoder.inflate(data, last=not more)
                 if out:
                     return {"type": "http.request", "body": out, "more_body": True}
 
