@@ -329,3 +329,23 @@ def test_the_client_sends_gzip_and_gets_gzip(service):
     assert response.request.headers["content-encoding"] == "gzip"
     assert response.headers["content-encoding"] == "gzip"
     assert len(response.request.content) < x.nbytes / 10
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+@pytest.mark.parametrize("coding", list(CODINGS))
+async def test_bodies_arriving_in_pieces_are_inflated_alike(client, coding, chunk):
+    document = b'{"x": [[[[1.0, 2.0], [3.0, 4.0]]]], "w": [[[[2.0]]]], "padding": "same"}'
+    name, compress = CODINGS[coding]
+    body = compress(document)
+
+    async def pieces():
+        for start in range(0, len(body), chunk):
+            yield body[start : start + chunk]
+
+    response = await client.post(
+        "/forward",
+        content=pieces(),
+        headers={"content-type": "application/json", "content-encoding": name},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["out"] == [[[[2.0, 4.0], [6.0, 8.0]]]]
