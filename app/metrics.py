@@ -23,6 +23,7 @@ __all__ = [
     "COMPUTING",
     "CONTENT_TYPE_LATEST",
     "ENGINE_SECONDS",
+    "KEY_REQUESTS",
     "REFUSALS",
     "REQUESTS",
     "REQUEST_BYTES",
@@ -59,6 +60,12 @@ COMPUTING = Gauge(
 )
 REFUSALS = Counter(
     "convengine_refusals_total", "Requests refused, by status and reason", ["status", "reason"]
+)
+
+KEY_REQUESTS = Counter(
+    "convengine_key_requests_total",
+    "Requests with a valid API key, by the key's id (the first 8 hex digits of its SHA-256)",
+    ["key", "status"],
 )
 
 

@@ -194,9 +194,16 @@ function invalidate() {
   ["input-canvas", "dx-canvas"].forEach((id) => { const c = $(id); c.width = 0; c.height = 0; });
 }
 
+/** The API key typed in the page, if any, as the service reads it; kept for this tab only. */
+function keyHeaders() {
+  const key = $("authorization").value.trim();
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
 async function post(path, body) {
   clearErrors();
-  const response = await fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const headers = { "content-type": "application/json", ...keyHeaders() };
+  const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
   const answer = await response.json();
   if (!response.ok) { showErrors(answer.detail || [{ loc: [], msg: JSON.stringify(answer) }]); return null; }
   return answer;
@@ -372,6 +379,8 @@ function init() {
   $("ksize").onchange = () => { resizeAll(); renderFilters(); };
   $("add-filter").onclick = () => addFilter("random");
   $("run-forward").onclick = forward;
+  $("authorization").value = sessionStorage.getItem("convengine-api-key") || "";
+  $("authorization").onchange = () => { sessionStorage.setItem("convengine-api-key", $("authorization").value.trim()); forward(); };
   $("run-backward").onclick = backward;
   ["sobel x", "sobel y", "gaussian"].forEach((p) => state.filters.push({ preset: p, values: PRESETS[p](3) }));
   renderFilters();

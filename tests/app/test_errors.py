@@ -199,6 +199,7 @@ async def test_gflop_limit():
 def test_every_service_error_maps_to_its_status():
     expected = {
         errors.BadRequest: 400,
+        errors.Unauthorized: 401,
         errors.NotFound: 404,
         errors.NotAcceptable: 406,
         errors.RequestTimeout: 408,
