@@ -123,7 +123,7 @@ class ApiKeys:
         key = _presented(scope)
         digest = None if key is None else self.keys.match(key)
         if digest is None:
-            await error_response(self._refusal(scope, key), scope["path"])(scope, receive, send)
+            await error_response(self._refusal(scope, key), scope)(scope, receive, send)
             return
         scope.setdefault("state", {})["api_key"] = key_id(digest)
         await self.app(scope, receive, send)

@@ -125,7 +125,7 @@ class Inflate:
         problem = self._refusal(scope, coding)
         if problem is not None:
             problem.headers["Connection"] = "close"
-            await error_response(problem, scope["path"])(scope, receive, send)
+            await error_response(problem, scope)(scope, receive, send)
             return
         scope["headers"] = [
             (key, value)

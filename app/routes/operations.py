@@ -19,10 +19,11 @@ _ERROR = {
 }
 _REFUSALS = {
     400: "a body that cannot be parsed",
+    401: "a missing or wrong API key, when the service has keys",
     406: "an Accept header that cannot be answered",
     408: "a body that arrives too slowly",
     413: "a body over the size limit",
-    415: "an unsupported Content-Type",
+    415: "an unsupported Content-Type or Content-Encoding",
     422: "arrays or hyperparameters that do not fit together",
     503: "busy: retry after the Retry-After seconds",
 }

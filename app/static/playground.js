@@ -186,12 +186,17 @@ function hyperparameters() {
   };
 }
 
-/** Forget every result: shown results always match the controls that produced them. */
+/** Forget every result: results on screen always match the controls that produced them.
+ *  They are hidden in place (see playground.css), so nothing moves under the pointer. */
 function invalidate() {
-  state.lastForward = null; state.lastBackward = null; state.pixel = null;
-  $("arithmetic").textContent = ""; $("outputs").textContent = ""; $("dw").textContent = "";
-  $("loss-pixel").textContent = ""; $("loss-map").textContent = "";
-  ["input-canvas", "dx-canvas"].forEach((id) => { const c = $(id); c.width = 0; c.height = 0; });
+  state.lastForward = null; state.pixel = null; $("loss-pixel").textContent = "";
+  $("results").classList.add("stale-forward");
+  invalidateBackward();
+}
+
+function invalidateBackward() {
+  state.lastBackward = null;
+  $("results").classList.add("stale-backward");
 }
 
 /** The API key typed in the page, if any, as the service reads it; kept for this tab only. */
@@ -233,6 +238,8 @@ async function forward() {
   state.lastInput = x; state.lastWeights = w; state.lastHyper = hp;
   state.lastForward = unb64(answer.out);
   state.pixel = null;
+  $("results").classList.remove("stale-forward");
+  invalidateBackward(); // the gradients shown were of the last forward pass
   drawInput(x); drawOutputs(state.lastForward); writeArithmetic(x, w, hp, state.lastForward.shape);
   const select = $("loss-map"); select.textContent = "";
   state.filters.forEach((_, f) => select.add(new Option(`map ${f}`, String(f))));
@@ -347,12 +354,13 @@ async function backward() {
   if (!state.lastForward) return;
   const dout = lossGradient(), x = state.lastInput, w = state.lastWeights;
   const answer = await post("/backward", { x: wire(x), w: wire(w), dout: wire(dout), ...state.lastHyper });
-  if (!answer) { state.lastBackward = null; $("dw").textContent = ""; const c = $("dx-canvas"); c.width = 0; c.height = 0; return; }
+  if (!answer) { invalidateBackward(); return; }
   const dx = unb64(answer.dx), dw = unb64(answer.dw);
   state.lastBackward = { dout, dx, dw, db: unb64(answer.db) };
   const [, c, h, wd] = dx.shape, summed = new Float32Array(h * wd);
   for (let ch = 0; ch < c; ch++) for (let p = 0; p < h * wd; p++) summed[p] += dx.data[ch * h * wd + p];
   state.lastBackward.dxSummed = summed;
+  $("results").classList.remove("stale-backward");
   drawHeat($("dx-canvas"), summed, h, wd);
   const [f, cw, k] = dw.shape, box = $("dw");
   box.textContent = "";
@@ -372,7 +380,8 @@ function init() {
   Object.keys(SAMPLES).forEach((name) => $("sample").add(new Option(name, name)));
   // A changed control makes every result on screen stale: forget them until the next answer.
   // (The controls' own handlers run first: a forward they start draws after this clears.)
-  $("controls").addEventListener("change", invalidate);
+  // The API key changes who may compute, not what: it leaves the results alone.
+  $("controls").addEventListener("change", (event) => { if (event.target.id !== "authorization") invalidate(); });
   $("sample").onchange = () => { loadSample($("sample").value); forward(); };
   $("upload").onchange = (event) => { if (event.target.files[0]) loadUpload(event.target.files[0]); };
   $("channels").onchange = forward;

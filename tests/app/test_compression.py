@@ -17,12 +17,12 @@ import pytest
 
 from app.config import Settings
 from app.encoding import accepted_codings
+from benchmarks.payloads import REQUEST_FORMS, read, request
 from convengine import conv2d, conv2d_backward
 from convengine.client import ConvClient
 
 from ..servers import Service, start_service
 from .conftest import serve
-from .payloads import REQUEST_FORMS, read, request
 
 pytestmark = pytest.mark.anyio
 MiB = 1 << 20

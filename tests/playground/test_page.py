@@ -121,11 +121,10 @@ def test_stride_2_works_on_the_samples_and_a_refusal_leaves_no_stale_results(pag
     page_.click("#run-forward")
     page_.wait_for_function("document.getElementById('error-stride').textContent.length > 0")
     assert 'or send rounding "floor"' in page_.inner_text("#error-stride")
-    assert page_.inner_text("#arithmetic") == ""
-    assert page_.locator("canvas.feature-map").count() == 0
-    assert page_.locator("#dw canvas").count() == 0
-    assert page_.evaluate("document.getElementById('dx-canvas').width") == 0
+    for stale in ("#arithmetic", "#forward-maps", "#backward-maps"):
+        assert page_.locator(stale).is_hidden(), stale
     assert page_.evaluate("window.playground.state.lastForward") is None
+    assert page_.evaluate("window.playground.state.lastBackward") is None
     # Floor rounding, as the refusal suggests, is answered.
     page_.select_option("#rounding", "floor")
     _convolve(page_)
@@ -136,10 +135,26 @@ def test_stride_2_works_on_the_samples_and_a_refusal_leaves_no_stale_results(pag
 
 def test_a_changed_control_clears_the_results_it_no_longer_matches(page):
     page_, _ = page
-    assert page_.locator("canvas.feature-map").count() == 3
+    page_.click("#run-backward")
+    page_.wait_for_function("window.playground.state.lastBackward")
+    assert page_.locator("#forward-maps").is_visible()
+    assert page_.locator("#backward-maps").is_visible()
     page_.select_option("#padding_mode", "reflect")
-    assert page_.locator("canvas.feature-map").count() == 0
-    assert page_.inner_text("#arithmetic") == ""
+    for stale in ("#arithmetic", "#forward-maps", "#backward-maps"):
+        assert page_.locator(stale).is_hidden(), stale
+    # Edit a field, then click Backpropagate at once: the click lands (nothing moved) and
+    # both passes run again with the new settings.
+    page_.fill("#stride", "2")
+    page_.fill("#padding", "1")
+    page_.click("#run-backward")
+    page_.wait_for_function("window.playground.state.lastBackward")
+    assert _array(page_, "window.playground.state.lastForward").shape == (1, 3, 25, 25)
+    assert page_.locator("#backward-maps").is_visible()
+    # A new forward pass hides the gradients of the last one.
+    page_.click("#run-forward")
+    page_.wait_for_function(
+        "getComputedStyle(document.getElementById('backward-maps')).visibility === 'hidden'"
+    )
 
 
 def test_per_side_padding_modes_and_floor_through_the_page(page):
