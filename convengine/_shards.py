@@ -160,6 +160,8 @@ def plan(
         return [slice(None)]
     most = largest_shard(operation, arrays, hyper, total, limits, max_request_bytes)
     count = min(total, max(shards or 1, math.ceil(total / most)))
+    if count == 1:
+        return [slice(None)]
     edges = [total * i // count for i in range(count + 1)]
     return [slice(start, stop) for start, stop in pairwise(edges)]
 
