@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,6 +29,7 @@ from convengine.client import ConvClient
 
 from ..servers import Service, free_port, start_service
 
+ROOT = Path(__file__).resolve().parents[2]
 BODY_LIMIT = 32 << 10
 ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")  # all loopback on Linux
 
@@ -223,3 +227,23 @@ def test_one_replica_killed_mid_call(tmp_path):
         for replica in replicas:
             if replica is not victim:
                 replica.stop()
+
+
+def test_replica_benchmark_smoke_run(tmp_path):
+    """`python -m benchmarks.replicas --quick`: three replicas, the same bits at 1, 2 and 3."""
+    out = tmp_path / "report.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.replicas", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[2:]] == [
+        "1",
+        "2",
+        "3",
+        "engine in-process, 1 thread",
+    ]
