@@ -52,6 +52,7 @@ BACKOFF = 0.05  # seconds before the first retry; doubled each time, up to BACKO
 BACKOFF_CAP = 2.0
 RETRY_AFTER_CAP = 30.0
 RESOLVE_EVERY = 30.0  # seconds between look-ups of a name's addresses
+LIMITS_TIMEOUT = 5.0  # seconds a replica gets to say its limits
 
 Progress = Callable[[int, int], None]
 Resolver = Callable[[str, int], Sequence[str]]
@@ -238,6 +239,20 @@ class _Fleet:
             chosen.in_flight += 1
             return chosen, wait
 
+    def _rest(self, endpoint: _Endpoint) -> None:
+        endpoint.failures += 1
+        rest = min(BACKOFF_CAP, BACKOFF * 2**endpoint.failures)
+        endpoint.resting_until = time.monotonic() + rest
+
+    def unread(self) -> list[_Endpoint]:
+        """The endpoints whose limits are not known yet, and that are not resting."""
+        now = time.monotonic()
+        return [e for e in self.endpoints if e.limits is None and e.resting_until <= now]
+
+    def unreachable(self, endpoint: _Endpoint) -> None:
+        with self.lock:
+            self._rest(endpoint)
+
     def release(self, endpoint: _Endpoint, outcome: httpx.Response | Exception | None) -> None:
         """The try on ``endpoint`` is over: ``outcome`` None if it was given up (cancelled)."""
         with self.lock:
@@ -245,9 +260,7 @@ class _Fleet:
             if outcome is None:
                 return
             if isinstance(outcome, Exception):
-                endpoint.failures += 1
-                rest = min(BACKOFF_CAP, BACKOFF * 2**endpoint.failures)
-                endpoint.resting_until = time.monotonic() + rest
+                self._rest(endpoint)
             elif outcome.status_code in RETRIED:
                 rest = _retry_after(outcome) if outcome.status_code == 503 else BACKOFF
                 endpoint.resting_until = time.monotonic() + rest
@@ -411,14 +424,14 @@ class ConvClient(_Base):
             pool = self._pools.pop(endpoint.url, None)
             if pool is not None:
                 pool.close()
-        for endpoint in self._fleet.endpoints:
-            if endpoint.limits is None:
-                try:
-                    pool = self._pool(endpoint)
-                    response = pool.get("/limits", extensions=endpoint.extensions)
-                    endpoint.limits = _limits(response)
-                except httpx.TransportError:
-                    pass  # down for now: read when it answers again
+        for endpoint in self._fleet.unread():
+            try:
+                response = self._pool(endpoint).get(
+                    "/limits", extensions=endpoint.extensions, timeout=LIMITS_TIMEOUT
+                )
+                endpoint.limits = _limits(response)
+            except httpx.TransportError:
+                self._fleet.unreachable(endpoint)  # read when it answers again
 
     def _attempt(
         self, endpoint: _Endpoint, wait: float, call: _Call, request: dict[str, Any]
@@ -479,6 +492,10 @@ class ConvClient(_Base):
     def _gather(self, call: _Call, bar: _Bar) -> dict[str, np.ndarray]:
         assembly = Assembly(call.operation, len(call.parts))
         cancelled = threading.Event()
+        if len(call.parts) == 1:  # no thread to start
+            assembly.add(0, self._send(call, 0, cancelled))
+            bar.step()
+            return assembly.result()
         threads = ThreadPoolExecutor(self._width(len(call.parts)), "convengine-shard")
         try:
             futures = {
@@ -556,14 +573,14 @@ class AsyncConvClient(_Base):
             pool = self._pools.pop(endpoint.url, None)
             if pool is not None:
                 await pool.aclose()
-        for endpoint in self._fleet.endpoints:
-            if endpoint.limits is None:
-                try:
-                    pool = self._pool(endpoint)
-                    response = await pool.get("/limits", extensions=endpoint.extensions)
-                    endpoint.limits = _limits(response)
-                except httpx.TransportError:
-                    pass
+        for endpoint in self._fleet.unread():
+            try:
+                response = await self._pool(endpoint).get(
+                    "/limits", extensions=endpoint.extensions, timeout=LIMITS_TIMEOUT
+                )
+                endpoint.limits = _limits(response)
+            except httpx.TransportError:
+                self._fleet.unreachable(endpoint)
 
     async def _attempt(
         self, endpoint: _Endpoint, wait: float, call: _Call, request: dict[str, Any]
