@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import convengine as ce
 from convengine import OPERATIONS
 from convengine._shards import request_bytes
-from convengine.client import ConvClient
+from convengine.client import AsyncConvClient, ConvClient
 
 from ..servers import Service, free_port, start_service
 
@@ -126,6 +127,21 @@ def test_a_batch_several_times_the_body_limit_equals_the_engine(name, dtype, url
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * scale, err_msg=output)
         else:
             np.testing.assert_array_equal(g, e, err_msg=output)
+
+
+def test_the_async_client_shards_the_same_way(urls):
+    args, hyper = _problem("conv_transpose_backward", 160, "float32", seed=2)
+
+    async def both() -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        async with AsyncConvClient(urls) as client:
+            concurrent = await client.conv_transpose_backward(*args, shards=10, **hyper)
+        with ConvClient(urls) as blocking:
+            threaded = blocking.conv_transpose_backward(*args, shards=10, **hyper)
+        return concurrent, threaded
+
+    concurrent, threaded = anyio.run(both)
+    for a, b in zip(concurrent, threaded, strict=True):
+        assert a.tobytes() == b.tobytes()
 
 
 class Delayed(httpx.HTTPTransport):
