@@ -26,7 +26,7 @@ from app.errors import install_error_handlers
 from app.head import HeadAsGet
 from app.limits import BodyLimit, Gate
 from app.observe import Observe
-from app.routes import health, operations, playground, protocol
+from app.routes import health, limits, operations, playground, protocol
 from app.schemas import ErrorResponse
 from convengine import OPERATIONS
 
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Observe, replica=settings.replica)  # outermost: sees every answer
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(limits.router)
     app.include_router(operations.router)
     protocol.install(app)
     app.include_router(playground.router)

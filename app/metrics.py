@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 __all__ = [
+    "ADMITTED",
     "COMPUTING",
     "CONTENT_TYPE_LATEST",
     "ENGINE_SECONDS",
@@ -56,6 +57,12 @@ ENGINE_SECONDS = Histogram(
 COMPUTING = Gauge(
     "convengine_computations_in_flight",
     "Convolutions being computed now",
+    multiprocess_mode="livesum",
+)
+ADMITTED = Gauge(
+    "convengine_computations_admitted",
+    "Requests holding a computation slot or waiting for one (computing + waiting): the load "
+    "signal to scale replicas on",
     multiprocess_mode="livesum",
 )
 REFUSALS = Counter(

@@ -63,6 +63,9 @@ class Operation:
     small call (arrays as nested lists, and hyperparameters). ``plan`` checks the inputs'
     shapes against the hyperparameters and sizes the geometry; ``run`` computes on arrays
     that fit it. ``model`` names it in the inference protocol, one model per rank.
+    ``batched`` names the inputs and outputs whose first axis is the batch (one slice per
+    sample) and ``summed`` the outputs that are sums over the batch: a call split along the
+    batch concatenates the one and adds up the other.
     """
 
     name: str  # the client's method
@@ -72,6 +75,8 @@ class Operation:
     inputs: tuple[str, ...]
     optional: frozenset[str]
     outputs: tuple[str, ...]
+    batched: frozenset[str]
+    summed: frozenset[str]
     hyperparameters: frozenset[str]
     arrays: Mapping[str, ArrayDoc]
     plan: Callable[[Shapes, Mapping[str, Any]], Geometry]
@@ -179,6 +184,8 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 inputs=("x", "w", "b"),
                 optional=frozenset({"b"}),
                 outputs=("out",),
+                batched=frozenset({"x", "out"}),
+                summed=frozenset(),
                 hyperparameters=_CONV_HYPERPARAMETERS,
                 arrays=_described(_CONV, "x", "w", "b", "out"),
                 plan=_plan_forward,
@@ -201,6 +208,8 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 inputs=("dout", "x", "w"),
                 optional=frozenset(),
                 outputs=("dx", "dw", "db"),
+                batched=frozenset({"dout", "x", "dx"}),
+                summed=frozenset({"dw", "db"}),
                 hyperparameters=_CONV_HYPERPARAMETERS,
                 arrays=_described(_CONV, "dout", "x", "w", "dx", "dw", "db"),
                 plan=_plan_backward,
@@ -221,6 +230,8 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 inputs=("x", "w", "b"),
                 optional=frozenset({"b"}),
                 outputs=("out",),
+                batched=frozenset({"x", "out"}),
+                summed=frozenset(),
                 hyperparameters=_TRANSPOSED_HYPERPARAMETERS,
                 arrays=_described(_TRANSPOSED, "x", "w", "b", "out"),
                 plan=_plan_transposed,
@@ -241,6 +252,8 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 inputs=("dout", "x", "w"),
                 optional=frozenset(),
                 outputs=("dx", "dw", "db"),
+                batched=frozenset({"dout", "x", "dx"}),
+                summed=frozenset({"dw", "db"}),
                 hyperparameters=_TRANSPOSED_HYPERPARAMETERS,
                 arrays=_described(_TRANSPOSED, "dout", "x", "w", "dx", "dw", "db"),
                 plan=_plan_transposed_backward,

@@ -11,6 +11,7 @@ import anyio.to_thread
 from anyio import CapacityLimiter
 from starlette.requests import Request
 
+from app import metrics
 from app.errors import Overloaded
 
 __all__ = ["Gate"]
@@ -35,10 +36,12 @@ class Gate:
                 headers={"Retry-After": "1"},
             )
         self.admitted += 1
+        metrics.ADMITTED.inc()
         try:
             yield
         finally:
             self.admitted -= 1
+            metrics.ADMITTED.dec()
 
     async def run(self, work: Callable[[], T]) -> T:
         """``work()`` in a worker thread, once a computation slot is free."""
