@@ -34,3 +34,4 @@ def test_service_benchmark_smoke_run(tmp_path):
     rows = [line for line in report.splitlines() if line.startswith(("| forward", "| backward"))]
     assert len(rows) == 2 * 5  # both passes, every payload form, small shape
     assert "framework floor" in report and "compute floor" in report and "transfer floor" in report
+    assert "floor (engine + transfer, served)" in report
