@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _depthwise
 from ._errors import DTypeError, ShapeError
 from ._geometry import ConvGeometry
 from ._im2col import Canvas, batch_chunks, row_width, workspace
@@ -130,7 +131,11 @@ def _forward(
     """
     x = np.ascontiguousarray(x)
     if _is_depthwise(geometry):
-        out = _depthwise_forward(x, w, geometry)
+        repeated, g = _as_depthwise(x, geometry)
+        if _depthwise.supports(g):
+            out = _depthwise.forward(repeated, np.ascontiguousarray(w), g)
+        else:
+            out = _depthwise_forward(x, w, geometry)
     else:
         out = _gemm_forward(x, w, geometry)
     if b is not None:
@@ -144,8 +149,11 @@ def _backward(
     """The backward pass on checked arrays of one dtype; shapes as in :func:`conv2d_backward`."""
     x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
     # Junk columns of wide rows meet zeros in dout; inf * 0 would leak NaN into real pixels.
-    width = row_width(geometry, wide=bool(np.isfinite(x).all() and np.isfinite(w).all()))
-    if _is_depthwise(geometry):
+    finite = bool(np.isfinite(x).all() and np.isfinite(w).all())
+    width = row_width(geometry, wide=finite)
+    if _is_depthwise(geometry) and finite and _depthwise.supports(_as_depthwise_geometry(geometry)):
+        dx, dw = _flat_depthwise_backward(dout, x, w, geometry)
+    elif _is_depthwise(geometry):
         dx, dw = _depthwise_backward(dout, x, w, geometry, width)
     else:
         dx, dw = _gemm_backward(dout, x, w, geometry, width)
@@ -239,7 +247,13 @@ def _as_depthwise(x: np.ndarray, geometry: ConvGeometry) -> tuple[np.ndarray, Co
     if geometry.f_per_group == 1:
         return x, geometry
     repeated = np.repeat(x, geometry.f_per_group, axis=1)
-    return repeated, replace(geometry, c=geometry.f, groups=geometry.f)
+    return repeated, _as_depthwise_geometry(geometry)
+
+
+def _as_depthwise_geometry(geometry: ConvGeometry) -> ConvGeometry:
+    if geometry.f_per_group == 1:
+        return geometry
+    return replace(geometry, c=geometry.f, groups=geometry.f)
 
 
 def _depthwise_chunks(geometry: ConvGeometry, width: int, itemsize: int) -> list[slice]:
@@ -266,6 +280,17 @@ def _depthwise_forward(x: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> 
                 np.multiply(chunk_fields[:, :, i, j], w[:, 0, i, j, None, None], out=term)
                 out_chunk += term
     return out if width == g.w_out else out[..., : g.w_out].copy()
+
+
+def _flat_depthwise_backward(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
+) -> tuple[np.ndarray, np.ndarray]:
+    """Depthwise backward by :mod:`._depthwise`'s flat planes; shapes as in :func:`_backward`."""
+    repeated, g = _as_depthwise(x, geometry)
+    dx, dw = _depthwise.backward(dout, repeated, np.ascontiguousarray(w), g)
+    if geometry.f_per_group > 1:
+        dx = dx.reshape(g.n, geometry.c, geometry.f_per_group, g.height, g.width).sum(axis=2)
+    return dx, dw
 
 
 def _depthwise_backward(

@@ -1,0 +1,75 @@
+"""The engine's special paths against the oracle, each one checked to be the path really taken."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convengine import _depthwise, conv2d, conv2d_backward
+
+from .oracle import naive_conv2d, naive_conv2d_backward
+
+# (x shape, w shape, hyperparameters): stride-1 depthwise layers, which take the flat-plane path.
+DEPTHWISE = {
+    "3x3-p1": ((2, 3, 6, 5), (3, 1, 3, 3), dict(groups=3, padding=1)),
+    "multiplier-3": ((2, 2, 5, 7), (6, 1, 3, 3), dict(groups=2, padding=1)),
+    "dilated-non-square": ((1, 4, 9, 8), (4, 1, 3, 2), dict(groups=4, dilation=(2, 3), padding=2)),
+    "same-even-kernel": ((2, 2, 6, 5), (4, 1, 4, 2), dict(groups=2, padding="same")),
+    "unpadded-5x5": ((1, 3, 7, 9), (3, 1, 5, 5), dict(groups=3)),
+    "kernel-as-wide-as-input": ((1, 2, 4, 3), (2, 1, 2, 5), dict(groups=2, padding=(0, 1))),
+}
+
+
+def _spy(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def _check_against_oracle(rng, x_shape, w_shape, hyper, dtype=np.float64, tolerance=1e-12):
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    expected = naive_conv2d(x, w, b, **hyper)
+    out = conv2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), **hyper)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)
+    dout = rng.standard_normal(expected.shape)
+    got = conv2d_backward(dout.astype(dtype), x.astype(dtype), w.astype(dtype), **hyper)
+    want = naive_conv2d_backward(dout, x, w, **hyper)
+    for g, expected_grad, label in zip(got, want, ["dx", "dw", "db"]):
+        assert g.dtype == dtype, label
+        np.testing.assert_allclose(g, expected_grad, rtol=tolerance, atol=tolerance, err_msg=label)
+
+
+@pytest.mark.parametrize("name", DEPTHWISE)
+def test_flat_depthwise_matches_oracle(name, rng, monkeypatch):
+    forward_calls = _spy(monkeypatch, _depthwise, "forward")
+    backward_calls = _spy(monkeypatch, _depthwise, "backward")
+    _check_against_oracle(rng, *DEPTHWISE[name])
+    assert forward_calls and backward_calls
+
+
+@pytest.mark.parametrize("name", ["3x3-p1", "multiplier-3", "dilated-non-square"])
+def test_flat_depthwise_in_threads_and_small_groups(name, rng, monkeypatch):
+    """One plane per group and every group handed to a thread: the sharing-out is exercised."""
+    monkeypatch.setattr(_depthwise, "GROUP_ELEMENTS", 1)
+    monkeypatch.setattr(_depthwise, "THREADED_MIN_TAPS", 0)
+    _check_against_oracle(rng, *DEPTHWISE[name])
+
+
+def test_flat_depthwise_float32_error(rng):
+    x_shape, w_shape, hyper = (2, 8, 20, 20), (8, 1, 3, 3), dict(groups=8, padding=1)
+    _check_against_oracle(rng, x_shape, w_shape, hyper, np.float32, tolerance=1e-5)
+
+
+def test_strided_depthwise_keeps_its_own_path(rng, monkeypatch):
+    calls = _spy(monkeypatch, _depthwise, "forward")
+    _check_against_oracle(rng, (1, 2, 7, 7), (2, 1, 3, 3), dict(groups=2, stride=2, padding=1))
+    assert not calls
