@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def forward(x: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     out = np.empty((g.n * g.c, g.h_out, g.w_out), dtype=x.dtype)
 
     def run(group: slice) -> None:
-        padded = _padded_planes(planes[group], g)
+        padded = _padded_planes(planes[group], g, "dw_x")
         out[group] = _sum_of_taps(padded, _tap_weights(taps, group, g.c), g)
 
     _map(run, _plane_groups(g), g)
@@ -66,19 +67,41 @@ def backward(
     planes = x.reshape(g.n * g.c, g.height, g.width)
     dout_planes = dout.reshape(g.n * g.c, g.h_out, g.w_out)
     taps = w.reshape(g.c, -1)
+    # dx is the convolution of dout, padded by the kernel's reach, with the flipped kernel:
+    # gathering taps into one sum took half the time of scattering them onto a canvas.
+    flipped_taps, dx_geometry = taps[:, ::-1], _input_gradient_geometry(g)
+    top, left = g.pad_h[0], g.pad_w[0]
     dx = np.empty_like(planes)
     # dw of every plane, summed over the batch at the end: each thread writes its own rows.
     plane_dw = np.empty((g.n * g.c, taps.shape[1]), dtype=x.dtype)
 
     def run(group: slice) -> None:
-        padded = _padded_planes(planes[group], g)
+        padded = _padded_planes(planes[group], g, "dw_x")
         dout_wide = _wide_planes(dout_planes[group], g)
         _tap_products(padded, dout_wide, g, out=plane_dw[group])
-        dx[group] = _scatter_taps(dout_wide, _tap_weights(taps, group, g.c), g)
+        padded_dout = _padded_planes(dout_planes[group], dx_geometry, "dw_dout_padded")
+        dx_padded = _sum_of_taps(padded_dout, _tap_weights(flipped_taps, group, g.c), dx_geometry)
+        dx[group] = dx_padded[:, top : top + g.height, left : left + g.width]
 
     _map(run, _plane_groups(g), g)
     dw = plane_dw.reshape(g.n, g.c, -1).sum(axis=0)
     return dx.reshape(g.x_shape), dw.reshape(w.shape)
+
+
+def _input_gradient_geometry(g: ConvGeometry) -> ConvGeometry:
+    """dx as a convolution: dout padded by the kernel's reach, its output the padded input."""
+    reach_h = g.dilation[0] * (g.kernel[0] - 1)
+    reach_w = g.dilation[1] * (g.kernel[1] - 1)
+    h_pad, w_pad = g.padded_hw
+    return replace(
+        g,
+        height=g.h_out,
+        width=g.w_out,
+        pad_h=(reach_h, reach_h),
+        pad_w=(reach_w, reach_w),
+        h_out=h_pad,
+        w_out=w_pad,
+    )
 
 
 def _plane_length(g: ConvGeometry) -> int:
@@ -107,11 +130,11 @@ def _tap_weights(taps: np.ndarray, group: slice, channels: int) -> np.ndarray:
     return weights[:, :, None]
 
 
-def _padded_planes(planes: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    """planes (p, H, W) zero-padded in a work buffer -> (p, plane length), rows W_pad long."""
+def _padded_planes(planes: np.ndarray, g: ConvGeometry, slot: str) -> np.ndarray:
+    """planes (p, H, W) zero-padded in work buffer ``slot`` -> (p, plane length), W_pad rows."""
     h_pad, w_pad = g.padded_hw
     top, left = g.pad_h[0], g.pad_w[0]
-    flat = workspace("dw_x", (planes.shape[0], _plane_length(g)), planes.dtype)
+    flat = workspace(slot, (planes.shape[0], _plane_length(g)), planes.dtype)
     image = flat[:, : h_pad * w_pad].reshape(-1, h_pad, w_pad)
     # Zero only the border: the interior is overwritten at once.
     image[:, :top] = 0
@@ -154,24 +177,6 @@ def _tap_products(
     run = dout_wide.shape[1]
     for tap, start in enumerate(_offsets(g)):
         np.vecdot(padded[:, start : start + run], dout_wide, out=out[:, tap])
-
-
-def _scatter_taps(dout_wide: np.ndarray, weights: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    """dout (p, H_out*W_pad), weights (p, KH*KW, 1) -> dx (p, H, W), a view of a work buffer.
-
-    Junk columns of dout are zero, so they add nothing to the real pixels they land on.
-    """
-    h_pad, w_pad = g.padded_hw
-    run = dout_wide.shape[1]
-    canvas = workspace("dw_dx", (dout_wide.shape[0], _plane_length(g)), dout_wide.dtype)
-    canvas.fill(0)
-    term = workspace("dw_term", dout_wide.shape, dout_wide.dtype)
-    for tap, start in enumerate(_offsets(g)):
-        np.multiply(dout_wide, weights[:, tap], out=term)
-        canvas[:, start : start + run] += term
-    image = canvas[:, : h_pad * w_pad].reshape(-1, h_pad, w_pad)
-    top, left = g.pad_h[0], g.pad_w[0]
-    return image[:, top : top + g.height, left : left + g.width]
 
 
 def _map(run: Callable[[slice], None], groups: Sequence[slice], g: ConvGeometry) -> None:
