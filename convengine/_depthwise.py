@@ -5,15 +5,15 @@ nothing. Instead each (image, channel) plane is zero-padded into a small work bu
 are ``W_pad`` long (wide rows, as in :mod:`._im2col`): kernel offset (i, j) is then one
 contiguous run of the plane shifted by ``i*dilation*W_pad + j*dilation``, and a kernel tap is one
 multiply-add over that run for a whole group of planes at once. Groups of planes are sized to
-stay in the L2 cache, and are shared out among a few threads (NumPy's ufuncs release the GIL).
+stay in the L2 cache.
+
+One thread: sharing the groups out among two threads gained nothing in interleaved runs on
+this machine's kind (4.1 against 4.4 ms at best, worse at the median): at 64 Ki elements a
+multiply takes a few microseconds, and handing the GIL back and forth costs as much.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -27,11 +27,6 @@ __all__ = ["backward", "forward", "supports"]
 # float32, one thread): 64 Ki elements took 3.3 ms, 16 Ki 3.7 ms, 256 Ki 5.9 ms, whole-batch
 # passes 8.5 ms: three such buffers (padded input, term, sum) must stay in the 1 MiB L2.
 GROUP_ELEMENTS = 1 << 16
-# Below this many multiply-adds a second thread costs more than it saves.
-THREADED_MIN_TAPS = 1 << 20
-_THREADS = max(1, min(4, len(os.sched_getaffinity(0))))
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
 def supports(geometry: ConvGeometry) -> bool:
@@ -55,7 +50,8 @@ def forward(x: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
         padded = _padded_planes(planes[group], g, "dw_x")
         out[group] = _sum_of_taps(padded, _tap_weights(taps, group, g.c), g)
 
-    _map(run, _plane_groups(g), g)
+    for group in _plane_groups(g):
+        run(group)
     return out.reshape(g.out_shape)
 
 
@@ -72,7 +68,7 @@ def backward(
     flipped_taps, dx_geometry = taps[:, ::-1], _input_gradient_geometry(g)
     top, left = g.pad_h[0], g.pad_w[0]
     dx = np.empty_like(planes)
-    # dw of every plane, summed over the batch at the end: each thread writes its own rows.
+    # dw of every plane, summed over the batch at the end.
     plane_dw = np.empty((g.n * g.c, taps.shape[1]), dtype=x.dtype)
 
     def run(group: slice) -> None:
@@ -83,7 +79,8 @@ def backward(
         dx_padded = _sum_of_taps(padded_dout, _tap_weights(flipped_taps, group, g.c), dx_geometry)
         dx[group] = dx_padded[:, top : top + g.height, left : left + g.width]
 
-    _map(run, _plane_groups(g), g)
+    for group in _plane_groups(g):
+        run(group)
     dw = plane_dw.reshape(g.n, g.c, -1).sum(axis=0)
     return dx.reshape(g.x_shape), dw.reshape(w.shape)
 
@@ -177,34 +174,3 @@ def _tap_products(
     run = dout_wide.shape[1]
     for tap, start in enumerate(_offsets(g)):
         np.vecdot(padded[:, start : start + run], dout_wide, out=out[:, tap])
-
-
-def _map(run: Callable[[slice], None], groups: Sequence[slice], g: ConvGeometry) -> None:
-    """``run`` on every group of planes, the groups shared out among the threads."""
-    threads = min(_THREADS, len(groups))
-    if threads == 1 or _taps_total(g) < THREADED_MIN_TAPS:
-        _run_all(run, groups)
-        return
-    shares = [groups[k::threads] for k in range(threads)]
-    pool = _executor()
-    futures = [pool.submit(_run_all, run, share) for share in shares[1:]]
-    _run_all(run, shares[0])
-    for future in futures:
-        future.result()
-
-
-def _taps_total(g: ConvGeometry) -> int:
-    return g.n * g.c * g.positions * g.kernel[0] * g.kernel[1]
-
-
-def _run_all(run: Callable[[slice], None], groups: Sequence[slice]) -> None:
-    for group in groups:
-        run(group)
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_THREADS - 1, thread_name_prefix="convengine-depthwise")
-        return _pool

@@ -213,14 +213,32 @@ class ConvGeometry:
 
         Padded input and its gradient (with a row of slack each), one image's columns in wide
         rows, output and output gradient in wide rows, and the repeated input of a depthwise
-        convolution with several filters per channel. Callers use it to refuse work before
-        allocating anything.
+        convolution with several filters per channel; for depthwise layers also what the
+        flat-plane path adds (see :meth:`_depthwise_elements`). Callers use it to refuse work
+        before allocating anything.
         """
         h_pad, w_pad = self.padded_hw
         canvas = self.n * max(self.c, self.f) * (h_pad + 1) * w_pad
         image_cols = self.c * self.kernel[0] * self.kernel[1] * self.h_out * w_pad
         outputs = self.n * self.f * self.h_out * w_pad
-        return 2 * canvas + image_cols + 2 * outputs
+        total = 2 * canvas + image_cols + 2 * outputs
+        if self.c_per_group == 1 and self.groups > 1:
+            total += self._depthwise_elements()
+        return total
+
+    def _depthwise_elements(self) -> int:
+        """The flat-plane depthwise path's extras, at most.
+
+        dx summed over the filters of a channel, dw per plane, and five work buffers of at most
+        every plane each; the largest plane is the padded dout of the input gradient, padded
+        by the kernel's reach beyond the input's own padding.
+        """
+        h_pad, w_pad = self.padded_hw
+        reach_h = self.dilation[0] * (self.kernel[0] - 1)
+        reach_w = self.dilation[1] * (self.kernel[1] - 1)
+        plane = (h_pad + reach_h + 1) * (w_pad + reach_w)
+        taps = self.kernel[0] * self.kernel[1]
+        return self.n * self.c * self.height * self.width + self.n * self.f * (taps + 5 * plane)
 
     def flops(self) -> int:
         """Multiply-adds of the forward pass, counted as two operations each."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -57,10 +59,9 @@ def test_flat_depthwise_matches_oracle(name, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["3x3-p1", "multiplier-3", "dilated-non-square"])
-def test_flat_depthwise_in_threads_and_small_groups(name, rng, monkeypatch):
-    """One plane per group and every group handed to a thread: the sharing-out is exercised."""
+def test_flat_depthwise_in_groups_of_one_plane(name, rng, monkeypatch):
+    """Several groups, each one plane: the channel of each plane is found right."""
     monkeypatch.setattr(_depthwise, "GROUP_ELEMENTS", 1)
-    monkeypatch.setattr(_depthwise, "THREADED_MIN_TAPS", 0)
     _check_against_oracle(rng, *DEPTHWISE[name])
 
 
@@ -73,3 +74,31 @@ def test_strided_depthwise_keeps_its_own_path(rng, monkeypatch):
     calls = _spy(monkeypatch, _depthwise, "forward")
     _check_against_oracle(rng, (1, 2, 7, 7), (2, 1, 3, 3), dict(groups=2, stride=2, padding=1))
     assert not calls
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, hyper",
+    [
+        ((100, 2, 10, 10), (2, 1, 1, 1), dict(groups=2)),
+        ((4, 8, 30, 30), (16, 1, 3, 3), dict(groups=8, padding=1)),
+        ((2, 3, 9, 40), (3, 1, 5, 3), dict(groups=3, dilation=2, padding=(4, 2))),
+    ],
+    ids=["many-small-planes", "multiplier-2", "dilated-wide"],
+)
+def test_work_elements_bounds_what_the_depthwise_path_allocates(x_shape, w_shape, hyper, rng):
+    """The service refuses work by ``work_elements()``: the flat planes must stay within it."""
+    from convengine import ConvGeometry, _im2col
+
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    dout = rng.standard_normal(geometry.out_shape)
+    _im2col._local.__dict__.get("buffers", {}).clear()  # every work buffer allocated afresh
+    tracemalloc.start()
+    try:
+        conv2d(x, w, **hyper)
+        conv2d_backward(dout, x, w, **hyper)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    bound = geometry.work_elements() * x.itemsize
+    assert peak <= bound + (64 << 10), f"peak {peak} bytes, work_elements() allows {bound}"
