@@ -6,10 +6,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from convengine import _depthwise, conv2d, conv2d_backward
+from convengine import _conv, _depthwise, _im2col, conv2d, conv2d_backward
 
 from .oracle import naive_conv2d, naive_conv2d_backward
+from .test_against_oracle import GRID, geometries
 
 # (x shape, w shape, hyperparameters): stride-1 depthwise layers, which take the flat-plane path.
 DEPTHWISE = {
@@ -48,6 +51,43 @@ def _check_against_oracle(rng, x_shape, w_shape, hyper, dtype=np.float64, tolera
     for g, expected_grad, label in zip(got, want, ["dx", "dw", "db"]):
         assert g.dtype == dtype, label
         np.testing.assert_allclose(g, expected_grad, rtol=tolerance, atol=tolerance, err_msg=label)
+
+
+@pytest.mark.parametrize("name", GRID)
+def test_direct_im2col_matches_oracle(name, rng, monkeypatch):
+    """im2col straight from x, forced on every layer of the grid (it takes large ones only)."""
+    monkeypatch.setattr(_conv, "DIRECT_IM2COL_MIN_ELEMENTS", 0)
+    calls = _spy(monkeypatch, _im2col.FieldRuns, "copy_inside")
+    x_shape, w_shape, hyper = GRID[name]
+    _check_against_oracle(rng, x_shape, w_shape, hyper)
+    is_pointwise = w_shape[2:] == (1, 1) and not hyper
+    is_grouped_by_channel = w_shape[1] == 1 and hyper.get("groups", 1) > 1
+    big_kernel = w_shape[2] * w_shape[3] > 9
+    assert bool(calls) == (not (is_pointwise or is_grouped_by_channel or big_kernel))
+
+
+@given(geometries(), st.integers(0, 2**32 - 1))
+def test_direct_im2col_on_random_geometries(case, seed):
+    original = _conv.DIRECT_IM2COL_MIN_ELEMENTS
+    _conv.DIRECT_IM2COL_MIN_ELEMENTS = 0
+    try:
+        x_shape, w_shape, hyper = case
+        rng = np.random.default_rng(seed)
+        x, w, b = (rng.standard_normal(s) for s in (x_shape, w_shape, w_shape[0]))
+        np.testing.assert_allclose(
+            conv2d(x, w, b, **hyper), naive_conv2d(x, w, b, **hyper), rtol=1e-12, atol=1e-12
+        )
+    finally:
+        _conv.DIRECT_IM2COL_MIN_ELEMENTS = original
+
+
+def test_large_layers_read_x_directly_and_small_ones_pad_first(rng, monkeypatch):
+    calls = _spy(monkeypatch, _im2col.FieldRuns, "copy_inside")
+    _check_against_oracle(rng, (1, 8, 41, 50), (3, 8, 3, 3), dict(padding=1, stride=(2, 1)))
+    assert calls
+    calls.clear()
+    _check_against_oracle(rng, (1, 2, 6, 6), (3, 2, 3, 3), dict(padding=1))
+    assert not calls
 
 
 @pytest.mark.parametrize("name", DEPTHWISE)
