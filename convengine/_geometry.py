@@ -211,7 +211,7 @@ class ConvGeometry:
     def work_elements(self) -> int:
         """An upper bound on the array elements one forward or backward pass allocates.
 
-        Padded input and its gradient (with a row of slack each), one image's columns in wide
+        Padded input and its gradient (with a row of slack each), one chunk of columns in wide
         rows, output and output gradient in wide rows, and the repeated input of a depthwise
         convolution with several filters per channel; for depthwise layers also what the
         flat-plane path adds (see :meth:`_depthwise_elements`). Callers use it to refuse work
@@ -219,9 +219,12 @@ class ConvGeometry:
         """
         h_pad, w_pad = self.padded_hw
         canvas = self.n * max(self.c, self.f) * (h_pad + 1) * w_pad
-        image_cols = self.c * self.kernel[0] * self.kernel[1] * self.h_out * w_pad
+        # One chunk of columns: one image's, with a row of ones for the bias, or several
+        # images in up to 2 MiB (counted as float32 elements: more than float64 needs).
+        chunk_cols = (self.c * self.kernel[0] * self.kernel[1] + 1) * self.h_out * w_pad
+        chunk_cols += (2 << 20) // 4
         outputs = self.n * self.f * self.h_out * w_pad
-        total = 2 * canvas + image_cols + 2 * outputs
+        total = 2 * canvas + chunk_cols + 2 * outputs
         if self.c_per_group == 1 and self.groups > 1:
             total += self._depthwise_elements()
         return total
