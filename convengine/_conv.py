@@ -262,7 +262,9 @@ def _gemm_backward(
         width = g.w_out
         dx = np.empty_like(x)
     else:
-        fields = Canvas.of(x, g, "x", width).fields()
+        # Wide rows need the padded canvas (their runs wrap through its padding columns).
+        runs = FieldRuns.of(g) if width == g.w_out and _reads_input_directly(g) else None
+        fields = None if runs else Canvas.of(x, g, "x", width).fields()
         dcanvas = Canvas.blank(g, x.dtype, "dx", width)
     w_cols = w.reshape(g.groups, g.f_per_group, g.col_rows).transpose(0, 2, 1)
     dout_groups = dout.reshape(g.n, g.groups, g.f_per_group, g.h_out, g.w_out)
@@ -276,8 +278,13 @@ def _gemm_backward(
         if pointwise:
             cols_rows = x[chunk].reshape(n, g.groups, g.col_rows, -1)
         else:
-            cols = workspace("cols", fields[chunk].shape, x.dtype)
-            np.copyto(cols, fields[chunk])
+            cols = workspace("cols", (n, g.c, *g.kernel, g.h_out, width), x.dtype)
+            if runs is None:
+                np.copyto(cols, fields[chunk])  # type: ignore[index]
+            else:
+                # Every chunk: the previous one's column gradients overwrote the zeros.
+                runs.zero_padding(cols)
+                runs.copy_inside(x[chunk], cols)
             cols_rows = cols.reshape(n, g.groups, g.col_rows, -1)
         for image, image_cols in zip(dout_rows, cols_rows, strict=True):
             np.matmul(image, image_cols.transpose(0, 2, 1), out=dw_image)
