@@ -15,7 +15,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ._geometry import ConvGeometry
 
@@ -125,7 +124,13 @@ class Canvas:
         (kh, kw), (dh, dw), (sh, sw) = g.kernel, g.dilation, g.stride
         shape = (g.n, g.c, kh, kw, g.h_out, self.width)
         strides = (g.c * h_pad * w_pad, h_pad * w_pad, dh * w_pad, dw, sh * w_pad, sw)
-        return as_strided(self.flat, shape, tuple(s * step for s in strides), writeable=writeable)
+        # np.ndarray over the buffer, not as_strided: a few microseconds less per call, which
+        # small layers feel, and it refuses a view that would reach past the buffer.
+        windows = np.ndarray(
+            shape, self.flat.dtype, self.flat, strides=tuple(s * step for s in strides)
+        )
+        windows.flags.writeable = writeable
+        return windows
 
     def col2im_add(self, dcols: np.ndarray, batch: slice) -> None:
         """Add the column gradients (n, C, KH, KW, H_out, width) of ``batch`` onto the canvas.
