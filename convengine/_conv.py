@@ -134,8 +134,8 @@ def _forward(
     x = np.ascontiguousarray(x)
     if not _is_depthwise(geometry):
         return _gemm_forward(x, w, b, geometry)
-    repeated, g = _as_depthwise(x, geometry)
-    if _depthwise.supports(g):
+    if _depthwise.supports(_as_depthwise_geometry(geometry)):
+        repeated, g = _as_depthwise(x, geometry)
         out = _depthwise.forward(repeated, np.ascontiguousarray(w), g)
     else:
         out = _depthwise_forward(x, w, geometry)
@@ -211,9 +211,9 @@ def _gemm_forward(
     out = np.empty((g.n, g.groups, g.f_per_group, g.positions), dtype=x.dtype)
     for chunk in chunks:
         cols = all_cols[: chunk.stop - chunk.start]
-        if runs is None:
-            np.copyto(_field_view(cols, g), fields[chunk])  # type: ignore[index]
-        else:
+        if fields is not None:
+            np.copyto(_field_view(cols, g), fields[chunk])
+        elif runs is not None:
             runs.copy_inside(x[chunk], _field_view(cols, g))
         np.matmul(w_rows, cols, out=out[chunk])
     if b is not None and not fold_bias:
@@ -279,9 +279,9 @@ def _gemm_backward(
             cols_rows = x[chunk].reshape(n, g.groups, g.col_rows, -1)
         else:
             cols = workspace("cols", (n, g.c, *g.kernel, g.h_out, width), x.dtype)
-            if runs is None:
-                np.copyto(cols, fields[chunk])  # type: ignore[index]
-            else:
+            if fields is not None:
+                np.copyto(cols, fields[chunk])
+            elif runs is not None:
                 # Every chunk: the previous one's column gradients overwrote the zeros.
                 runs.zero_padding(cols)
                 runs.copy_inside(x[chunk], cols)
