@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -305,14 +306,21 @@ def main(argv: list[str] | None = None) -> None:
     shapes = [s for s in SHAPES if not args.only or s.name in args.only]
     dtypes = [np.dtype(name) for name in args.dtypes]
     print(_blas_description())
-    print(f"numpy {np.__version__}; {_torch_description()}")
+    print(f"numpy {np.__version__}; {_torch_description()}; {_load_description()} at the start")
     print()
     _print_agreement(shapes, dtypes)
     for dtype in dtypes:
         _print_timings(shapes, dtype, args.rounds, args.budget)
+    # The machine's other work shows in the spread; the load says how much there was.
+    print(f"{_load_description()} at the end")
     print("ms: the engine's median; min-max: the smallest and largest per-round median.")
     print("vs matmul / vs PyTorch: engine time over theirs (lower is better, 1.00x is a tie);")
     print("faster than tutorial: the fancy-index im2col + np.add.at baseline's time over ours.")
+
+
+def _load_description() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} {five:.1f} {fifteen:.1f} on {os.cpu_count()} CPUs"
 
 
 def _torch_description() -> str:
