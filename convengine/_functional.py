@@ -9,8 +9,6 @@ A line (1-D) is a plane one pixel high; a volume (3-D) is computed by ``_volume`
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -214,27 +212,13 @@ def backward(
     return _full_dx(dx_core, geometry, crop), dw, db
 
 
-def _as_plane(geometry: ConvGeometry) -> ConvGeometry:
-    """A line as a plane one pixel high."""
-    g = geometry
-    return replace(
-        g,
-        size=(1, *g.size),
-        kernel=(1, *g.kernel),
-        stride=(1, *g.stride),
-        dilation=(1, *g.dilation),
-        pads=((0, 0), *g.pads),
-        out=(1, *g.out),
-    )
-
-
 def _core_forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
 ) -> np.ndarray:
     if geometry.rank == 2:
         return _forward(x, w, b, geometry)
     if geometry.rank == 1:
-        return _forward(x[:, :, None], w[:, :, None], b, _as_plane(geometry))[:, :, 0]
+        return _forward(x[:, :, None], w[:, :, None], b, geometry.planar())[:, :, 0]
     return volume_forward(x, w, b, geometry)
 
 
@@ -244,7 +228,7 @@ def _core_backward(
     if geometry.rank == 2:
         return _backward(dout, x, w, geometry)
     if geometry.rank == 1:
-        dx, dw, db = _backward(dout[:, :, None], x[:, :, None], w[:, :, None], _as_plane(geometry))
+        dx, dw, db = _backward(dout[:, :, None], x[:, :, None], w[:, :, None], geometry.planar())
         return dx[:, :, 0], dw[:, :, 0], db
     return volume_backward(dout, x, w, geometry)
 
@@ -253,7 +237,7 @@ def _core_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry
     if geometry.rank == 2:
         return _backward_input(dout, w, geometry)
     if geometry.rank == 1:
-        return _backward_input(dout[:, :, None], w[:, :, None], _as_plane(geometry))[:, :, 0]
+        return _backward_input(dout[:, :, None], w[:, :, None], geometry.planar())[:, :, 0]
     return volume_backward_input(dout, w, geometry)
 
 

@@ -545,19 +545,68 @@ class ConvGeometry:
     def work_elements(self) -> int:
         """An upper bound on the array elements one forward or backward pass allocates.
 
-        Padded input and its gradient (with a row of slack each), one image's columns in wide
+        Padded input and its gradient (with a row of slack each), one chunk of columns in wide
         rows, output and output gradient in wide rows, and the repeated input of a depthwise
-        convolution with several filters per channel; for a padding mode or floor rounding,
-        the prepared input and its gradient. Callers use it to refuse work before allocating.
+        convolution with several filters per channel, and for depthwise layers what the
+        flat-plane path adds (see :meth:`_depthwise_elements`): all of the planar convolution
+        the passes compute (:meth:`planar`). Besides: for a padding mode or floor rounding, the
+        prepared input and its gradient; for a volume, its depth slices and their gradient.
+        Callers use it to refuse work before allocating anything.
         """
-        rows, width = prod(self.padded[:-1]), self.padded[-1]
-        canvas = self.n * max(self.c, self.f) * (rows + 1) * width
-        image_cols = self.c * prod(self.kernel) * prod(self.out[:-1]) * width
-        outputs = self.n * self.f * prod(self.out[:-1]) * width
+        g = self.planar()
+        h_pad, w_pad = g.padded_hw
+        canvas = g.n * max(g.c, g.f) * (h_pad + 1) * w_pad
+        # One chunk of columns: one image's, with a row of ones for the bias, or several
+        # images in up to 2 MiB (counted as float32 elements: more than float64 needs).
+        chunk_cols = (g.c * g.kernel[0] * g.kernel[1] + 1) * g.h_out * w_pad
+        chunk_cols += (2 << 20) // 4
+        outputs = g.n * g.f * g.h_out * w_pad
+        total = 2 * canvas + chunk_cols + 2 * outputs
+        if g.c_per_group == 1 and g.groups > 1:
+            total += g._depthwise_elements()
         prepared = 0 if self.is_core else 2 * self.n * self.c * prod(self.padded)
-        # A volume is computed as KD planar convolutions over depth slices of the batch.
         slices = 0 if self.rank < 3 else 2 * self.n * self.c * self.out[0] * prod(self.padded[1:])
-        return 2 * canvas + image_cols + 2 * outputs + prepared + slices
+        return total + prepared + slices
+
+    def planar(self) -> ConvGeometry:
+        """The planar convolution the im2col passes compute for this one, at its largest: a
+        line is a plane one pixel high, a volume its depth slices stacked along the batch."""
+        if self.rank == 2:
+            return self
+        if self.rank == 1:
+            return replace(
+                self,
+                size=(1, *self.size),
+                kernel=(1, *self.kernel),
+                stride=(1, *self.stride),
+                dilation=(1, *self.dilation),
+                pads=((0, 0), *self.pads),
+                out=(1, *self.out),
+            )
+        return replace(
+            self,
+            n=self.n * self.out[0],
+            size=self.size[1:],
+            kernel=self.kernel[1:],
+            stride=self.stride[1:],
+            dilation=self.dilation[1:],
+            pads=self.pads[1:],
+            out=self.out[1:],
+        )
+
+    def _depthwise_elements(self) -> int:
+        """The flat-plane depthwise path's extras, at most.
+
+        dx summed over the filters of a channel, dw per plane, and five work buffers of at most
+        every plane each; the largest plane is the padded dout of the input gradient, padded
+        by the kernel's reach beyond the input's own padding.
+        """
+        h_pad, w_pad = self.padded_hw
+        reach_h = self.dilation[0] * (self.kernel[0] - 1)
+        reach_w = self.dilation[1] * (self.kernel[1] - 1)
+        plane = (h_pad + reach_h + 1) * (w_pad + reach_w)
+        taps = self.kernel[0] * self.kernel[1]
+        return self.n * self.c * self.height * self.width + self.n * self.f * (taps + 5 * plane)
 
     def flops(self) -> int:
         """Multiply-adds of the forward pass, counted as two operations each."""

@@ -9,29 +9,12 @@ input gradient back to its depths.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from ._conv import _backward, _backward_input, _forward
 from ._geometry import ConvGeometry
 
 __all__ = ["volume_backward", "volume_backward_input", "volume_forward"]
-
-
-def _plane(geometry: ConvGeometry) -> ConvGeometry:
-    """The planar convolution of one depth offset: the batch is (N * D_out) depth slices."""
-    g = geometry
-    return replace(
-        g,
-        n=g.n * g.out[0],
-        size=g.size[1:],
-        kernel=g.kernel[1:],
-        stride=g.stride[1:],
-        dilation=g.dilation[1:],
-        pads=g.pads[1:],
-        out=g.out[1:],
-    )
 
 
 def _padded_depth(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
@@ -59,7 +42,7 @@ def volume_forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
 ) -> np.ndarray:
     """x (N, C, D, H, W), w (F, C/groups, KD, KH, KW) -> out (N, F, D_out, H_out, W_out)."""
-    g, plane = geometry, _plane(geometry)
+    g, plane = geometry, geometry.planar()
     x_padded = _padded_depth(x, g)
     # total: (N, D_out, F, H_out, W_out), the depth slices' layout
     total = np.zeros((g.n, g.out[0], g.f, *g.out[1:]), dtype=x.dtype)
@@ -76,7 +59,7 @@ def volume_backward(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dout (N, F, D_out, H_out, W_out), x, w -> dx (N, C, D, H, W), dw, db (F,)."""
-    g, plane = geometry, _plane(geometry)
+    g, plane = geometry, geometry.planar()
     x_padded = _padded_depth(x, g)
     dout_planes = dout.transpose(0, 2, 1, 3, 4).reshape(g.n * g.out[0], g.f, *g.out[1:])
     dx_padded = np.zeros_like(x_padded)
@@ -94,7 +77,7 @@ def volume_backward(
 
 def volume_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     """dx alone: dout (N, F, D_out, H_out, W_out), w -> dx (N, C, D, H, W)."""
-    g, plane = geometry, _plane(geometry)
+    g, plane = geometry, geometry.planar()
     dout_planes = dout.transpose(0, 2, 1, 3, 4).reshape(g.n * g.out[0], g.f, *g.out[1:])
     dx_padded = np.zeros((g.n, g.c, g.padded[0], *g.size[1:]), dtype=dout.dtype)
     for kd in range(g.kernel[0]):

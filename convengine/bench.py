@@ -1,16 +1,20 @@
-"""Benchmark of the engine's float32 forward and backward passes: ``python -m convengine.bench``.
+"""Benchmark of the engine's forward and backward passes: ``python -m convengine.bench``.
 
 Every figure is a median over interleaved rounds, and every comparison a ratio measured in the
 same run: against a bare matmul of the same GEMM sizes (the BLAS limit), against the tutorial's
-fancy-index im2col with ``np.add.at`` (the classic baseline), and against PyTorch when installed.
-Each contender runs as a block with a pause between blocks, because OpenBLAS's threads spin for
-a while after each call and would slow whatever ran next.
+fancy-index im2col with ``np.add.at`` (the classic baseline), and against PyTorch (the ``bench``
+extra installs it). Each contender runs as a block with a pause between blocks, because
+OpenBLAS's threads spin for a while after each call and would slow whatever ran next. The
+spread is the smallest and largest of the per-round medians; the engine's agreement with
+PyTorch is the largest difference relative to the largest magnitude, per output. On a shared
+machine the fastest call of each contender is printed too: other work only ever adds time.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -107,33 +111,33 @@ def _time_block(fn: Callable[[], object], reps: int) -> list[float]:
 
 def _interleaved(
     contenders: dict[str, Callable[[], object]], rounds: int, budget: float
-) -> dict[str, float]:
-    """Median seconds of each contender, blocks alternating order round by round."""
+) -> dict[str, list[list[float]]]:
+    """Seconds of every call of each contender, by round; blocks alternate order each round."""
     reps = {}
     for name, fn in contenders.items():
         fn()  # warm up: buffers, BLAS threads, PyTorch's first-call costs
         once = min(_time_block(fn, 2))
         reps[name] = int(min(30, max(1, budget / max(once, 1e-6))))
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    calls: dict[str, list[list[float]]] = {name: [] for name in contenders}
     order = list(contenders)
     for round_ in range(rounds):
         for name in order if round_ % 2 == 0 else reversed(order):
             gc.collect()
             time.sleep(0.15)
-            samples[name] += _time_block(contenders[name], reps[name])
-    return {name: statistics.median(times) for name, times in samples.items()}
+            calls[name].append(_time_block(contenders[name], reps[name]))
+    return calls
 
 
 def _matmul_limits(
-    g: ConvGeometry, rng: np.random.Generator
+    g: ConvGeometry, rng: np.random.Generator, dtype: np.dtype
 ) -> tuple[Callable[[], object], Callable[[], object]]:
     """Bare matmuls with the same sizes as the engine's GEMMs (forward; both of backward)."""
     grp, f, k, p = g.groups, g.f_per_group, g.col_rows, g.positions
-    w_rows = rng.standard_normal((grp, f, k), dtype=np.float32)
-    cols = rng.standard_normal((g.n, grp, k, p), dtype=np.float32)
-    dout = rng.standard_normal((g.n, grp, f, p), dtype=np.float32)
-    out = np.empty((g.n, grp, f, p), dtype=np.float32)
-    dw = np.empty((g.n, grp, f, k), dtype=np.float32)
+    w_rows = rng.standard_normal((grp, f, k)).astype(dtype)
+    cols = rng.standard_normal((g.n, grp, k, p)).astype(dtype)
+    dout = rng.standard_normal((g.n, grp, f, p)).astype(dtype)
+    out = np.empty((g.n, grp, f, p), dtype=dtype)
+    dw = np.empty((g.n, grp, f, k), dtype=dtype)
 
     def forward_gemm() -> object:
         return np.matmul(w_rows, cols, out=out)
@@ -163,19 +167,40 @@ def _torch_contenders(
     def torch_backward() -> object:
         tx.grad = tw.grad = tb.grad = None
         tf.conv2d(tx, tw, tb, **hyper).backward(tdout)
-        return tx.grad
+        return tx.grad, tw.grad, tb.grad
 
     return torch_forward, torch_backward
 
 
-def _bench_shape(shape: Shape, rounds: int, budget: float) -> dict[str, Any]:
+def _relative_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """Largest absolute difference over the largest magnitude of ``theirs``."""
+    scale = float(np.abs(theirs).max()) or 1.0
+    return float(np.abs(ours.astype(np.float64) - theirs).max()) / scale
+
+
+def _agreement(shape: Shape, dtype: np.dtype) -> list[float] | None:
+    """Relative differences from PyTorch of out, dx, dw and db, in ``dtype``; None without it."""
+    rng = np.random.default_rng(1)
+    g = shape.geometry()
+    x, w, b, dout = (
+        rng.standard_normal(s).astype(dtype) for s in (g.x_shape, g.w_shape, (g.f,), g.out_shape)
+    )
+    torch_pair = _torch_contenders(x, w, b, dout, shape.hyper)
+    if torch_pair is None:
+        return None
+    torch_forward, torch_backward = torch_pair
+    theirs = [torch_forward(), *torch_backward()]  # type: ignore[misc]
+    ours = [forward(x, w, b, g), *backward(dout, x, w, g)]
+    return [_relative_difference(a, t.numpy()) for a, t in zip(ours, theirs, strict=True)]
+
+
+def _bench_shape(shape: Shape, dtype: np.dtype, rounds: int, budget: float) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     g = shape.geometry()
-    x = rng.standard_normal(g.x_shape, dtype=np.float32)
-    w = rng.standard_normal(g.w_shape, dtype=np.float32)
-    b = rng.standard_normal(g.f, dtype=np.float32)
-    dout = rng.standard_normal(g.out_shape, dtype=np.float32)
-    forward_gemm, backward_gemms = _matmul_limits(g, rng)
+    x, w, b, dout = (
+        rng.standard_normal(s).astype(dtype) for s in (g.x_shape, g.w_shape, (g.f,), g.out_shape)
+    )
+    forward_gemm, backward_gemms = _matmul_limits(g, rng, dtype)
     fwd = {
         "engine": lambda: forward(x, w, b, g),
         "matmul": forward_gemm,
@@ -213,7 +238,11 @@ def _blas_description() -> str:
 
 
 def _row(result: dict[str, Any], pass_: str) -> str:
-    times = result[pass_]
+    calls: dict[str, list[list[float]]] = result[pass_]
+    rounds = {name: [statistics.median(b) for b in blocks] for name, blocks in calls.items()}
+    times = {name: statistics.median(medians) for name, medians in rounds.items()}
+    # The fastest call: what a contender costs when nothing else runs on the machine.
+    fastest = {name: min(min(block) for block in blocks) for name, blocks in calls.items()}
     engine = times["engine"]
     flops = result["flops"] * (2 if pass_ == "backward" else 1)
 
@@ -223,12 +252,53 @@ def _row(result: dict[str, Any], pass_: str) -> str:
     def speedup(name: str) -> str:
         return f"{times[name] / engine:.1f}x" if name in times else "-"
 
+    def torch_spread() -> str:
+        if "torch" not in rounds:
+            return "-"
+        per_round = [e / t for e, t in zip(rounds["engine"], rounds["torch"], strict=True)]
+        return f"{min(per_round):.2f}-{max(per_round):.2f}"
+
+    def fastest_ratio() -> str:
+        return f"{fastest['engine'] / fastest['torch']:.2f}x" if "torch" in fastest else "-"
+
+    spread = f"{min(rounds['engine']) * 1e3:.2f}-{max(rounds['engine']) * 1e3:.2f}"
     shape: Shape = result["shape"]
     return (
-        f"| {shape.name} | {shape.label()} | {pass_} | {engine * 1e3:.2f} | "
-        f"{flops / engine / 1e9:.0f} | {ratio('matmul')} | {speedup('tutorial')} | "
-        f"{ratio('torch')} |"
+        f"| {shape.name} | {shape.label()} | {pass_} | {engine * 1e3:.2f} | {spread} | "
+        f"{fastest['engine'] * 1e3:.2f} | {flops / engine / 1e9:.0f} | {ratio('matmul')} | "
+        f"{speedup('tutorial')} | {ratio('torch')} | {torch_spread()} | {fastest_ratio()} |"
     )
+
+
+def _print_timings(shapes: list[Shape], dtype: np.dtype, rounds: int, budget: float) -> None:
+    print(f"{dtype.name}; medians of per-round medians over {rounds} interleaved rounds")
+    print()
+    print(
+        "| shape | geometry | pass | ms | ms min-max | ms fastest | GFLOP/s | vs matmul limit "
+        "| faster than tutorial | vs PyTorch | vs PyTorch min-max | vs PyTorch fastest |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for shape in shapes:
+        result = _bench_shape(shape, dtype, rounds, budget)
+        for pass_ in ("forward", "backward"):
+            print(_row(result, pass_), flush=True)
+    print()
+
+
+def _print_agreement(shapes: list[Shape], dtypes: list[np.dtype]) -> None:
+    print("Agreement with PyTorch: max |engine - torch| / max |torch|, per output")
+    print()
+    print("| shape | dtype | out | dx | dw | db |")
+    print("|---|---|---:|---:|---:|---:|")
+    for shape in shapes:
+        for dtype in dtypes:
+            differences = _agreement(shape, dtype)
+            if differences is None:
+                print("PyTorch is not installed: pip install torch==2.13.0")
+                return
+            cells = " | ".join(f"{d:.1e}" for d in differences)
+            print(f"| {shape.name} | {dtype.name} | {cells} |", flush=True)
+    print()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,24 +306,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per pass")
     parser.add_argument("--budget", type=float, default=0.25, help="seconds per timed block")
     parser.add_argument("--only", nargs="*", help="names of the shapes to run")
-    args = parser.parse_args(argv)
-    print(_blas_description())
-    print(f"numpy {np.__version__}; float32; medians over {args.rounds} interleaved rounds")
-    print()
-    print(
-        "| shape | geometry | pass | ms | GFLOP/s | vs matmul limit | faster than tutorial "
-        "| vs PyTorch |"
+    parser.add_argument(
+        "--dtypes", nargs="*", default=["float32", "float64"], help="dtypes to time"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for shape in SHAPES:
-        if args.only and shape.name not in args.only:
-            continue
-        result = _bench_shape(shape, args.rounds, args.budget)
-        for pass_ in ("forward", "backward"):
-            print(_row(result, pass_), flush=True)
+    args = parser.parse_args(argv)
+    shapes = [s for s in SHAPES if not args.only or s.name in args.only]
+    dtypes = [np.dtype(name) for name in args.dtypes]
+    print(_blas_description())
+    print(f"numpy {np.__version__}; {_torch_description()}; {_load_description()} at the start")
     print()
+    _print_agreement(shapes, dtypes)
+    for dtype in dtypes:
+        _print_timings(shapes, dtype, args.rounds, args.budget)
+    # The machine's other work shows in the spread; the load says how much there was.
+    print(f"{_load_description()} at the end")
+    print("ms: the engine's median; min-max: the smallest and largest per-round median;")
+    print("fastest: the fastest single call (on a busy machine, the cost without the others).")
     print("vs matmul / vs PyTorch: engine time over theirs (lower is better, 1.00x is a tie);")
     print("faster than tutorial: the fancy-index im2col + np.add.at baseline's time over ours.")
+
+
+def _load_description() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} {five:.1f} {fifteen:.1f} on {os.cpu_count()} CPUs"
+
+
+def _torch_description() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch not installed (pip install torch==2.13.0 fills its columns)"
+    return f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":
