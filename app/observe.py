@@ -17,6 +17,8 @@ __all__ = ["LOG_CONFIG", "Observe"]
 
 access_log = logging.getLogger("convengine.access")
 _MAX_ID = 128
+# A metric label per method a client invents would grow the metrics without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # uvicorn's logging, plus the access logger writing bare JSON lines to stdout.
 LOG_CONFIG: dict[str, Any] = {
@@ -91,7 +93,7 @@ class Observe:
 
     def _record(self, scope: Scope, request_id: str, seen: dict[str, int], seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
-        method = scope["method"]
+        method = scope["method"] if scope["method"] in _METHODS else "other"
         metrics.REQUESTS.labels(route, method, str(seen["status"])).inc()
         metrics.REQUEST_SECONDS.labels(route, method).observe(seconds)
         metrics.REQUEST_BYTES.labels(route).observe(seen["in"])

@@ -113,7 +113,7 @@ def infer(
     operation: Operation, body: bytes, header_length: str | None, settings: Settings
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and headers for one inference request."""
-    request, blob = wire.parse_request(body, header_length)
+    request, blob = wire.parse_request(body, header_length, settings.max_json_bytes)
     wire.check_outputs(operation, operation.model, request)
     budget = Budget(settings.max_decoded_bytes)
     decoded = wire.decode(operation, operation.model, request, blob, budget)
