@@ -12,10 +12,12 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.errors import internal_error_response
 
 __all__ = ["LOG_CONFIG", "Observe"]
 
 access_log = logging.getLogger("convengine.access")
+error_log = logging.getLogger("app.errors")
 _MAX_ID = 128
 # A metric label per method a client invents would grow the metrics without bound.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -69,7 +71,7 @@ class Observe:
             return
         started = time.perf_counter()
         request_id = _request_id(scope)
-        seen = {"in": 0, "out": 0, "status": 500}
+        seen = {"in": 0, "out": 0, "status": 500, "started": 0}
 
         async def counting_receive() -> Message:
             message = await receive()
@@ -78,7 +80,7 @@ class Observe:
 
         async def observing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                seen["status"] = message["status"]
+                seen["status"], seen["started"] = message["status"], 1
                 headers = MutableHeaders(scope=message)
                 headers["x-request-id"] = request_id
                 headers["x-replica"] = self.replica
@@ -88,6 +90,17 @@ class Observe:
 
         try:
             await self.app(scope, counting_receive, observing_send)
+        except Exception:
+            # A bug: one log record, with the request id, and a JSON 500 carrying the id. Not
+            # re-raised, so that neither Starlette nor uvicorn logs it again.
+            error_log.exception(
+                "unexpected error on %s %s (request id %s)",
+                scope["method"][:16],
+                scope["path"][:200],
+                request_id,
+            )
+            if not seen["started"]:
+                await internal_error_response(scope, request_id)(scope, receive, observing_send)
         finally:
             self._record(scope, request_id, seen, time.perf_counter() - started)
 
@@ -103,7 +116,7 @@ class Observe:
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "request_id": request_id,
             "replica": self.replica,
-            "method": method,
+            "method": scope["method"][:16],
             "route": route,
             "path": scope["path"],
             "status": seen["status"],

@@ -59,6 +59,13 @@ def test_image_runs_the_same_commands_as_the_tests():
     assert len(froms) == 2 and all("slim" in line for line in froms)
 
 
+def test_image_python_is_past_the_ast_race():
+    """3.11.8 made ast thread-safe (gh-106905); the image is on a later 3.11 patch release."""
+    for line in _dockerfile_instruction("FROM"):
+        major, minor, patch = re.search(r"python:(\d+)\.(\d+)\.(\d+)", line).groups()
+        assert (int(major), int(minor)) == (3, 11) and int(patch) >= 15, line
+
+
 def test_image_pins_every_runtime_dependency():
     lock = {
         re.split(r"==", line)[0].lower().replace("_", "-")
