@@ -20,6 +20,7 @@ from app.codecs import json as json_codec
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.limits import BodyLimit, Gate
+from app.limits.memory import MemoryBudget
 from app.observe import Observe
 from app.routes import health, operations, playground, protocol
 from app.schemas import ErrorResponse
@@ -80,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.gate = Gate(settings.max_concurrent, settings.max_waiting)
+    memory = MemoryBudget(settings.memory_budget(), settings.max_waiting, settings.memory_wait)
+    app.state.gate = Gate(settings.max_concurrent, settings.max_waiting, memory)
     app.state.ready = False
     app.add_middleware(
         BodyLimit,

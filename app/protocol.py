@@ -9,17 +9,19 @@ a 422 becoming the protocol's 400.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
 from app import pipeline
-from app.codecs import Budget
+from app.codecs import Budget, Decoded
 from app.codecs import protocol as wire
 from app.config import Settings
 from app.errors import NotFound
-from app.schemas import Hyperparameters
+from app.limits.memory import Reservation
+from app.schemas import ConvRequest, Hyperparameters
 from convengine import OPERATIONS, Operation
 
 __all__ = [
@@ -27,11 +29,12 @@ __all__ = [
     "VERSION",
     "InferResponse",
     "ModelMetadata",
+    "PreparedInference",
     "ProtocolError",
     "ServerMetadata",
-    "infer",
     "metadata",
     "model",
+    "prepare",
     "render_error",
 ]
 
@@ -109,17 +112,41 @@ def metadata(operation: Operation) -> dict[str, Any]:
     }
 
 
-def infer(
-    operation: Operation, body: bytes, header_length: str | None, settings: Settings
-) -> tuple[bytes, dict[str, str]]:
-    """The response body and headers for one inference request."""
+@dataclass
+class PreparedInference:
+    """A decoded, validated inference request, and what it will hold until it is answered."""
+
+    request: wire.InferRequest
+    validated: ConvRequest
+    decoded: Decoded
+    need: int
+
+    def finish(self) -> tuple[bytes, dict[str, str]]:
+        outputs = pipeline.compute(self.validated, self.decoded.arrays)
+        operation = self.validated.operation
+        return wire.encode(operation.model, VERSION, self.request, outputs)
+
+
+def prepare(
+    operation: Operation,
+    body: bytes,
+    reservation: Reservation,
+    header_length: str | None,
+    settings: Settings,
+) -> PreparedInference:
+    """Decode and validate one inference request (in a worker thread)."""
     request, blob = wire.parse_request(body, header_length, settings.max_json_bytes)
-    wire.check_outputs(operation, operation.model, request)
-    budget = Budget(settings.max_decoded_bytes)
+    wanted = wire.check_outputs(operation, operation.model, request)
+    budget = Budget(
+        settings.max_decoded_bytes,
+        allowance=max(0, reservation.held - len(body)),
+        reserve=reservation.take_now,
+    )
     decoded = wire.decode(operation, operation.model, request, blob, budget)
     validated = pipeline.validate(operation, decoded, settings)
-    outputs = pipeline.compute(validated, decoded.arrays)
-    return wire.encode(operation.model, VERSION, request, outputs)
+    binary = all(wire.wants_binary(request, name) for name in wanted)
+    need = pipeline.memory_need(validated, decoded.arrays, binary)
+    return PreparedInference(request, validated, decoded, need)
 
 
 def render_error(status: int, detail: list[dict[str, Any]]) -> tuple[int, bytes]:

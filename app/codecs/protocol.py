@@ -33,6 +33,7 @@ __all__ = [
     "decode",
     "encode",
     "parse_request",
+    "wants_binary",
 ]
 
 DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64)}
@@ -199,7 +200,7 @@ def _json_data(tensor: InferInput, dtype: np.dtype) -> np.ndarray:
     return array.reshape(tensor.shape)
 
 
-def _wants_binary(request: InferRequest, name: str) -> bool:
+def wants_binary(request: InferRequest, name: str) -> bool:
     default = request.parameters.get("binary_data_output") is True
     for output in request.outputs or ():
         if output.name == name:
@@ -235,7 +236,7 @@ def encode(
             "shape": list(array.shape),
             "datatype": "FP32" if array.dtype == np.float32 else "FP64",
         }
-        if _wants_binary(request, name):
+        if wants_binary(request, name):
             raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

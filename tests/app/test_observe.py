@@ -114,8 +114,8 @@ async def test_a_bug_is_one_log_record_and_a_json_500_with_the_request_id(
     def broken(*args, **kw):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("app.pipeline.run", broken)
-    monkeypatch.setattr("app.protocol.infer", broken)
+    monkeypatch.setattr("app.pipeline.prepare", broken)
+    monkeypatch.setattr("app.protocol.prepare", broken)
     caplog.set_level(logging.INFO)
     async with serve() as client:
         response = await client.post(path, headers={"x-request-id": "bug-42"}, **kwargs)
