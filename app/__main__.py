@@ -1,8 +1,9 @@
 """``python -m app`` / ``convengine-serve``: run the service with uvicorn on its settings.
 
 Before the engine is imported it sizes the BLAS thread pools so that workers x threads fits
-the CPUs this process may use (a container's CPU quota included), and with several workers
-points the metrics at a shared directory.
+the CPUs this process may use (a container's CPU quota included), fixes glibc's mmap
+threshold so that freed memory goes back to the system (app.limits.memory), and with several
+workers points the metrics at a shared directory.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tempfile
 import uvicorn
 
 from app.config import available_cpus, get_settings
+from app.limits.memory import keep_heap_small
 from app.observe import LOG_CONFIG
 
 _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -20,6 +22,7 @@ _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS
 
 def main() -> None:
     settings = get_settings()
+    keep_heap_small()
     threads = max(1, available_cpus() // settings.workers)
     for variable in _THREAD_VARIABLES:
         os.environ.setdefault(variable, str(threads))

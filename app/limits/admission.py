@@ -119,28 +119,38 @@ class Gate:
     async def serve(
         self,
         request: Request,
-        reading_cost: int,
+        least: int,
+        expected: int,
         prepare: Callable[[bytes, Reservation], Prepared],
     ) -> Response:
-        """Reserve, read, prepare, resize, finish: the answer to ``request`` (see the module)."""
+        """Reserve, read, prepare, resize, finish: the answer to ``request`` (see the module).
+
+        ``least``: what reading and decoding the body holds for sure; more than the whole
+        budget is a 413. ``expected``: what the whole request is expected to hold, reserved up
+        front (up to the whole budget) so that it rarely needs more once decoded.
+        """
         reservation = Reservation(self.memory)
         try:
-            await reservation.resize(reading_cost, partial(self._body_too_big, reading_cost))
+            if least > self.memory.total:
+                raise self._body_too_big(least)
+            await reservation.resize(min(expected, self.memory.total), self._body_too_big)
             body = await request.body()
             async with self.admit():
                 prepared = await self.run(partial(prepare, body, reservation))
             need = len(body) + prepared.need
-            await reservation.resize(need, partial(self._work_too_big, need))
+            await reservation.resize(need, self._work_too_big)
+            reservation.settle()  # from here on it only gives back
             async with self.admit():
                 content, headers = await self.run(prepared.finish)
             del prepared  # its arrays: only the answer and the body remain
-            await reservation.resize(len(body) + len(content), partial(self._work_too_big, 0))
+            await reservation.resize(len(body) + len(content), self._work_too_big)  # shrinks
             return Answer(content, headers, reservation)
         except BaseException:
             reservation.release()
             raise
 
     def _body_too_big(self, nbytes: int) -> PayloadTooLarge:
+        # The body alone (and its decoding) would not fit in the whole budget.
         return PayloadTooLarge(
             f"reading and decoding this body would hold about {nbytes / MiB:,.0f} MiB, more "
             f"than this replica's memory budget of {self.memory.total / MiB:,.0f} MiB",
@@ -148,6 +158,7 @@ class Gate:
         )
 
     def _work_too_big(self, nbytes: int) -> InvalidInput:
+        # The validated request (arrays, work, answer) would not fit in the whole budget.
         return InvalidInput(
             f"this request would hold about {nbytes / MiB:,.0f} MiB (its arrays, working "
             f"memory and answer), more than this replica's memory budget of "

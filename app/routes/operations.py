@@ -71,9 +71,9 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
             settings=state.settings,
         )
         length = declared_length(request, state.settings, content_type)
-        cost = reading_cost(length, length if is_json(content_type) else 0)
+        least, expected = reading_cost(length, length if is_json(content_type) else 0)
         gate: Gate = state.gate
-        return await gate.serve(request, cost, prepare)
+        return await gate.serve(request, least, expected, prepare)
 
     endpoint.__name__ = operation.name
     endpoint.__doc__ = operation.summary

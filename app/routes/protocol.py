@@ -150,4 +150,5 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     if header_length and header_length.isascii() and header_length.isdigit():
         json_part = int(header_length)
     gate: Gate = state.gate
-    return await gate.serve(request, reading_cost(length, json_part), prepare)
+    least, expected = reading_cost(length, json_part)
+    return await gate.serve(request, least, expected, prepare)
