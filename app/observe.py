@@ -12,9 +12,12 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
-from app.errors import internal_error_response
+from app.errors import Overloaded, error_response, internal_error_response
 
-__all__ = ["LOG_CONFIG", "Observe"]
+__all__ = ["CONNECTIONS_FULL", "LOG_CONFIG", "Observe"]
+
+# A scope extension set by app.server's protocol when every connection place is taken.
+CONNECTIONS_FULL = "convengine.connections_full"
 
 access_log = logging.getLogger("convengine.access")
 error_log = logging.getLogger("app.errors")
@@ -89,7 +92,11 @@ class Observe:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, observing_send)
+            full = scope.get("extensions", {}).get(CONNECTIONS_FULL)
+            if full is not None:
+                await self._refuse(scope, receive, observing_send, full["limit"])
+            else:
+                await self.app(scope, counting_receive, observing_send)
         except Exception:
             # A bug: one log record, with the request id, and a JSON 500 carrying the id. Not
             # re-raised, so that neither Starlette nor uvicorn logs it again.
@@ -103,6 +110,15 @@ class Observe:
                 await internal_error_response(scope, request_id)(scope, receive, observing_send)
         finally:
             self._record(scope, request_id, seen, time.perf_counter() - started)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        problem = Overloaded(
+            f"all {limit} connections this replica accepts are open: retry shortly",
+            loc=(),
+            headers={"Retry-After": "1", "Connection": "close"},
+        )
+        await error_response(problem, scope)(scope, receive, send)
 
     def _record(self, scope: Scope, request_id: str, seen: dict[str, int], seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
