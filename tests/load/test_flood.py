@@ -160,3 +160,25 @@ def test_slow_clients_cannot_starve_the_rest(tmp_path):
         for sock in sockets:
             sock.close()
         service.stop()
+
+
+def test_beyond_the_connection_limit_the_answer_is_a_json_503(tmp_path):
+    service = start_service(tmp_path, log_level="warning", max_connections="20")
+    sockets: list[socket.socket] = []
+    try:
+        service.wait_ready()
+        sockets = [_open(service.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n") for _ in range(25)]
+        time.sleep(0.2)
+        response = httpx.get(f"{service.url}/healthz", headers={"x-request-id": "full-1"})
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["x-request-id"] == "full-1"
+        assert "all 20 connections" in response.json()["detail"][0]["msg"]
+        for sock in sockets:
+            sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{service.url}/healthz").status_code == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+        service.stop()
