@@ -56,7 +56,6 @@ class MemoryBudget:
         self.total, self.waiting, self.wait_timeout = total, waiting, wait_timeout
         self.used = 0
         self.settled = 0  # held by requests that will only give back
-        self.peak = 0
         self._lock = threading.Lock()
         self._line: deque[_Waiter] = deque()
 
@@ -70,7 +69,6 @@ class MemoryBudget:
             if self.used + nbytes > self.total:
                 return False
             self.used += nbytes
-            self.peak = max(self.peak, self.used)
             return True
 
     async def take(self, nbytes: int, holding: int, too_big: Callable[[int], ServiceError]) -> None:
