@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from app.codecs.npz import MAX_DIRECTORY_BYTES, MAX_MEMBERS
 from app.config import Settings
-from benchmarks.payloads import npy_bytes, npz_bytes
+from benchmarks.payloads import npy_bytes, npz_bytes, request
 
 from .conftest import serve
 
@@ -273,4 +273,57 @@ async def test_npy_header_with_negative_dimensions_is_a_400():
     async with serve() as client:
         await _refused(
             client, "POST", "/forward", 400, ["body", "x"], "not a valid .npy", files=files
+        )
+
+
+# Digits of every script and superscripts, among ASCII digits and signs; or ASCII numbers of
+# more digits than any hyperparameter has. None of them is a number in a text form.
+_DIGITS = st.characters(categories=("Nd", "No"))
+not_numbers = st.text(_DIGITS | st.sampled_from("0123456789-+ "), min_size=1, max_size=12).filter(
+    lambda text: not text.isascii()
+) | st.from_regex(r"-?[0-9]{10,60}", fullmatch=True)
+
+
+@given(value=not_numbers)
+async def test_text_that_is_not_an_ascii_number_is_refused_by_name(value):
+    x, w = np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3))
+    document = {
+        "parameters": {"stride": value},
+        "inputs": [
+            {"name": "x", "shape": [1, 1, 4, 4], "datatype": "FP64", "data": [1.0] * 16},
+            {"name": "w", "shape": [1, 1, 3, 3], "datatype": "FP64", "data": [1.0] * 9},
+        ],
+    }
+    async with serve() as client:
+        for form, where in (("multipart", "body"), ("npz", "query")):
+            await _refused(
+                client,
+                "POST",
+                "/forward",
+                422,
+                [where, "stride"],
+                "integer",
+                **request(form, {"x": x, "w": w}, {"stride": value}),
+            )
+        await _refused(
+            client,
+            "POST",
+            "/v2/models/conv2d/infer",
+            400,
+            ["parameters", "stride"],
+            "integer",
+            json=document,
+        )
+        if value.isascii() and value.isdigit() and int(value) <= 2:
+            return  # a number after all, for a length: zeros
+        header = {"inference-header-content-length": value.encode()}
+        await _refused(
+            client,
+            "POST",
+            "/v2/models/conv2d/infer",
+            400,
+            ["header", "inference-header-content-length"],
+            "Inference-Header-Content-Length",
+            content=b"{}",
+            headers=header,
         )
