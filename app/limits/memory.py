@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import anyio
 
-from app.errors import Overloaded, ServiceError
+from app.errors import Overloaded, PayloadTooLarge, ServiceError
 
 __all__ = ["MemoryBudget", "Reservation", "give_back", "keep_heap_small"]
 
@@ -151,7 +151,14 @@ class Reservation:
         self.budget.settle(self.held)
 
     def take_now(self, nbytes: int, what: str) -> None:
-        """``nbytes`` more at once (a worker thread may call this), or 503."""
+        """``nbytes`` more at once (a worker thread may call this), or 503; 413 if they could
+        never fit."""
+        if self.held + nbytes > self.budget.total:
+            raise PayloadTooLarge(
+                f"{what} would decode to {nbytes} bytes, more than this replica's memory "
+                f"budget of {self.budget.total // MiB} MiB allows beside the rest of the request",
+                loc=("body", what),
+            )
         if not self.budget.try_take(nbytes):
             raise self.budget._overloaded(f"{what} needs {nbytes // MiB} MiB more")
         self.held += nbytes

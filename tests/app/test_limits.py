@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import numpy as np
 import pytest
 
 from app.config import Settings
@@ -207,3 +208,23 @@ async def test_a_body_too_big_for_the_budget_is_413_and_readiness_follows_the_li
 
 async def _post(client, body) -> None:
     assert (await client.post("/forward", json=body)).status_code == 200
+
+
+async def test_an_archive_inflating_beyond_the_budget_is_413_by_name():
+    import io
+    import zipfile
+
+    from benchmarks.payloads import npy_bytes
+
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", npy_bytes(np.zeros((1, 1, 4096, 4096))))  # 128 MiB of zeros
+        archive.writestr("w.npy", npy_bytes(np.ones((1, 1, 1, 1))))
+    async with serve(Settings(memory_budget_mb=64)) as client:
+        response = await client.post(
+            "/forward", content=stream.getvalue(), headers={"content-type": "application/x-npz"}
+        )
+        assert response.status_code == 413, response.text
+        detail = response.json()["detail"][0]
+        assert detail["loc"] == ["body", "x"] and "memory budget of 64 MiB" in detail["msg"]
+        assert (await client.post("/forward", json={"x": X, "w": [[[[1.0]]]]})).status_code == 200
