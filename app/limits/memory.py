@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -209,6 +210,9 @@ def keep_heap_small() -> bool:
     forward and backward pass of a mid layer (16x32x56x56, 3x3), 80 instead of 75 ms of CPU.
     Setting the threshold also fixes the trim threshold, which is set here to 8 MiB.
     """
+    # Worker processes (CONVENGINE_WORKERS > 1) are started afresh: glibc reads these there.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(TRIM_THRESHOLD))
     libc = _load_libc()
     if libc is None:
         return False
