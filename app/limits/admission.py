@@ -7,10 +7,10 @@ A request goes through :meth:`Gate.serve` in four steps:
    in a bounded line for room;
 2. it reads its body, holding those bytes but no computation place, so a stalled upload
    holds memory (bounded by the body timeout) and never a computation;
-3. in a computation place it decodes and validates, then, outside any place, it resizes its
-   reservation to its arrays, work and answer (waiting again if need be);
-4. in a computation place it computes and encodes, and holds its answer's bytes until the
-   answer has been sent (:class:`Answer`).
+3. in a computation place (held until step 4 ends) it decodes and validates in a thread,
+   then resizes its reservation to its arrays, work and answer (waiting again if need be);
+4. it computes and encodes in a thread, and holds its answer's bytes until the answer has
+   been sent (:class:`Answer`).
 
 Computations run in a pool of ``slots`` threads of their own, so that the engine's per-thread
 work buffers exist in at most ``slots`` threads.
@@ -97,14 +97,18 @@ class Gate:
         """Whether a new request would be let in line (for readiness)."""
         return self.admitted < self.capacity and not self.memory.line_full
 
-    @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
+    def check_places(self) -> None:
+        """503 if every computation and waiting place is taken."""
         if self.admitted >= self.capacity:
             raise Overloaded(
                 f"all {self.capacity} computation and waiting places are taken: retry shortly",
                 loc=(),
                 headers={"Retry-After": "1"},
             )
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        self.check_places()
         self.admitted += 1
         try:
             yield
@@ -131,16 +135,18 @@ class Gate:
         """
         reservation = Reservation(self.memory)
         try:
+            self.check_places()  # no upload, nor memory, for a request that would be refused
             if least > self.memory.total:
                 raise self._body_too_big(least)
             await reservation.resize(min(expected, self.memory.total), self._body_too_big)
             body = await request.body()
+            # One place from decoding to the answer, so that work decoded is never refused;
+            # a thread only while decoding and while computing.
             async with self.admit():
                 prepared = await self.run(partial(prepare, body, reservation))
-            need = len(body) + prepared.need
-            await reservation.resize(need, self._work_too_big)
-            reservation.settle()  # from here on it only gives back
-            async with self.admit():
+                need = len(body) + prepared.need
+                await reservation.resize(need, self._work_too_big)
+                reservation.settle()  # from here on it only gives back
                 content, headers = await self.run(prepared.finish)
             del prepared  # its arrays: only the answer and the body remain
             await reservation.resize(len(body) + len(content), self._work_too_big)  # shrinks
