@@ -1,10 +1,11 @@
 """Admission: memory reserved before a body is read, then a computation place; 503 beyond.
 
-A request goes through :meth:`Gate.serve` in four steps:
+A request goes through :meth:`Gate.serve` in four steps (refused at once with 503 if every
+computation and waiting place is taken, before it uploads anything):
 
-1. it reserves what reading and decoding its body will hold (its declared length times the
-   format's expansion, :func:`app.limits.body.reading_cost`) from the memory budget, waiting
-   in a bounded line for room;
+1. it reserves what it is expected to hold from the memory budget (its declared length times
+   the format's expansion, :func:`app.limits.body.reading_cost`), waiting in a bounded line
+   for room;
 2. it reads its body, holding those bytes but no computation place, so a stalled upload
    holds memory (bounded by the body timeout) and never a computation;
 3. in a computation place (held until step 4 ends) it decodes and validates in a thread,
