@@ -193,22 +193,31 @@ def _load_libc() -> ctypes.CDLL | None:
 
 # mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 128 * 1024
-TRIM_THRESHOLD = 8 * MiB
+MMAP_THRESHOLD = 4 * MiB
+TRIM_THRESHOLD = 64 * MiB
 
 
 def keep_heap_small() -> bool:
-    """Fix glibc's mmap threshold at 128 KiB, so that large blocks go back to the system
-    when freed; whether it could (glibc only).
+    """Fix glibc's mmap threshold at 4 MiB, so that large blocks go back to the system when
+    freed; whether it could (glibc only).
 
     glibc starts at 128 KiB but raises the threshold to the size of each mmapped block freed,
-    up to 32 MiB: after one large request, every body chunk (256 KiB) and medium array comes
-    from the heap, and a burst leaves hundreds of MiB of freed heap resident beyond what the
-    budget counts. Measured on tests/load/test_memory.py's burst (budget 1,536 MiB, baseline
-    68 MiB): peak 1,026 MiB with glibc's default, 582 MiB with the threshold fixed. The cost:
-    large temporaries are mapped afresh each time, 1,523 page faults instead of 28 per
-    forward and backward pass of a mid layer (16x32x56x56, 3x3), 80 instead of 75 ms of CPU.
-    Setting the threshold also fixes the trim threshold, which is set here to 8 MiB.
+    up to 32 MiB: after one large request, bodies' chunks and arrays up to 32 MiB come from
+    the heap, and a burst leaves freed heap resident beyond what the budget counts. Measured
+    on tests/load/test_memory.py's burst (budget 1,536 MiB, baseline 68 MiB), and in CPU per
+    request, one thread:
+
+    ======================  =========  ===========  ======================  ====================
+    mmap threshold          peak       after burst  soak-sized .npz request  mid layer fwd + bwd
+    ======================  =========  ===========  ======================  ====================
+    glibc's (rising)        1,026 MiB  112 MiB      3.4 ms, 0 faults        75 ms, 28 faults
+    128 KiB                 582 MiB    87 MiB       4.3-5.7 ms, 840 faults  80 ms, 1,523 faults
+    4 MiB (this)            770 MiB    116 MiB      3.4 ms, 0 faults        77 ms, 1,130 faults
+    ======================  =========  ===========  ======================  ====================
+
+    4 MiB keeps small requests free of page faults and large ones out of the heap. Setting
+    the threshold also fixes the trim threshold, set here to 64 MiB: :func:`give_back` trims
+    after large requests.
     """
     # Worker processes (CONVENGINE_WORKERS > 1) are started afresh: glibc reads these there.
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
