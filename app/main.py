@@ -48,7 +48,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.ready = True
     yield
     app.state.ready = False
-    app.state.gate.executor.shutdown(wait=False)
 
 
 _OPENAPI_MODELS: tuple[type[BaseModel], ...] = (
