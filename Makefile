@@ -29,12 +29,13 @@ serve: runtime
 	$(BIN)/python -m app
 
 # What the tests run for real, from Debian's packages: nginx and docker-compose (for `config`)
-# for the deployment, chromium for the playground.
+# for the deployment, dnsmasq (a DNS server on loopback) for nginx re-resolving replicas,
+# chromium for the playground.
 system-deps:
 	@if ! command -v nginx >/dev/null || ! command -v docker-compose >/dev/null \
-		|| ! command -v chromium >/dev/null; then \
+		|| ! command -v chromium >/dev/null || ! command -v dnsmasq >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			nginx docker-compose chromium; \
+			nginx docker-compose chromium dnsmasq-base; \
 	fi
 
 lint: install
@@ -49,6 +50,7 @@ test: lint system-deps
 bench: install
 	$(BIN)/python -m convengine.bench
 	$(BIN)/python -m benchmarks.service
+	$(BIN)/python -m benchmarks.compression
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

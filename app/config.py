@@ -7,10 +7,10 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, FilePath, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "available_cpus", "container_memory_limit", "get_settings"]
 
@@ -121,6 +121,39 @@ class Settings(BaseSettings):
             return self.memory_budget_mb * MiB
         held = BASELINE_BYTES + self.max_concurrent * BUFFERS_PER_THREAD
         return max(256 * MiB, container_memory_limit() - held)
+
+    # Deployment-grade HTTP (app.encoding, app.auth, CORS): each off or harmless by default.
+    compress_min_bytes: int = Field(
+        1024, ge=0, description="smallest answer gzipped for a client that accepts gzip"
+    )
+    compress_level: int = Field(1, ge=1, le=9, description="gzip level of answers")
+    api_keys_file: FilePath | None = Field(
+        None, description="keys (or their SHA-256 in hex), one a line; unset: no keys needed"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins that browsers may call from, comma-separated"
+    )
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.replace(",", " ").split() if part]
+        if isinstance(value, list):
+            for origin in value:
+                if origin != "*" and (
+                    "://" not in origin or origin.endswith("/") or origin.count("/") > 2
+                ):
+                    raise ValueError(
+                        f"{origin!r} is not an origin: write scheme://host[:port] with no path "
+                        "or trailing slash, or *"
+                    )
+        return value
 
 
 @lru_cache

@@ -5,6 +5,7 @@ Hierarchy::
     Exception
     └── ServiceError                 status and FastAPI-style ``detail`` items
         ├── BadRequest               400  a body that cannot be parsed at all
+        ├── Unauthorized             401  a missing or unknown API key
         ├── NotFound                 404  an unknown model (inference protocol)
         ├── NotAcceptable            406  an Accept header we cannot answer
         ├── RequestTimeout           408  a body that arrives too slowly
@@ -52,6 +53,7 @@ __all__ = [
     "PayloadTooLarge",
     "RequestTimeout",
     "ServiceError",
+    "Unauthorized",
     "UnsupportedMediaType",
     "error_response",
     "install_error_handlers",
@@ -85,6 +87,10 @@ class ServiceError(Exception):
 
 class BadRequest(ServiceError):
     status, type = 400, "malformed"
+
+
+class Unauthorized(ServiceError):
+    status, type = 401, "unauthorized"
 
 
 class NotFound(ServiceError):

@@ -14,15 +14,20 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from starlette.middleware.cors import CORSMiddleware
 
 import convengine
+from app.auth import ApiKeys, with_key_security
 from app.codecs import json as json_codec
 from app.config import Settings, get_settings
+from app.cors import cors_options
+from app.encoding import Compress, Inflate
 from app.errors import install_error_handlers
+from app.head import HeadAsGet
 from app.limits import BodyLimit, Gate
 from app.limits.memory import MemoryBudget
 from app.observe import Observe
-from app.routes import health, operations, playground, protocol
+from app.routes import health, limits, operations, playground, protocol
 from app.schemas import ErrorResponse
 from convengine import OPERATIONS
 
@@ -90,14 +95,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_json_bytes=settings.max_json_bytes,
         body_timeout=settings.body_timeout,
     )
+    # Outside BodyLimit, so that the limits count inflated bytes.
+    app.add_middleware(Inflate, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        Compress, minimum_size=settings.compress_min_bytes, level=settings.compress_level
+    )
+    app.add_middleware(HeadAsGet)
+    if settings.api_keys_file is not None:  # before the body is read; after CORS preflights
+        app.add_middleware(ApiKeys, keys_file=settings.api_keys_file)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
     app.add_middleware(Observe, replica=settings.replica)  # outermost: sees every answer
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(limits.router)
     app.include_router(operations.router)
     protocol.install(app)
     app.include_router(playground.router)
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
     app.openapi = lambda: _openapi_with_models(app)  # type: ignore[method-assign]
+    if settings.api_keys_file is not None:
+        app.openapi = with_key_security(app.openapi)  # type: ignore[method-assign]
     return app
 
 

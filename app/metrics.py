@@ -20,9 +20,11 @@ from prometheus_client import (
 )
 
 __all__ = [
+    "ADMITTED",
     "COMPUTING",
     "CONTENT_TYPE_LATEST",
     "ENGINE_SECONDS",
+    "KEY_REQUESTS",
     "REFUSALS",
     "REQUESTS",
     "REQUEST_BYTES",
@@ -57,8 +59,20 @@ COMPUTING = Gauge(
     "Convolutions being computed now",
     multiprocess_mode="livesum",
 )
+ADMITTED = Gauge(
+    "convengine_computations_admitted",
+    "Requests holding a computation slot or waiting for one (computing + waiting): the load "
+    "signal to scale replicas on",
+    multiprocess_mode="livesum",
+)
 REFUSALS = Counter(
     "convengine_refusals_total", "Requests refused, by status and reason", ["status", "reason"]
+)
+
+KEY_REQUESTS = Counter(
+    "convengine_key_requests_total",
+    "Requests with a valid API key, by the key's id (the first 8 hex digits of its SHA-256)",
+    ["key", "status"],
 )
 
 

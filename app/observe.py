@@ -128,6 +128,9 @@ class Observe:
         metrics.REQUEST_BYTES.labels(route).observe(seen["in"])
         metrics.RESPONSE_BYTES.labels(route).observe(seen["out"])
         client = scope.get("client")
+        key = scope.get("state", {}).get("api_key")  # the key's id (app.auth), never the key
+        if key is not None:
+            metrics.KEY_REQUESTS.labels(key, str(seen["status"])).inc()
         line = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "request_id": request_id,
@@ -140,5 +143,6 @@ class Observe:
             "bytes_in": seen["in"],
             "bytes_out": seen["out"],
             "client": client[0] if client else None,
+            "key": key,
         }
         access_log.info(orjson.dumps(line).decode())

@@ -22,7 +22,7 @@ from app.errors import InvalidInput, validation_errors
 from app.limits import WorkLimits
 from app.limits.memory import Reservation
 from app.schemas import HYPERPARAMETERS, UNION_TAGS, ConvRequest, TensorSpec, request_model
-from convengine import ConvGeometry, Operation
+from convengine import Geometry, Operation
 
 __all__ = ["Prepared", "answer_bytes", "compute", "prepare", "validate"]
 
@@ -31,11 +31,11 @@ __all__ = ["Prepared", "answer_bytes", "compute", "prepare", "validate"]
 _JSON_BYTES_PER_ELEMENT = 32
 _BINARY_COPIES = 2
 # The shape of each output, from the geometry the request was validated with.
-_OUTPUT_SHAPES: dict[str, Callable[[ConvGeometry], tuple[int, ...]]] = {
+_OUTPUT_SHAPES: dict[str, Callable[[Geometry], tuple[int, ...]]] = {
     "out": lambda g: g.out_shape,
     "dx": lambda g: g.x_shape,
     "dw": lambda g: g.w_shape,
-    "db": lambda g: (g.f,),
+    "db": lambda g: g.out_shape[1:2],  # one value per output channel
 }
 
 

@@ -1,7 +1,8 @@
-"""The Open Inference Protocol as a service: one model per operation of the table.
+"""The Open Inference Protocol as a service: one model per operation of the table and rank.
 
-``conv2d`` is the forward pass (inputs x, w, optional b; output out), ``conv2d_backward``
-the backward pass (inputs dout, x, w; outputs dx, dw, db): whatever :data:`OPERATIONS` holds.
+``conv2d`` is the planar forward pass (inputs x, w, optional b; output out),
+``conv2d_backward`` its backward pass (inputs dout, x, w; outputs dx, dw, db), and so on for
+``conv1d``, ``conv3d`` and ``conv_transpose{1,2,3}d``: whatever :data:`OPERATIONS` holds.
 The same validation, limits and engine as the REST routes; only the wire differs
 (:mod:`app.codecs.protocol`), and so does the error shape: ``{"error": "<message>"}``, with
 a 422 becoming the protocol's 400.
@@ -19,10 +20,10 @@ from app import pipeline
 from app.codecs import Budget, Decoded
 from app.codecs import protocol as wire
 from app.config import Settings
-from app.errors import NotFound
+from app.errors import BadRequest, NotFound
 from app.limits.memory import Reservation
 from app.schemas import ConvRequest, Hyperparameters
-from convengine import OPERATIONS, Operation
+from convengine import OPERATIONS, RANKS, Operation
 
 __all__ = [
     "MODELS",
@@ -39,7 +40,11 @@ __all__ = [
 ]
 
 VERSION = "1"
-MODELS: dict[str, Operation] = {operation.model: operation for operation in OPERATIONS.values()}
+MODELS: dict[str, tuple[Operation, int]] = {
+    operation.model_name(rank): (operation, rank)
+    for operation in OPERATIONS.values()
+    for rank in RANKS
+}
 
 
 class ProtocolError(BaseModel):
@@ -82,25 +87,29 @@ class InferResponse(BaseModel):
     outputs: list[OutputTensor]
 
 
-def model(name: str, version: str | None = None) -> Operation:
-    """The operation served as model ``name`` (and ``version``), or 404."""
-    operation = MODELS.get(name)
-    if operation is None:
+def model(name: str, version: str | None = None) -> tuple[Operation, int]:
+    """The operation and rank served as model ``name`` (and ``version``), or 404."""
+    served = MODELS.get(name)
+    if served is None:
         raise NotFound(f"unknown model {name[:60]!r}: this server has {', '.join(MODELS)}")
     if version is not None and version != VERSION:
         raise NotFound(f"model {name!r} has only version {VERSION}, not {version[:20]!r}")
-    return operation
+    return served
 
 
-def metadata(operation: Operation) -> dict[str, Any]:
+def metadata(operation: Operation, rank: int) -> dict[str, Any]:
     """The model's metadata: its tensors (any size per axis) and its parameters."""
 
     def tensor(name: str) -> dict[str, Any]:
-        return {"name": name, "datatype": "FP32", "shape": [-1] * operation.arrays[name].ndim}
+        return {"name": name, "datatype": "FP32", "shape": [-1] * operation.arrays[name].ndim(rank)}
 
-    forms = "; ".join(f"{name}: {text}" for name, text in Hyperparameters.text_forms().items())
+    forms = "; ".join(
+        f"{name}: {text}"
+        for name, text in Hyperparameters.text_forms().items()
+        if name in operation.hyperparameters
+    )
     return {
-        "name": operation.model,
+        "name": operation.model_name(rank),
         "versions": [VERSION],
         "platform": "convengine",
         "inputs": [tensor(name) for name in operation.inputs],
@@ -116,6 +125,7 @@ def metadata(operation: Operation) -> dict[str, Any]:
 class PreparedInference:
     """A decoded, validated inference request, and what it will hold until it is answered."""
 
+    name: str
     request: wire.InferRequest
     validated: ConvRequest
     decoded: Decoded
@@ -123,30 +133,38 @@ class PreparedInference:
 
     def finish(self) -> tuple[bytes, dict[str, str]]:
         outputs = pipeline.compute(self.validated, self.decoded.arrays)
-        operation = self.validated.operation
-        return wire.encode(operation.model, VERSION, self.request, outputs)
+        return wire.encode(self.name, VERSION, self.request, outputs)
 
 
 def prepare(
-    operation: Operation,
+    served: tuple[Operation, int],
     body: bytes,
     reservation: Reservation,
     header_length: str | None,
     settings: Settings,
 ) -> PreparedInference:
     """Decode and validate one inference request (in a worker thread)."""
+    operation, rank = served
+    name = operation.model_name(rank)
     request, blob = wire.parse_request(body, header_length, settings.max_json_bytes)
-    wanted = wire.check_outputs(operation, operation.model, request)
+    wanted = wire.check_outputs(operation, name, request)
     budget = Budget(
         settings.max_decoded_bytes,
         allowance=max(0, reservation.held - len(body)),
         reserve=reservation.take_now,
     )
-    decoded = wire.decode(operation, operation.model, request, blob, budget)
+    decoded = wire.decode(operation, name, request, blob, budget)
+    for array, value in decoded.arrays.items():
+        expected = operation.arrays[array].ndim(rank)
+        if value.ndim != expected:
+            raise BadRequest(
+                f"model {name} takes {rank}-D layers: input {array} must be {expected}-D "
+                f"({operation.arrays[array].axes}), got shape {list(value.shape)}"
+            )
     validated = pipeline.validate(operation, decoded, settings)
-    binary = all(wire.wants_binary(request, name) for name in wanted)
+    binary = all(wire.wants_binary(request, output) for output in wanted)
     need = pipeline.memory_need(validated, decoded.arrays, binary)
-    return PreparedInference(request, validated, decoded, need)
+    return PreparedInference(name, request, validated, decoded, need)
 
 
 def render_error(status: int, detail: list[dict[str, Any]]) -> tuple[int, bytes]:

@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.limits.work import WorkLimits, check_cost
-from convengine import ConvError, ConvGeometry, DTypeError, Operation
+from convengine import ConvError, DTypeError, Geometry, Operation
 
 __all__ = [
     "HYPERPARAMETERS",
@@ -43,36 +43,50 @@ __all__ = [
     "ErrorResponse",
     "Hyperparameters",
     "TensorSpec",
+    "camel",
     "parse_text",
     "request_model",
 ]
 
 # Bounds far beyond any real layer; the work limits refuse big geometry long before these.
 _LIMIT = 1 << 20
-UNION_TAGS = frozenset({"int", "pair", "word"})
+UNION_TAGS = frozenset({"int", "axes", "sides", "word"})
 DType = Literal["float32", "float64"]
 
 
-def _pair_kind(value: Any) -> str:
-    return "pair" if isinstance(value, list | tuple) else "int"
+def _axes_kind(value: Any) -> str:
+    return "axes" if isinstance(value, list | tuple) else "int"
 
 
 def _padding_kind(value: Any) -> str:
-    return "word" if isinstance(value, str) else _pair_kind(value)
+    if isinstance(value, str):
+        return "word"
+    if isinstance(value, list | tuple) and value and isinstance(value[0], list | tuple):
+        return "sides"
+    return _axes_kind(value)
 
 
 _Pad = Annotated[int, Field(strict=True, ge=0, le=_LIMIT)]
 _Step = Annotated[int, Field(strict=True, ge=1, le=_LIMIT)]
+# One value per spatial axis (1 to 3); the engine checks the count against the arrays' rank.
+_PerAxis = Annotated[tuple[_Step, ...], Field(min_length=1, max_length=3)]
+_PadPerAxis = Annotated[tuple[_Pad, ...], Field(min_length=1, max_length=3)]
+_Sides = Annotated[tuple[tuple[_Pad, _Pad], ...], Field(min_length=1, max_length=3)]
 # Discriminated unions: an error names only the branch the value's type chose.
 Stride = Annotated[
-    Annotated[_Step, Tag("int")] | Annotated[tuple[_Step, _Step], Tag("pair")],
-    Discriminator(_pair_kind),
+    Annotated[_Step, Tag("int")] | Annotated[_PerAxis, Tag("axes")],
+    Discriminator(_axes_kind),
 ]
 Dilation = Stride
+OutputPadding = Annotated[
+    Annotated[_Pad, Tag("int")] | Annotated[_PadPerAxis, Tag("axes")],
+    Discriminator(_axes_kind),
+]
 Padding = Annotated[
     Annotated[_Pad, Tag("int")]
-    | Annotated[tuple[_Pad, _Pad], Tag("pair")]
-    | Annotated[Literal["same", "valid"], Tag("word")],
+    | Annotated[_PadPerAxis, Tag("axes")]
+    | Annotated[_Sides, Tag("sides")]
+    | Annotated[Literal["same", "same_lower", "valid"], Tag("word")],
     Discriminator(_padding_kind),
 ]
 Groups = Annotated[int, Field(strict=True, ge=1, le=_LIMIT)]
@@ -100,36 +114,11 @@ def parse_text(text: str) -> Any:
     return text
 
 
-class Hyperparameters(BaseModel):
-    """Every hyperparameter of a convolution: the one list the service reads them from.
-
-    Validated with ``context={"text": True}``, string values are read as their text forms
-    first (query, multipart fields, protocol parameters).
-    """
+class _TextForms(BaseModel):
+    """Validated with ``context={"text": True}``, string hyperparameters are read as their
+    text forms first (query, multipart fields, protocol parameters)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    stride: Stride = Field(
-        1,
-        description="step between receptive fields, >= 1: an int or [height, width]",
-        json_schema_extra={"text": "an int, or height,width (e.g. 2 or 2,1 or [2,1])"},
-    )
-    padding: Padding = Field(
-        0,
-        description='zeros added on each side, >= 0: an int or [height, width], or "same" '
-        '(stride 1) or "valid"',
-        json_schema_extra={"text": 'an int, height,width, "same" or "valid"'},
-    )
-    dilation: Dilation = Field(
-        1,
-        description="spacing between kernel taps, >= 1: an int or [height, width]",
-        json_schema_extra={"text": "an int, or height,width"},
-    )
-    groups: Groups = Field(
-        1,
-        description="channel groups; must divide C and F",
-        json_schema_extra={"text": "an int dividing C and F"},
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -141,9 +130,61 @@ class Hyperparameters(BaseModel):
             for key, value in data.items()
         }
 
-    def engine_arguments(self) -> dict[str, Any]:
-        """The hyperparameters as the engine's keyword arguments."""
-        return {name: getattr(self, name) for name in HYPERPARAMETERS}
+
+class Hyperparameters(_TextForms):
+    """Every hyperparameter of every operation: the one list the service reads them from.
+
+    Each operation takes the ones its table entry names (``Operation.hyperparameters``).
+    """
+
+    stride: Stride = Field(
+        1,
+        description="step between receptive fields, >= 1: an int, or one per spatial axis "
+        "([height, width] for planes)",
+        json_schema_extra={"text": "an int, or one per axis (e.g. 2 or 2,1 or [2,1])"},
+    )
+    padding: Padding = Field(
+        0,
+        description="pixels added around the input, >= 0: an int, one per spatial axis, or one "
+        "[begin, end] pair per axis ([[top, bottom], [left, right]] for planes); for a "
+        'convolution also "valid" (none), "same" (output ceil(size/stride), the odd pixel at '
+        'the end, as TensorFlow and ONNX SAME_UPPER) or "same_lower" (the odd pixel at the '
+        "start, as ONNX SAME_LOWER)",
+        json_schema_extra={
+            "text": 'an int, one per axis (1,2), JSON such as [[3,2],[3,2]], "same", '
+            '"same_lower" or "valid"'
+        },
+    )
+    output_padding: OutputPadding = Field(
+        0,
+        description="transposed convolutions: pixels added at the end of each output axis, "
+        "smaller than the stride or the dilation: an int or one per spatial axis",
+        json_schema_extra={"text": "an int, or one per axis"},
+    )
+    dilation: Dilation = Field(
+        1,
+        description="spacing between kernel taps, >= 1: an int or one per spatial axis",
+        json_schema_extra={"text": "an int, or one per axis"},
+    )
+    groups: Groups = Field(
+        1,
+        description="channel groups; must divide C and F",
+        json_schema_extra={"text": "an int dividing C and F"},
+    )
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = Field(
+        "zeros",
+        description="convolutions: what the padding holds, as PyTorch's padding_mode: zeros, "
+        "or the input reflected about its edge pixel, its edge pixel repeated, or the input "
+        "wrapped around",
+        json_schema_extra={"text": "zeros, reflect, replicate or circular"},
+    )
+    rounding: Literal["exact", "floor"] = Field(
+        "exact",
+        description='convolutions: "exact" refuses an output size that is not whole, naming a '
+        'padding that fits; "floor" drops the last partial window, as PyTorch, ONNX and '
+        "TensorFlow VALID do",
+        json_schema_extra={"text": "exact or floor"},
+    )
 
     @classmethod
     def text_forms(cls) -> dict[str, str]:
@@ -167,20 +208,25 @@ class TensorSpec(BaseModel):
     dtype: DType
 
 
-class ConvRequest(Hyperparameters):
+class ConvRequest(_TextForms):
     """One validated request: hyperparameters and input specs, checked against each other.
 
-    Built per operation by :func:`request_model`. Validate it with
+    Built per operation by :func:`request_model`, with the operation's hyperparameters (from
+    :class:`Hyperparameters`) and one spec per input. Validate it with
     ``context={"limits": WorkLimits(...)}`` to apply the service's work limits.
     """
 
     operation: ClassVar[Operation]
-    _geometry: ConvGeometry = PrivateAttr()
+    _geometry: Geometry = PrivateAttr()
 
     @property
-    def geometry(self) -> ConvGeometry:
+    def geometry(self) -> Geometry:
         """The engine's geometry, built once by the validator."""
         return self._geometry
+
+    def engine_arguments(self) -> dict[str, Any]:
+        """The hyperparameters as the engine's keyword arguments."""
+        return {name: getattr(self, name) for name in self.operation.hyperparameters}
 
     def specs(self) -> dict[str, TensorSpec]:
         return {
@@ -203,22 +249,33 @@ class ConvRequest(Hyperparameters):
             ) from exc
         limits: WorkLimits | None = (info.context or {}).get("limits")
         if limits is not None:
-            itemsize = 4 if specs[self.operation.inputs[0]].dtype == "float32" else 8
-            check_cost(self.operation.cost(geometry, itemsize), geometry, limits)
+            itemsize = 4 if specs["x"].dtype == "float32" else 8
+            check_cost(self.operation.cost(geometry, itemsize), geometry.out_shape, limits)
         self._geometry = geometry
         return self
 
 
 @cache
 def request_model(operation: Operation) -> type[ConvRequest]:
-    """The validated request of ``operation``: one optional or required spec per input."""
+    """The validated request of ``operation``: its hyperparameters, one spec per input."""
+    listed = Hyperparameters.model_fields
     fields: dict[str, Any] = {
-        name: (TensorSpec | None, None) if name in operation.optional else (TensorSpec, ...)
-        for name in operation.inputs
+        name: (listed[name].annotation, listed[name]) for name in sorted(operation.hyperparameters)
     }
-    model = create_model(f"{operation.name.title()}Request", __base__=ConvRequest, **fields)
+    fields.update(
+        {
+            name: (TensorSpec | None, None) if name in operation.optional else (TensorSpec, ...)
+            for name in operation.inputs
+        }
+    )
+    model = create_model(f"{camel(operation.name)}Request", __base__=ConvRequest, **fields)
     model.operation = operation
     return model
+
+
+def camel(name: str) -> str:
+    """``conv_transpose_backward`` -> ``ConvTransposeBackward``, for model names."""
+    return "".join(part.title() for part in name.split("_"))
 
 
 class ErrorItem(BaseModel):

@@ -43,7 +43,10 @@ def _json_tensor(array: np.ndarray, form: str) -> Any:
 
 
 def _text(value: Any) -> str:
+    """A hyperparameter's text form: "2", "2,1", JSON for pairs of pairs, a word as is."""
     if isinstance(value, (tuple, list)):
+        if any(isinstance(v, (tuple, list)) for v in value):
+            return json.dumps(value)
         return ",".join(map(str, value))
     return str(value)
 
@@ -55,7 +58,7 @@ def request(
     headers = {"accept": accept} if accept else {}
     if form in ("nested", "typed", "b64"):
         document = {name: _json_tensor(a, form) for name, a in arrays.items()}
-        document.update({k: list(v) if isinstance(v, tuple) else v for k, v in hyper.items()})
+        document.update({k: json.loads(json.dumps(v)) for k, v in hyper.items()})
         if form == "nested":
             document["dtype"] = arrays["x"].dtype.name
         return {

@@ -1,23 +1,45 @@
-"""convengine: 2-D convolution layers, forward and backward, as im2col + GEMM on NumPy."""
+"""convengine: convolution layers (1-, 2- and 3-D, and transposed), forward and backward,
+as im2col + GEMM on NumPy."""
 
-from ._conv import backward, conv2d, conv2d_backward, forward
 from ._errors import ConvError, DTypeError, ShapeError
-from ._geometry import ConvGeometry
+from ._functional import (
+    backward,
+    conv,
+    conv2d,
+    conv2d_backward,
+    conv_backward,
+    conv_transpose,
+    conv_transpose_backward,
+    forward,
+    transposed_backward,
+    transposed_forward,
+)
+from ._geometry import ConvGeometry, TransposedGeometry
 from ._layer import Conv
-from ._operations import OPERATIONS, Cost, Operation
+from ._operations import OPERATIONS, RANKS, ArrayDoc, Cost, Geometry, Operation
 
 __all__ = [
     "OPERATIONS",
+    "RANKS",
+    "ArrayDoc",
     "Conv",
     "ConvError",
     "ConvGeometry",
     "Cost",
     "DTypeError",
+    "Geometry",
     "Operation",
     "ShapeError",
+    "TransposedGeometry",
     "backward",
+    "conv",
     "conv2d",
     "conv2d_backward",
+    "conv_backward",
+    "conv_transpose",
+    "conv_transpose_backward",
     "forward",
+    "transposed_backward",
+    "transposed_forward",
 ]
 __version__ = "0.1.0"

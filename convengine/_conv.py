@@ -16,7 +16,7 @@ from ._errors import DTypeError, ShapeError
 from ._geometry import ConvGeometry
 from ._im2col import Canvas, batch_chunks, row_width, workspace
 
-__all__ = ["as_float_array", "backward", "conv2d", "conv2d_backward", "forward"]
+__all__ = ["as_float_array"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DEPTHWISE_CHUNK_BYTES = 1 << 20
@@ -39,92 +39,11 @@ def as_float_array(value: ArrayLike, field: str, dtype: np.dtype | None = None) 
     return array if dtype is None else array.astype(dtype, copy=False)
 
 
-def conv2d(
-    x: ArrayLike,
-    w: ArrayLike,
-    b: ArrayLike | None = None,
-    *,
-    stride: object = 1,
-    padding: object = 0,
-    dilation: object = 1,
-    groups: object = 1,
-) -> np.ndarray:
-    """The 2-D convolution (cross-correlation, as in deep-learning frameworks) of x with w.
-
-    x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, H_out, W_out)
-    """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
-    geometry = ConvGeometry.build(
-        x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups
-    )
-    if b is not None:
-        b = as_float_array(b, "b", x.dtype)
-        geometry.check_bias(b.shape)
-    return _forward(x, w, b, geometry)
-
-
-def conv2d_backward(
-    dout: ArrayLike,
-    x: ArrayLike,
-    w: ArrayLike,
-    *,
-    stride: object = 1,
-    padding: object = 0,
-    dilation: object = 1,
-    groups: object = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of a loss with respect to x, w and b, given its gradient dout w.r.t. the output.
-
-    dout (N, F, H_out, W_out), x (N, C, H, W), w (F, C/groups, KH, KW)
-    -> dx (N, C, H, W), dw (F, C/groups, KH, KW), db (F,)
-    """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
-    dout = as_float_array(dout, "dout", x.dtype)
-    geometry = ConvGeometry.build(
-        x.shape, w.shape, stride=stride, padding=padding, dilation=dilation, groups=groups
-    )
-    geometry.check_dout(dout.shape)
-    return _backward(dout, x, w, geometry)
-
-
-def forward(x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: ConvGeometry) -> np.ndarray:
-    """:func:`conv2d` for a geometry already built: the arrays are checked against it, cheaply.
-
-    For callers that validate a request once (the service) and must not size it twice.
-    x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, H_out, W_out)
-    """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
-    geometry.check_shape("x", x.shape, geometry.x_shape)
-    geometry.check_shape("w", w.shape, geometry.w_shape)
-    if b is not None:
-        b = as_float_array(b, "b", x.dtype)
-        geometry.check_bias(b.shape)
-    return _forward(x, w, b, geometry)
-
-
-def backward(
-    dout: ArrayLike, x: ArrayLike, w: ArrayLike, geometry: ConvGeometry
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`conv2d_backward` for a geometry already built; the arrays are checked against it.
-
-    dout (N, F, H_out, W_out), x (N, C, H, W), w (F, C/groups, KH, KW) -> dx, dw, db
-    """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
-    dout = as_float_array(dout, "dout", x.dtype)
-    geometry.check_shape("x", x.shape, geometry.x_shape)
-    geometry.check_shape("w", w.shape, geometry.w_shape)
-    geometry.check_dout(dout.shape)
-    return _backward(dout, x, w, geometry)
-
-
 def _forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
 ) -> np.ndarray:
-    """The forward pass on checked arrays of one dtype.
+    """The forward pass on checked arrays of one dtype, for a core geometry (zero padding,
+    every padded pixel read: see :meth:`ConvGeometry.core`).
 
     x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, H_out, W_out)
     """
@@ -141,7 +60,10 @@ def _forward(
 def _backward(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The backward pass on checked arrays of one dtype; shapes as in :func:`conv2d_backward`."""
+    """The backward pass on checked arrays of one dtype, for a core geometry.
+
+    dout (N, F, H_out, W_out), x (N, C, H, W), w (F, C/groups, KH, KW) -> dx, dw, db
+    """
     x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
     # Junk columns of wide rows meet zeros in dout; inf * 0 would leak NaN into real pixels.
     width = row_width(geometry, wide=bool(np.isfinite(x).all() and np.isfinite(w).all()))
@@ -290,3 +212,37 @@ def _depthwise_backward(
     if geometry.f_per_group > 1:
         return dx.reshape(g.n, geometry.c, geometry.f_per_group, g.height, g.width).sum(axis=2), dw
     return dx.copy(), dw
+
+
+def _backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """dx alone, for a core planar geometry: no weight gradient, so no im2col of x.
+
+    dout (N, F, H_out, W_out), w (F, C/groups, KH, KW) -> dx (N, C, H, W). A transposed
+    convolution's forward pass is this input gradient.
+    """
+    g = geometry
+    dout = np.ascontiguousarray(dout)
+    if _is_depthwise(g):  # its own passes compute dx and dw together
+        return _backward(dout, np.zeros(g.x_shape, dtype=dout.dtype), w, g)[0]
+    pointwise = _is_pointwise(g)
+    # Junk columns of wide rows meet zeros in dout; inf * 0 would leak NaN into real pixels.
+    width = g.w_out if pointwise else row_width(g, wide=bool(np.isfinite(w).all()))
+    w_cols = w.reshape(g.groups, g.f_per_group, g.col_rows).transpose(0, 2, 1)
+    dout_groups = dout.reshape(g.n, g.groups, g.f_per_group, g.h_out, g.w_out)
+    if pointwise:
+        dx = np.empty(g.x_shape, dtype=dout.dtype)
+    else:
+        dcanvas = Canvas.blank(g, dout.dtype, "dx", width)
+    for chunk in batch_chunks(g, dout.dtype.itemsize):
+        n = chunk.stop - chunk.start
+        dout_rows = _wide(dout_groups[chunk], g, width, "dout").reshape(
+            n, g.groups, g.f_per_group, -1
+        )
+        if pointwise:
+            np.matmul(w_cols, dout_rows, out=dx[chunk].reshape(n, g.groups, g.col_rows, -1))
+            continue
+        # cols: (n, C, KH, KW, H_out, width), the column gradients col2im scatters
+        cols = workspace("cols", (n, g.c, *g.kernel, g.h_out, width), dout.dtype)
+        np.matmul(w_cols, dout_rows, out=cols.reshape(n, g.groups, g.col_rows, -1))
+        dcanvas.col2im_add(cols, chunk)
+    return dx if pointwise else dcanvas.interior().copy()

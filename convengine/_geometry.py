@@ -1,139 +1,298 @@
-"""The one place where convolution sizes are computed and checked."""
+"""The one place where convolution sizes are computed and checked, for 1, 2 or 3 spatial axes.
+
+Every size is a tuple with one entry per spatial axis, whatever the rank; the output-size
+formulas (of the convolution and of the transposed convolution) are written once, per axis.
+"""
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Literal, TypeAlias
+from math import prod
+from typing import Literal, TypeAlias, cast, get_args
 
 from ._errors import ShapeError
 
-__all__ = ["ConvGeometry", "IntOrPair", "Padding", "normalize_padding", "pair"]
+__all__ = [
+    "ConvGeometry",
+    "IntOrTuple",
+    "Padding",
+    "PaddingMode",
+    "Rounding",
+    "TransposedGeometry",
+    "normalize_padding",
+    "per_axis",
+]
 
-IntOrPair: TypeAlias = int | Sequence[int]
-Padding: TypeAlias = IntOrPair | Literal["same", "valid"]
+IntOrTuple: TypeAlias = int | Sequence[int]
+# An int, one per axis, ((begin, end), ...) per axis, or a word.
+Padding: TypeAlias = IntOrTuple | Sequence[Sequence[int]] | Literal["same", "same_lower", "valid"]
+PaddingMode: TypeAlias = Literal["zeros", "reflect", "replicate", "circular"]
+Rounding: TypeAlias = Literal["exact", "floor"]
+Sides: TypeAlias = tuple[int, int]
 
-_AXES = ("height", "width")
+AXES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+KERNEL = {1: "K", 2: "KH, KW", 3: "KD, KH, KW"}
+OUTPUT = {1: "L_out", 2: "H_out, W_out", 3: "D_out, H_out, W_out"}
+_PLURAL = {1: "an integer", 2: "a pair of integers", 3: "a triple of integers"}
+_NAMES = {1: "(length)", 2: "(height, width)", 3: "(depth, height, width)"}
 
 
-def _as_int(value: object, field: str) -> int:
+def _as_int(value: object, field: str, rank: int) -> int:
     # bool is an int subclass, but stride=True is a mistake, not a 1.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ShapeError(
-            f"{field} must be an integer or a pair of integers, got {value!r}", field=field
+            f"{field} must be an integer or {_PLURAL[max(rank, 2)]}, got {value!r}", field=field
         )
     return int(value)
 
 
-def pair(value: object, field: str, minimum: int) -> tuple[int, int]:
-    """``value`` (an int or an (h, w) pair) as a checked (h, w) pair of ints >= ``minimum``."""
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        h = w = _as_int(value, field)
-    elif len(value) == 2:
-        h, w = _as_int(value[0], field), _as_int(value[1], field)
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+def per_axis(value: object, field: str, minimum: int, rank: int = 2) -> tuple[int, ...]:
+    """``value`` (an int, or one per spatial axis) as a checked tuple of ints >= ``minimum``."""
+    if not _is_sequence(value):
+        values = (_as_int(value, field, rank),) * rank
+    elif len(value) == rank:  # type: ignore[arg-type]
+        values = tuple(_as_int(v, field, rank) for v in value)  # type: ignore[attr-defined]
     else:
         raise ShapeError(
-            f"{field} must be an integer or a pair of integers (height, width), "
-            f"got {len(value)} values: {list(value)!r}",
+            f"{field} must be an integer or {_PLURAL[rank]} {_NAMES[rank]}, "
+            f"got {len(value)} values: {list(value)!r}",  # type: ignore[arg-type, call-overload]
             field=field,
         )
-    for axis, amount in zip(_AXES, (h, w), strict=True):
+    for axis, amount in zip(AXES[rank], values, strict=True):
         if amount < minimum:
             raise ShapeError(
                 f"{field} must be at least {minimum} along every axis, "
                 f"got {amount} along the {axis}",
                 field=field,
             )
-    return h, w
+    return values
+
+
+def _is_per_side(value: object) -> bool:
+    return _is_sequence(value) and all(_is_sequence(v) for v in value)  # type: ignore[attr-defined]
 
 
 def normalize_padding(
-    padding: object, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Padding as ((top, bottom), (left, right)).
+    padding: object,
+    kernel: tuple[int, ...],
+    dilation: tuple[int, ...],
+    stride: tuple[int, ...],
+    size: tuple[int, ...],
+) -> tuple[Sides, ...]:
+    """Padding as one (begin, end) pair per spatial axis.
 
-    ``"same"`` pads a total of ``dilation*(K-1)`` per axis, the extra pixel of an odd total
-    going to the bottom/right, as PyTorch does.
+    ``"same"`` gives an output of ``ceil(size / stride)`` per axis, as TensorFlow and ONNX's
+    SAME_UPPER do: a total of ``max((out - 1)*stride + dilation*(K-1) + 1 - size, 0)``, the odd
+    pixel at the end (bottom/right; at stride 1 this is PyTorch's "same"). ``"same_lower"``
+    puts the odd pixel at the start, as ONNX's SAME_LOWER.
     """
+    rank = len(kernel)
     if isinstance(padding, str):
         if padding == "valid":
-            return (0, 0), (0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ShapeError(
-                    f'padding="same" needs stride 1, got stride {stride}: '
-                    "give the padding as numbers instead",
-                    field="padding",
-                )
-            totals = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
-            (top, bottom), (left, right) = ((t // 2, t - t // 2) for t in totals)
-            return (top, bottom), (left, right)
+            return ((0, 0),) * rank
+        if padding in ("same", "same_lower"):
+            sides = []
+            for n, k, d, s in zip(size, kernel, dilation, stride, strict=True):
+                out = -(-n // s)
+                total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
+                small, large = total // 2, total - total // 2
+                sides.append((small, large) if padding == "same" else (large, small))
+            return tuple(sides)
         raise ShapeError(
-            f'padding must be an integer, a pair of integers, "same" or "valid", got {padding!r}',
+            f"padding must be an integer, {_PLURAL[max(rank, 2)]}, a pair of (before, after) "
+            f'pairs, "same", "same_lower" or "valid", got {padding!r}',
             field="padding",
         )
-    h, w = pair(padding, "padding", 0)
-    return (h, h), (w, w)
+    return _explicit_padding(padding, rank)
 
 
-def _output_size(
-    axis: str, size: int, pads: tuple[int, int], kernel: int, dilation: int, stride: int
-) -> int:
-    numerator = size + pads[0] + pads[1] - dilation * (kernel - 1) - 1
-    padded = f"2*{pads[0]}" if pads[0] == pads[1] else f"{pads[0]}+{pads[1]}"
-    formula = f"({size} + {padded} - {dilation}*({kernel}-1) - 1)/{stride} + 1"
-    exact = Fraction(numerator, stride) + 1
-    shown = f"{float(exact):g}" if exact.denominator != 1 else str(exact)
-    if numerator < 0:
+def _explicit_padding(padding: object, rank: int) -> tuple[Sides, ...]:
+    """An int, one per axis, or one (begin, end) pair per axis, as (begin, end) pairs."""
+    if _is_per_side(padding):
+        assert isinstance(padding, Sequence)
+        if len(padding) != rank:
+            raise ShapeError(
+                f"padding per side needs one (before, after) pair per spatial axis {_NAMES[rank]}"
+                f", got {len(padding)} pairs: {[list(p) for p in padding]!r}",
+                field="padding",
+            )
+        sides = []
+        for axis, side in zip(AXES[rank], padding, strict=True):
+            if len(side) != 2:
+                raise ShapeError(
+                    f"padding of the {axis} must be a (before, after) pair, got {list(side)!r}",
+                    field="padding",
+                )
+            begin, end = (_as_int(v, "padding", rank) for v in side)
+            if min(begin, end) < 0:
+                where = "start" if begin < 0 else "end"
+                raise ShapeError(
+                    f"padding must be at least 0 on every side, got {min(begin, end)} at the "
+                    f"{where} of the {axis}",
+                    field="padding",
+                )
+            sides.append((begin, end))
+        return tuple(sides)
+    return tuple((p, p) for p in per_axis(padding, "padding", 0, rank))
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One spatial axis of a convolution, for the output-size formula and its messages."""
+
+    name: str
+    size: int
+    pads: Sides
+    kernel: int
+    dilation: int
+    stride: int
+
+    @property
+    def numerator(self) -> int:
+        return self.size + sum(self.pads) - self.dilation * (self.kernel - 1) - 1
+
+    @property
+    def formula(self) -> str:
+        before, after = self.pads
+        padded = f"2*{before}" if before == after else f"{before}+{after}"
+        return f"({self.size} + {padded} - {self.dilation}*({self.kernel}-1) - 1)/{self.stride} + 1"
+
+    @property
+    def exact(self) -> Fraction:
+        return Fraction(self.numerator, self.stride) + 1
+
+    @property
+    def floor(self) -> int:
+        return self.numerator // self.stride + 1
+
+    def padding_for_floor(self) -> Sides | None:
+        """Per-side padding whose output is exactly :attr:`floor`, keeping the start's, if any."""
+        total = (self.floor - 1) * self.stride + self.dilation * (self.kernel - 1) + 1 - self.size
+        if total < 0:
+            return None
+        before = min(self.pads[0], total)
+        return before, total - before
+
+
+def _shown(value: Fraction) -> str:
+    return f"{float(value):g}" if value.denominator != 1 else str(value)
+
+
+def _output_sizes(axes: tuple[_Axis, ...], rounding: str) -> tuple[int, ...]:
+    """The output size per axis; ShapeError with the numbers and the ways out."""
+    for axis in axes:
+        if axis.numerator < 0:
+            raise ShapeError(
+                f"output {axis.name} {axis.formula} = {_shown(axis.exact)} is not positive: "
+                f"the kernel spans {axis.dilation * (axis.kernel - 1) + 1} pixels but the padded "
+                f"input is only {axis.size + sum(axis.pads)}: use more padding, a smaller kernel "
+                "or dilation, or a larger input",
+                field="w",
+            )
+    if rounding == "exact":
+        for axis in axes:
+            if axis.numerator % axis.stride:
+                raise ShapeError(
+                    f"output {axis.name} {axis.formula} = {_shown(axis.exact)} is not a whole "
+                    f"number: {_ways_out(axes, axis)}",
+                    field="stride",
+                )
+    return tuple(axis.floor for axis in axes)
+
+
+def _ways_out(axes: tuple[_Axis, ...], culprit: _Axis) -> str:
+    fixes = [a.padding_for_floor() if a.numerator % a.stride else a.pads for a in axes]
+    floor = f'send rounding "floor" for an output {culprit.name} of {culprit.floor}'
+    if any(fix is None for fix in fixes):
+        return f"change stride or padding, or {floor}"
+    # With symmetric padding, floor rounding is what PyTorch computes; say so.
+    who = " (what PyTorch computes)" if culprit.pads[0] == culprit.pads[1] else ""
+    padding = [list(fix) for fix in fixes if fix is not None]
+    return (
+        f"pad {padding} for an output {culprit.name} of {culprit.floor}{who}, "
+        'or send rounding "floor"'
+    )
+
+
+def _check_choice(value: object, field: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
         raise ShapeError(
-            f"output {axis} {formula} = {shown} is not positive: the kernel spans "
-            f"{dilation * (kernel - 1) + 1} pixels but the padded input is only "
-            f"{size + pads[0] + pads[1]}: use more padding, a smaller kernel or dilation, "
-            f"or a larger input",
-            field="w",
+            f"{field} must be one of {', '.join(map(repr, choices))}, got {value!r}", field=field
         )
-    if numerator % stride:
-        raise ShapeError(
-            f"output {axis} {formula} = {shown} is not a whole number: change stride or padding",
-            field="stride",
-        )
-    return numerator // stride + 1
+    return value
 
 
-def _shape(shape: Sequence[int], field: str, names: str) -> tuple[int, ...]:
+def _check_padding_mode(mode: str, axes: tuple[_Axis, ...]) -> None:
+    """PyTorch's limits: reflect pads less than the input, circular at most the input."""
+    if mode not in ("reflect", "circular"):
+        return
+    for axis in axes:
+        for side, amount in zip(("start", "end"), axis.pads, strict=True):
+            too_much = amount >= axis.size if mode == "reflect" else amount > axis.size
+            if too_much:
+                rule = "smaller than" if mode == "reflect" else "at most"
+                raise ShapeError(
+                    f'padding_mode "{mode}" needs each padding {rule} the input: padding '
+                    f"{amount} at the {side} of the {axis.name}, but the input {axis.name} is "
+                    f"{axis.size}",
+                    field="padding",
+                )
+
+
+def _layer_shape(
+    shape: Sequence[int], field: str, lead: str, axes: dict[int, str], rank: int | None = None
+) -> tuple[int, ...]:
+    """A checked array shape: ``lead`` axes then 1 to 3 spatial axes (``rank`` when given)."""
     shape = tuple(int(d) for d in shape)
-    want = len(names.split(", "))
-    if len(shape) != want:
-        raise ShapeError(
-            f"{field} must be {want}-D ({names}), got {len(shape)}-D shape {shape}", field=field
-        )
+    ranks = (rank,) if rank is not None else (1, 2, 3)
+    if len(shape) - 2 not in ranks:
+        wanted = " or ".join(f"{r + 2}-D ({lead}, {axes[r]})" for r in ranks)
+        raise ShapeError(f"{field} must be {wanted}, got {len(shape)}-D shape {shape}", field=field)
+    names = f"{lead}, {axes[len(shape) - 2]}"
     if 0 in shape:
         raise ShapeError(f"{field} has an empty axis: shape {shape} ({names})", field=field)
     return shape
 
 
+def _check_ranks(x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> None:
+    """The rank is x's: w must have as many spatial axes."""
+    rank = len(x_shape) - 2
+    if len(x_shape) != len(w_shape):
+        raise ShapeError(
+            f"w has shape {w_shape} ({len(w_shape) - 2} spatial axes) but x has shape {x_shape} "
+            f"({rank}): a {rank}-D layer takes w of {rank + 2} axes ({KERNEL[rank]} last)",
+            field="w",
+        )
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Every size of one 2-D convolution, checked on construction.
+    """Every size of one convolution with 1, 2 or 3 spatial axes, checked on construction.
 
-    Build it with :meth:`build`; the fields are per axis ``(h, w)`` pairs.
+    Build it with :meth:`build`. Spatial fields are tuples, one entry per axis; ``height``,
+    ``width``, ``pad_h``, ``pad_w``, ``h_out`` and ``w_out`` name the last two axes.
     """
 
     n: int
     c: int
-    height: int
-    width: int
     f: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    pad_h: tuple[int, int]
-    pad_w: tuple[int, int]
+    size: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads: tuple[Sides, ...]
     groups: int
-    h_out: int
-    w_out: int
+    out: tuple[int, ...]
+    padding_mode: PaddingMode = "zeros"
+    rounding: Rounding = "exact"
 
     @classmethod
     def build(
@@ -145,41 +304,141 @@ class ConvGeometry:
         padding: object = 0,
         dilation: object = 1,
         groups: object = 1,
+        padding_mode: object = "zeros",
+        rounding: object = "exact",
     ) -> ConvGeometry:
-        """Check ``x (N, C, H, W)`` and ``w (F, C/groups, KH, KW)`` against the hyperparameters."""
-        n, c, h, w = _shape(x_shape, "x", "N, C, H, W")
-        f, c_g, kh, kw = _shape(w_shape, "w", "F, C/groups, KH, KW")
-        stride_hw = pair(stride, "stride", 1)
-        dilation_hw = pair(dilation, "dilation", 1)
-        n_groups = _as_int(groups, "groups")
-        _check_groups(n_groups, c, f, c_g)
-        pad_h, pad_w = normalize_padding(padding, (kh, kw), dilation_hw, stride_hw)
-        h_out = _output_size("height", h, pad_h, kh, dilation_hw[0], stride_hw[0])
-        w_out = _output_size("width", w, pad_w, kw, dilation_hw[1], stride_hw[1])
+        """Check ``x (N, C, *spatial)`` and ``w (F, C/groups, *kernel)`` against each other
+        and the hyperparameters; the rank is taken from x."""
+        x_shape = _layer_shape(x_shape, "x", "N, C", SPATIAL)
+        rank = len(x_shape) - 2
+        w_shape = _layer_shape(w_shape, "w", "F, C/groups", KERNEL)
+        _check_ranks(x_shape, w_shape)
+        (n, c, *size), (f, c_g, *kernel) = x_shape, w_shape
+        strides = per_axis(stride, "stride", 1, rank)
+        dilations = per_axis(dilation, "dilation", 1, rank)
+        n_groups = _as_int(groups, "groups", 1)
+        mode = _check_choice(padding_mode, "padding_mode", get_args(PaddingMode))
+        rule = _check_choice(rounding, "rounding", get_args(Rounding))
+        _check_groups(n_groups, x_shape, f, c_g)
+        pads = normalize_padding(padding, tuple(kernel), dilations, strides, tuple(size))
+        axes = tuple(
+            _Axis(name, *values)
+            for name, *values in zip(
+                AXES[rank], size, pads, kernel, dilations, strides, strict=True
+            )
+        )
+        out = _output_sizes(axes, rule)
+        _check_padding_mode(mode, axes)
         return cls(
-            n, c, h, w, f, (kh, kw), stride_hw, dilation_hw, pad_h, pad_w, n_groups, h_out, w_out
+            n,
+            c,
+            f,
+            tuple(size),
+            tuple(kernel),
+            strides,
+            dilations,
+            pads,
+            n_groups,
+            out,
+            cast(PaddingMode, mode),
+            cast(Rounding, rule),
         )
 
-    @property
-    def x_shape(self) -> tuple[int, int, int, int]:
-        return self.n, self.c, self.height, self.width
+    @classmethod
+    def transposed(
+        cls,
+        x_shape: Sequence[int],
+        w_shape: Sequence[int],
+        *,
+        stride: object = 1,
+        padding: object = 0,
+        output_padding: object = 0,
+        dilation: object = 1,
+        groups: object = 1,
+    ) -> TransposedGeometry:
+        """The geometry of a transposed convolution (PyTorch's ``conv_transpose{1,2,3}d``).
+
+        x (N, C_in, *spatial), w (C_in, C_out/groups, *kernel). Per axis, the output is
+        ``(size - 1)*stride - pad_begin - pad_end + dilation*(K-1) + output_padding + 1``.
+        """
+        x_shape = _layer_shape(x_shape, "x", "N, C_in", SPATIAL)
+        rank = len(x_shape) - 2
+        w_shape = _layer_shape(w_shape, "w", "C_in, C_out/groups", KERNEL)
+        _check_ranks(x_shape, w_shape)
+        (n, c_in, *size), (w_in, c_out_g, *kernel) = x_shape, w_shape
+        strides = per_axis(stride, "stride", 1, rank)
+        dilations = per_axis(dilation, "dilation", 1, rank)
+        extra = per_axis(output_padding, "output_padding", 0, rank)
+        n_groups = _as_int(groups, "groups", 1)
+        _check_transposed_channels(n_groups, c_in, w_in, c_out_g)
+        if isinstance(padding, str):
+            raise ShapeError(
+                f"padding of a transposed convolution is numbers (an int, one per axis, or "
+                f"(before, after) pairs), got {padding!r}",
+                field="padding",
+            )
+        pads = _explicit_padding(padding, rank)
+        out = []
+        for name, n_in, (begin, end), k, d, s, op in zip(
+            AXES[rank], size, pads, kernel, dilations, strides, extra, strict=True
+        ):
+            if op >= s and op >= d:
+                raise ShapeError(
+                    f"output_padding {op} along the {name} must be smaller than the stride {s} "
+                    f"or the dilation {d}",
+                    field="output_padding",
+                )
+            length = (n_in - 1) * s - begin - end + d * (k - 1) + op + 1
+            if length < 1:
+                raise ShapeError(
+                    f"output {name} ({n_in}-1)*{s} - {begin} - {end} + {d}*({k}-1) + {op} + 1 = "
+                    f"{length} is not positive: use less padding, or a larger input or kernel",
+                    field="padding",
+                )
+            out.append(length)
+        # The convolution whose input gradient this is: its input is our output.
+        conv = cls(
+            n,
+            c_out_g * n_groups,
+            c_in,
+            tuple(out),
+            tuple(kernel),
+            strides,
+            dilations,
+            pads,
+            n_groups,
+            tuple(size),
+            "zeros",
+            "floor",  # output_padding leaves trailing pixels no window reads
+        )
+        return TransposedGeometry(conv, extra)
+
+    # --- sizes --------------------------------------------------------------------------
 
     @property
-    def w_shape(self) -> tuple[int, int, int, int]:
+    def rank(self) -> int:
+        return len(self.size)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return self.n, self.c, *self.size
+
+    @property
+    def w_shape(self) -> tuple[int, ...]:
         return self.f, self.c_per_group, *self.kernel
 
     @property
-    def out_shape(self) -> tuple[int, int, int, int]:
-        """``(N, F, H_out, W_out)``."""
-        return self.n, self.f, self.h_out, self.w_out
+    def out_shape(self) -> tuple[int, ...]:
+        """``(N, F, *out)``."""
+        return self.n, self.f, *self.out
 
     @property
-    def padded_hw(self) -> tuple[int, int]:
-        return self.height + sum(self.pad_h), self.width + sum(self.pad_w)
+    def padded(self) -> tuple[int, ...]:
+        return tuple(n + sum(p) for n, p in zip(self.size, self.pads, strict=True))
 
     @property
     def is_padded(self) -> bool:
-        return any(self.pad_h) or any(self.pad_w)
+        return any(any(p) for p in self.pads)
 
     @property
     def c_per_group(self) -> int:
@@ -191,40 +450,120 @@ class ConvGeometry:
 
     @property
     def positions(self) -> int:
-        """Output pixels per image and filter: ``H_out * W_out``."""
-        return self.h_out * self.w_out
+        """Output pixels per image and filter: the product of the output sizes."""
+        return prod(self.out)
 
     @property
     def col_rows(self) -> int:
-        """Rows of one group's im2col matrix: ``C/groups * KH * KW``."""
-        return self.c_per_group * self.kernel[0] * self.kernel[1]
+        """Rows of one group's im2col matrix: ``C/groups * prod(kernel)``."""
+        return self.c_per_group * prod(self.kernel)
 
     @property
     def cols_shape(self) -> tuple[int, int, int]:
-        """The im2col tensor of the whole batch: ``(N, C*KH*KW, H_out*W_out)``."""
-        return self.n, self.c * self.kernel[0] * self.kernel[1], self.positions
+        """The im2col tensor of the whole batch: ``(N, C*prod(kernel), prod(out))``."""
+        return self.n, self.c * prod(self.kernel), self.positions
 
     def cols_elements(self) -> int:
         n, k, p = self.cols_shape
         return n * k * p
+
+    # --- the last two axes by name, for the 2-D im2col passes ---------------------------
+
+    @property
+    def height(self) -> int:
+        return self.size[-2]
+
+    @property
+    def width(self) -> int:
+        return self.size[-1]
+
+    @property
+    def pad_h(self) -> Sides:
+        return self.pads[-2]
+
+    @property
+    def pad_w(self) -> Sides:
+        return self.pads[-1]
+
+    @property
+    def h_out(self) -> int:
+        return self.out[-2]
+
+    @property
+    def w_out(self) -> int:
+        return self.out[-1]
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return self.padded[-2], self.padded[-1]
+
+    # --- what the im2col passes compute -------------------------------------------------
+
+    @property
+    def unread(self) -> tuple[int, ...]:
+        """Trailing pixels of the padded input, per axis, that no window reaches (floor)."""
+        return tuple(
+            p - ((o - 1) * s + d * (k - 1) + 1)
+            for p, o, s, d, k in zip(
+                self.padded, self.out, self.stride, self.dilation, self.kernel, strict=True
+            )
+        )
+
+    @property
+    def is_core(self) -> bool:
+        """Zero padding and every padded pixel read: what the im2col passes compute directly."""
+        return self.padding_mode == "zeros" and not any(self.unread)
+
+    def core(self) -> tuple[ConvGeometry, tuple[int, ...]]:
+        """The geometry the im2col passes compute, and the trailing input pixels it leaves out.
+
+        With zero padding, the unread trailing pixels come off the end padding first, then
+        off the input (returned per axis, their gradient is zero). Any other padding mode is
+        applied to the input first, so the core sees the padded input, cropped, with no padding.
+        """
+        unread = self.unread
+        if self.padding_mode != "zeros":
+            size = tuple(p - u for p, u in zip(self.padded, unread, strict=True))
+            core = replace(
+                self,
+                size=size,
+                pads=((0, 0),) * self.rank,
+                padding_mode="zeros",
+                rounding="exact",
+            )
+            return core, unread
+        cuts = tuple(min(end, u) for (_, end), u in zip(self.pads, unread, strict=True))
+        crop = tuple(u - cut for u, cut in zip(unread, cuts, strict=True))
+        core = replace(
+            self,
+            size=tuple(n - c for n, c in zip(self.size, crop, strict=True)),
+            pads=tuple((b, e - cut) for (b, e), cut in zip(self.pads, cuts, strict=True)),
+            rounding="exact",
+        )
+        return core, crop
 
     def work_elements(self) -> int:
         """An upper bound on the array elements one forward or backward pass allocates.
 
         Padded input and its gradient (with a row of slack each), one image's columns in wide
         rows, output and output gradient in wide rows, and the repeated input of a depthwise
-        convolution with several filters per channel. Callers use it to refuse work before
-        allocating anything.
+        convolution with several filters per channel; for a padding mode or floor rounding,
+        the prepared input and its gradient. Callers use it to refuse work before allocating.
         """
-        h_pad, w_pad = self.padded_hw
-        canvas = self.n * max(self.c, self.f) * (h_pad + 1) * w_pad
-        image_cols = self.c * self.kernel[0] * self.kernel[1] * self.h_out * w_pad
-        outputs = self.n * self.f * self.h_out * w_pad
-        return 2 * canvas + image_cols + 2 * outputs
+        rows, width = prod(self.padded[:-1]), self.padded[-1]
+        canvas = self.n * max(self.c, self.f) * (rows + 1) * width
+        image_cols = self.c * prod(self.kernel) * prod(self.out[:-1]) * width
+        outputs = self.n * self.f * prod(self.out[:-1]) * width
+        prepared = 0 if self.is_core else 2 * self.n * self.c * prod(self.padded)
+        # A volume is computed as KD planar convolutions over depth slices of the batch.
+        slices = 0 if self.rank < 3 else 2 * self.n * self.c * self.out[0] * prod(self.padded[1:])
+        return 2 * canvas + image_cols + 2 * outputs + prepared + slices
 
     def flops(self) -> int:
         """Multiply-adds of the forward pass, counted as two operations each."""
         return 2 * self.n * self.f * self.positions * self.col_rows
+
+    # --- checks of the other arrays -----------------------------------------------------
 
     def check_shape(self, field: str, shape: Sequence[int], expected: tuple[int, ...]) -> None:
         """ShapeError unless ``shape`` is the ``expected`` shape this geometry was built for."""
@@ -244,15 +583,76 @@ class ConvGeometry:
     def check_dout(self, shape: Sequence[int]) -> None:
         if tuple(shape) != self.out_shape:
             raise ShapeError(
-                f"dout must have the forward output's shape (N, F, H_out, W_out) = "
+                f"dout must have the forward output's shape (N, F, {OUTPUT[self.rank]}) = "
                 f"{self.out_shape}, got {tuple(shape)}",
                 field="dout",
             )
 
 
-def _check_groups(groups: int, c: int, f: int, c_per_group: int) -> None:
+@dataclass(frozen=True)
+class TransposedGeometry:
+    """A transposed convolution, as the convolution ``conv`` whose input gradient it is.
+
+    Its input x is that convolution's output gradient, its output that convolution's input.
+    """
+
+    conv: ConvGeometry
+    output_padding: tuple[int, ...]
+
+    @property
+    def rank(self) -> int:
+        return self.conv.rank
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """``(N, C_in, *spatial)``."""
+        return self.conv.out_shape
+
+    @property
+    def w_shape(self) -> tuple[int, ...]:
+        """``(C_in, C_out/groups, *kernel)``."""
+        return self.conv.w_shape
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """``(N, C_out, *out)``."""
+        return self.conv.x_shape
+
+    def work_elements(self) -> int:
+        return self.conv.work_elements()
+
+    def flops(self) -> int:
+        return self.conv.flops()
+
+    def check_bias(self, shape: Sequence[int]) -> None:
+        if tuple(shape) != (self.conv.c,):
+            raise ShapeError(
+                f"b must have shape ({self.conv.c},), one value per output channel, "
+                f"got {tuple(shape)}",
+                field="b",
+            )
+
+    def check_dout(self, shape: Sequence[int]) -> None:
+        if tuple(shape) != self.out_shape:
+            raise ShapeError(
+                f"dout must have the forward output's shape (N, C_out, {OUTPUT[self.rank]}) = "
+                f"{self.out_shape}, got {tuple(shape)}",
+                field="dout",
+            )
+
+
+def _check_groups(groups: int, x_shape: tuple[int, ...], f: int, c_per_group: int) -> None:
+    c = x_shape[1]
     if groups < 1:
         raise ShapeError(f"groups must be at least 1, got {groups}", field="groups")
+    if c_per_group * groups != c and x_shape[-1] == c_per_group * groups:
+        layout = SPATIAL[len(x_shape) - 2]
+        raise ShapeError(
+            f"x has {c} channels on axis 1 but w expects {c_per_group * groups}, which is x's "
+            f"last axis: x looks like (N, {layout}, C) {x_shape}; send (N, C, {layout}), e.g. "
+            f"x.transpose({', '.join(map(str, _channels_first(len(x_shape))))})",
+            field="x",
+        )
     if c % groups:
         raise ShapeError(f"groups={groups} must divide the input channels C={c}", field="groups")
     if f % groups:
@@ -260,6 +660,26 @@ def _check_groups(groups: int, c: int, f: int, c_per_group: int) -> None:
     if c_per_group != c // groups:
         raise ShapeError(
             f"w must have C/groups = {c}/{groups} = {c // groups} input channels "
-            f"(axis 1 of (F, C/groups, KH, KW)), got {c_per_group}",
+            f"(axis 1 of (F, C/groups, {KERNEL[len(x_shape) - 2]})), got {c_per_group}",
             field="w",
+        )
+
+
+def _channels_first(ndim: int) -> tuple[int, ...]:
+    """The axes that move a channels-last array's channels to axis 1."""
+    return 0, ndim - 1, *range(1, ndim - 1)
+
+
+def _check_transposed_channels(groups: int, c_in: int, w_in: int, c_out_per_group: int) -> None:
+    if groups < 1:
+        raise ShapeError(f"groups must be at least 1, got {groups}", field="groups")
+    if w_in != c_in:
+        raise ShapeError(
+            f"w must have C_in = {c_in} rows (axis 0 of (C_in, C_out/groups, *kernel)), one per "
+            f"input channel of x, got {w_in}",
+            field="w",
+        )
+    if c_in % groups:
+        raise ShapeError(
+            f"groups={groups} must divide the input channels C_in={c_in}", field="groups"
         )

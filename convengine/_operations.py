@@ -14,28 +14,35 @@ from typing import Any
 
 import numpy as np
 
-from ._conv import backward, forward
-from ._geometry import ConvGeometry
+from ._functional import backward, forward, transposed_backward, transposed_forward
+from ._geometry import ConvGeometry, TransposedGeometry
 
-__all__ = ["OPERATIONS", "ArrayDoc", "Cost", "Operation"]
+__all__ = ["OPERATIONS", "RANKS", "ArrayDoc", "Cost", "Geometry", "Operation"]
 
 Shapes = Mapping[str, tuple[int, ...]]
 Arrays = Mapping[str, np.ndarray]
+Geometry = ConvGeometry | TransposedGeometry
+RANKS = (1, 2, 3)
+_SPATIAL = ("*spatial", "*kernel", "*out")
 
 
 @dataclass(frozen=True)
 class ArrayDoc:
-    """What an array is, and its axes: ``ArrayDoc("input", "N, C, H, W")``."""
+    """What an array is, and its axes: ``ArrayDoc("input", "N, C, *spatial")``.
+
+    ``*spatial``, ``*kernel`` and ``*out`` stand for one axis per spatial dimension.
+    """
 
     role: str
     axes: str
 
-    @property
-    def ndim(self) -> int:
-        return len(self.axes.split(","))
+    def ndim(self, rank: int) -> int:
+        parts = [part.strip() for part in self.axes.split(",")]
+        return sum(rank if part in _SPATIAL else 1 for part in parts)
 
     def __str__(self) -> str:
-        return f"{self.role}, ({self.axes}{',' if self.ndim == 1 else ''})"
+        single = "," not in self.axes and self.axes not in _SPATIAL
+        return f"{self.role}, ({self.axes}{',' if single else ''})"
 
 
 @dataclass(frozen=True)
@@ -51,21 +58,29 @@ class Operation:
     """One operation the engine offers.
 
     ``inputs`` are in the order of the engine function's positional arguments; those in
-    ``optional`` may be left out. ``arrays`` describes every input and output for people, by
-    its axes; ``example`` is a small call (arrays as nested lists, and hyperparameters).
-    ``plan`` checks the inputs' shapes against the hyperparameters and sizes the geometry;
-    ``run`` computes on arrays that fit it.
+    ``optional`` may be left out. ``hyperparameters`` are the keyword arguments it takes.
+    ``arrays`` describes every input and output for people, by its axes; ``example`` is a
+    small call (arrays as nested lists, and hyperparameters). ``plan`` checks the inputs'
+    shapes against the hyperparameters and sizes the geometry; ``run`` computes on arrays
+    that fit it. ``model`` names it in the inference protocol, one model per rank.
+    ``batched`` names the inputs and outputs whose first axis is the batch (one slice per
+    sample) and ``summed`` the outputs that are sums over the batch: a call split along the
+    batch concatenates the one and adds up the other.
     """
 
-    name: str  # how callers name it: the REST path, the client method
-    model: str  # its name as a model of the inference protocol
+    name: str  # the client's method
+    path: str  # the REST route
+    model: str  # with {rank}: "conv{rank}d"
     summary: str
     inputs: tuple[str, ...]
     optional: frozenset[str]
     outputs: tuple[str, ...]
+    batched: frozenset[str]
+    summed: frozenset[str]
+    hyperparameters: frozenset[str]
     arrays: Mapping[str, ArrayDoc]
-    plan: Callable[[Shapes, Mapping[str, Any]], ConvGeometry]
-    run: Callable[[ConvGeometry, Arrays], dict[str, np.ndarray]]
+    plan: Callable[[Shapes, Mapping[str, Any]], Geometry]
+    run: Callable[[Any, Arrays], dict[str, np.ndarray]]
     passes: int  # GEMM-sized passes over the data, for the arithmetic cost
     example: Mapping[str, Any]
 
@@ -73,11 +88,14 @@ class Operation:
     def required(self) -> tuple[str, ...]:
         return tuple(name for name in self.inputs if name not in self.optional)
 
-    def cost(self, geometry: ConvGeometry, itemsize: int) -> Cost:
+    def model_name(self, rank: int) -> str:
+        return self.model.format(rank=rank)
+
+    def cost(self, geometry: Geometry, itemsize: int) -> Cost:
         return Cost(geometry.work_elements() * itemsize, geometry.flops() * self.passes)
 
 
-def _plan_forward(shapes: Shapes, hyper: Mapping[str, Any]) -> ConvGeometry:
+def _plan_forward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
     geometry = ConvGeometry.build(shapes["x"], shapes["w"], **hyper)
     if "b" in shapes:
         geometry.check_bias(shapes["b"])
@@ -88,7 +106,7 @@ def _run_forward(geometry: ConvGeometry, arrays: Arrays) -> dict[str, np.ndarray
     return {"out": forward(arrays["x"], arrays["w"], arrays.get("b"), geometry)}
 
 
-def _plan_backward(shapes: Shapes, hyper: Mapping[str, Any]) -> ConvGeometry:
+def _plan_backward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
     geometry = ConvGeometry.build(shapes["x"], shapes["w"], **hyper)
     geometry.check_dout(shapes["dout"])
     return geometry
@@ -99,20 +117,58 @@ def _run_backward(geometry: ConvGeometry, arrays: Arrays) -> dict[str, np.ndarra
     return {"dx": dx, "dw": dw, "db": db}
 
 
-_ARRAYS = {
-    "x": ArrayDoc("input", "N, C, H, W"),
-    "w": ArrayDoc("filters", "F, C/groups, KH, KW"),
+def _plan_transposed(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
+    geometry = ConvGeometry.transposed(shapes["x"], shapes["w"], **hyper)
+    if "b" in shapes:
+        geometry.check_bias(shapes["b"])
+    return geometry
+
+
+def _run_transposed(geometry: TransposedGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
+    return {"out": transposed_forward(arrays["x"], arrays["w"], arrays.get("b"), geometry)}
+
+
+def _plan_transposed_backward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
+    geometry = ConvGeometry.transposed(shapes["x"], shapes["w"], **hyper)
+    geometry.check_dout(shapes["dout"])
+    return geometry
+
+
+def _run_transposed_backward(geometry: TransposedGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
+    dx, dw, db = transposed_backward(arrays["dout"], arrays["x"], arrays["w"], geometry)
+    return {"dx": dx, "dw": dw, "db": db}
+
+
+_CONV = {
+    "x": ArrayDoc("input", "N, C, *spatial"),
+    "w": ArrayDoc("filters", "F, C/groups, *kernel"),
     "b": ArrayDoc("bias", "F"),
-    "out": ArrayDoc("output", "N, F, H_out, W_out"),
-    "dout": ArrayDoc("gradient of the loss w.r.t. out", "N, F, H_out, W_out"),
-    "dx": ArrayDoc("gradient of the loss w.r.t. x", "N, C, H, W"),
-    "dw": ArrayDoc("gradient of the loss w.r.t. w", "F, C/groups, KH, KW"),
+    "out": ArrayDoc("output", "N, F, *out"),
+    "dout": ArrayDoc("gradient of the loss w.r.t. out", "N, F, *out"),
+    "dx": ArrayDoc("gradient of the loss w.r.t. x", "N, C, *spatial"),
+    "dw": ArrayDoc("gradient of the loss w.r.t. w", "F, C/groups, *kernel"),
     "db": ArrayDoc("gradient of the loss w.r.t. b", "F"),
 }
+_TRANSPOSED = {
+    "x": ArrayDoc("input", "N, C_in, *spatial"),
+    "w": ArrayDoc("filters", "C_in, C_out/groups, *kernel"),
+    "b": ArrayDoc("bias", "C_out"),
+    "out": ArrayDoc("output", "N, C_out, *out"),
+    "dout": ArrayDoc("gradient of the loss w.r.t. out", "N, C_out, *out"),
+    "dx": ArrayDoc("gradient of the loss w.r.t. x", "N, C_in, *spatial"),
+    "dw": ArrayDoc("gradient of the loss w.r.t. w", "C_in, C_out/groups, *kernel"),
+    "db": ArrayDoc("gradient of the loss w.r.t. b", "C_out"),
+}
+_CONV_HYPERPARAMETERS = frozenset(
+    {"stride", "padding", "dilation", "groups", "padding_mode", "rounding"}
+)
+_TRANSPOSED_HYPERPARAMETERS = frozenset(
+    {"stride", "padding", "output_padding", "dilation", "groups"}
+)
 
 
-def _described(*names: str) -> Mapping[str, ArrayDoc]:
-    return MappingProxyType({name: _ARRAYS[name] for name in names})
+def _described(docs: Mapping[str, ArrayDoc], *names: str) -> Mapping[str, ArrayDoc]:
+    return MappingProxyType({name: docs[name] for name in names})
 
 
 OPERATIONS: Mapping[str, Operation] = MappingProxyType(
@@ -121,12 +177,17 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
         for op in (
             Operation(
                 name="forward",
-                model="conv2d",
-                summary="Convolve x with w and add b: answers out, in the dtype of x.",
+                path="/forward",
+                model="conv{rank}d",
+                summary="Convolve x with w and add b: answers out, in the dtype of x. "
+                "1, 2 or 3 spatial axes, from the rank of x.",
                 inputs=("x", "w", "b"),
                 optional=frozenset({"b"}),
                 outputs=("out",),
-                arrays=_described("x", "w", "b", "out"),
+                batched=frozenset({"x", "out"}),
+                summed=frozenset(),
+                hyperparameters=_CONV_HYPERPARAMETERS,
+                arrays=_described(_CONV, "x", "w", "b", "out"),
                 plan=_plan_forward,
                 run=_run_forward,
                 passes=1,
@@ -140,13 +201,17 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
             ),
             Operation(
                 name="backward",
-                model="conv2d_backward",
+                path="/backward",
+                model="conv{rank}d_backward",
                 summary="Gradients of a loss w.r.t. x, w and b from dout, "
                 "its gradient w.r.t. the output.",
                 inputs=("dout", "x", "w"),
                 optional=frozenset(),
                 outputs=("dx", "dw", "db"),
-                arrays=_described("dout", "x", "w", "dx", "dw", "db"),
+                batched=frozenset({"dout", "x", "dx"}),
+                summed=frozenset({"dw", "db"}),
+                hyperparameters=_CONV_HYPERPARAMETERS,
+                arrays=_described(_CONV, "dout", "x", "w", "dx", "dw", "db"),
                 plan=_plan_backward,
                 run=_run_backward,
                 passes=2,
@@ -154,6 +219,51 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                     "dout": [[[[1, 0], [0, 1]]]],
                     "x": [[[[1, 2], [3, 4]]]],
                     "w": [[[[2]]]],
+                },
+            ),
+            Operation(
+                name="conv_transpose",
+                path="/conv_transpose/forward",
+                model="conv_transpose{rank}d",
+                summary="The transposed convolution of x with w, plus b (PyTorch's "
+                "conv_transpose): answers out, in the dtype of x.",
+                inputs=("x", "w", "b"),
+                optional=frozenset({"b"}),
+                outputs=("out",),
+                batched=frozenset({"x", "out"}),
+                summed=frozenset(),
+                hyperparameters=_TRANSPOSED_HYPERPARAMETERS,
+                arrays=_described(_TRANSPOSED, "x", "w", "b", "out"),
+                plan=_plan_transposed,
+                run=_run_transposed,
+                passes=2,  # computed as a convolution's input gradient
+                example={
+                    "x": [[[[1, 2], [3, 4]]]],
+                    "w": [[[[1, 1], [1, 1]]]],
+                    "stride": 2,
+                },
+            ),
+            Operation(
+                name="conv_transpose_backward",
+                path="/conv_transpose/backward",
+                model="conv_transpose{rank}d_backward",
+                summary="Gradients of a loss w.r.t. x, w and b of a transposed convolution, "
+                "from dout, its gradient w.r.t. the output.",
+                inputs=("dout", "x", "w"),
+                optional=frozenset(),
+                outputs=("dx", "dw", "db"),
+                batched=frozenset({"dout", "x", "dx"}),
+                summed=frozenset({"dw", "db"}),
+                hyperparameters=_TRANSPOSED_HYPERPARAMETERS,
+                arrays=_described(_TRANSPOSED, "dout", "x", "w", "dx", "dw", "db"),
+                plan=_plan_transposed_backward,
+                run=_run_transposed_backward,
+                passes=3,  # a convolution's forward pass, and its backward for dw
+                example={
+                    "dout": [[[[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]]],
+                    "x": [[[[1, 2], [3, 4]]]],
+                    "w": [[[[1, 1], [1, 1]]]],
+                    "stride": 2,
                 },
             ),
         )

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._conv import backward, forward
+from ._functional import backward, forward
 from ._geometry import ConvGeometry
 
 __all__ = ["SHAPES", "Shape", "main"]

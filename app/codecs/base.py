@@ -194,4 +194,4 @@ def read_npy(data: bytes, name: str, budget: Budget | None) -> np.ndarray:
 def _dtype_name(dtype: np.dtype | None) -> str:
     if dtype is None:
         return "structured (a list of fields)"
-    return "object" if dtype.hasobject else dtype.str
+    return "object" if dtype.hasobject else dtype.name  # as users write it: int64, float16

@@ -20,7 +20,7 @@ import pybase64
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from app.errors import BadRequest, InvalidInput
-from app.schemas import DType, Hyperparameters
+from app.schemas import DType, Hyperparameters, camel
 from convengine import Operation
 
 from .base import Budget, Codec, Decoded, TensorStyle, check_names, float_dtype, shape_of
@@ -249,7 +249,8 @@ class B64Tensor(BaseModel):
 Tensor = NestedList | TypedTensor | B64Tensor
 
 
-class _Options(Hyperparameters):
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     dtype: DType = Field(
         "float64",
         description="dtype of arrays sent as nested lists (typed tensors carry their own)",
@@ -268,10 +269,13 @@ def wire_model(operation: Operation) -> type[BaseModel]:
         )
         for name in operation.inputs
     }
+    listed = Hyperparameters.model_fields
+    for name in sorted(operation.hyperparameters):
+        fields[name] = (listed[name].annotation, listed[name])
     model: type[BaseModel] = create_model(
-        f"{operation.name.title()}JSON",
+        f"{camel(operation.name)}JSON",
         __base__=_Options,
-        __doc__=f"POST /{operation.name} as JSON: every tensor a nested list, a typed tensor "
+        __doc__=f"POST {operation.path} as JSON: every tensor a nested list, a typed tensor "
         "or a b64 tensor.",
         **fields,
     )

@@ -136,6 +136,7 @@ def _multipart_doc(operation: Operation) -> dict[str, Any]:
     fields = {
         name: {"type": "string", "description": text}
         for name, text in Hyperparameters.text_forms().items()
+        if name in operation.hyperparameters
     }
     return {
         "schema": {

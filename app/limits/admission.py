@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app import metrics
 from app.errors import InvalidInput, Overloaded, PayloadTooLarge
 
 from .memory import MemoryBudget, MiB, Reservation
@@ -111,10 +112,12 @@ class Gate:
     async def admit(self) -> AsyncIterator[None]:
         self.check_places()
         self.admitted += 1
+        metrics.ADMITTED.inc()
         try:
             yield
         finally:
             self.admitted -= 1
+            metrics.ADMITTED.dec()
 
     async def run(self, work: Callable[[], T]) -> T:
         """``work()`` in a computation thread, once a computation slot is free."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic_core import PydanticCustomError
 
-from convengine import ConvGeometry, Cost
+from convengine import Cost
 
 __all__ = ["WorkLimits", "check_cost"]
 
@@ -24,12 +24,12 @@ def _refusal(message: str) -> PydanticCustomError:
     return PydanticCustomError("work_limit", "{message}", {"message": message, "field": ""})
 
 
-def check_cost(cost: Cost, geometry: ConvGeometry, limits: WorkLimits) -> None:
+def check_cost(cost: Cost, out_shape: tuple[int, ...], limits: WorkLimits) -> None:
     """A validation error for a computation that needs more memory or arithmetic than allowed."""
     if cost.work_bytes > limits.max_bytes:
         raise _refusal(
             f"this convolution would need about {cost.work_bytes / MiB:,.0f} MiB of working "
-            f"memory (output {geometry.out_shape}, padded input {geometry.padded_hw}), over the "
+            f"memory (output {out_shape}), over the "
             f"service's limit of {limits.max_bytes / MiB:,.0f} MiB: "
             "send a smaller batch, image or padding"
         )

@@ -21,10 +21,11 @@ _ERROR = {
 }
 _REFUSALS = {
     400: "a body that cannot be parsed",
+    401: "a missing or wrong API key, when the service has keys",
     406: "an Accept header that cannot be answered",
     408: "a body that arrives too slowly",
     413: "a body over the size limit",
-    415: "an unsupported Content-Type",
+    415: "an unsupported Content-Type or Content-Encoding",
     422: "arrays or hyperparameters that do not fit together",
     503: "busy: retry after the Retry-After seconds",
 }
@@ -43,6 +44,7 @@ def _openapi(operation: Operation) -> dict[str, Any]:
                 "schema": {"type": "string"},
             }
             for name, text in Hyperparameters.text_forms().items()
+            if name in operation.hyperparameters
         ],
     }
 
@@ -82,7 +84,7 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
 
 for _operation in OPERATIONS.values():
     router.add_api_route(
-        f"/{_operation.name}",
+        _operation.path,
         _endpoint(_operation),
         methods=["POST"],
         openapi_extra=_openapi(_operation),

@@ -73,8 +73,8 @@ async def ready(request: Request) -> Response:
     responses=_UNKNOWN_MODEL,
 )
 async def model_metadata(name: str, version: str | None = None) -> dict[str, object]:
-    """Inputs and outputs of a model: conv2d or conv2d_backward."""
-    return protocol.metadata(protocol.model(name, version))
+    """Inputs and outputs of a model: conv2d, conv2d_backward, conv_transpose3d, ..."""
+    return protocol.metadata(*protocol.model(name, version))
 
 
 _READY: dict[int | str, dict[str, Any]] = {
@@ -137,11 +137,11 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run a model: JSON tensors, or a JSON header followed by binary tensor data."""
-    operation = protocol.model(name, version)
+    served = protocol.model(name, version)
     state = request.app.state
     header_length = request.headers.get("inference-header-content-length")
     prepare = partial(
-        protocol.prepare, operation, header_length=header_length, settings=state.settings
+        protocol.prepare, served, header_length=header_length, settings=state.settings
     )
     # The protocol's JSON is parsed whatever the Content-Type: all of the body, or the part
     # Inference-Header-Content-Length gives.

@@ -1,7 +1,7 @@
 "use strict";
 // The playground: builds requests for the service's own public API, draws what comes back.
 
-const SIZE = 48; // sample images are SIZE x SIZE
+const SIZE = 49; // sample images are SIZE x SIZE: odd, so stride 2 fits odd kernels
 const $ = (id) => document.getElementById(id);
 
 const PRESETS = {
@@ -169,21 +169,46 @@ function unb64(tensor) {
 
 const wire = (t) => ({ shape: t.shape, dtype: "float32", b64: b64(t.data) });
 
-/** "2" -> 2, "2,1" -> [2, 1], "same" -> "same"; anything else is sent as typed, for the service to judge. */
+/** "2" -> 2, "2,1" -> [2, 1], "[[1,0],[1,0]]" -> nested list, "same" -> "same"; anything
+ *  else is sent as typed, for the service to judge. */
 function hyper(id) {
   const text = $(id).value.trim();
   if (/^\d+$/.test(text)) return Number(text);
   if (/^\d+\s*,\s*\d+$/.test(text)) return text.split(",").map((s) => Number(s));
+  if (text.startsWith("[")) { try { return JSON.parse(text); } catch (e) { return text; } }
   return text;
 }
 
 function hyperparameters() {
-  return { stride: hyper("stride"), padding: hyper("padding"), dilation: hyper("dilation") };
+  return {
+    stride: hyper("stride"), padding: hyper("padding"), dilation: hyper("dilation"),
+    padding_mode: $("padding_mode").value, rounding: $("rounding").value,
+  };
+}
+
+/** Forget every result: results on screen always match the controls that produced them.
+ *  They are hidden in place (see playground.css), so nothing moves under the pointer. */
+function invalidate() {
+  state.lastForward = null; state.pixel = null; $("loss-pixel").textContent = "";
+  $("results").classList.add("stale-forward");
+  invalidateBackward();
+}
+
+function invalidateBackward() {
+  state.lastBackward = null;
+  $("results").classList.add("stale-backward");
+}
+
+/** The API key typed in the page, if any, as the service reads it; kept for this tab only. */
+function keyHeaders() {
+  const key = $("authorization").value.trim();
+  return key ? { authorization: `Bearer ${key}` } : {};
 }
 
 async function post(path, body) {
   clearErrors();
-  const response = await fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const headers = { "content-type": "application/json", ...keyHeaders() };
+  const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
   const answer = await response.json();
   if (!response.ok) { showErrors(answer.detail || [{ loc: [], msg: JSON.stringify(answer) }]); return null; }
   return answer;
@@ -209,10 +234,12 @@ function showErrors(detail) {
 async function forward() {
   const x = inputTensor(), w = weightTensor(x.shape[1]), hp = hyperparameters();
   const answer = await post("/forward", { x: wire(x), w: wire(w), ...hp });
-  if (!answer) return;
+  if (!answer) { invalidate(); return; }
   state.lastInput = x; state.lastWeights = w; state.lastHyper = hp;
   state.lastForward = unb64(answer.out);
   state.pixel = null;
+  $("results").classList.remove("stale-forward");
+  invalidateBackward(); // the gradients shown were of the last forward pass
   drawInput(x); drawOutputs(state.lastForward); writeArithmetic(x, w, hp, state.lastForward.shape);
   const select = $("loss-map"); select.textContent = "";
   state.filters.forEach((_, f) => select.add(new Option(`map ${f}`, String(f))));
@@ -221,18 +248,33 @@ async function forward() {
 
 function pairOf(v) { return Array.isArray(v) ? v : [v, v]; }
 
+/** [before, after] per axis, as the service resolves padding (TensorFlow's rule for "same"). */
+function sides(hp, size, k) {
+  const stride = pairOf(hp.stride), dil = pairOf(hp.dilation);
+  if (hp.padding === "valid") return [[0, 0], [0, 0]];
+  if (hp.padding === "same" || hp.padding === "same_lower") {
+    return [0, 1].map((a) => {
+      const out = Math.ceil(size[a] / stride[a]);
+      const total = Math.max((out - 1) * stride[a] + dil[a] * (k - 1) + 1 - size[a], 0);
+      const small = total >> 1, large = total - small;
+      return hp.padding === "same" ? [small, large] : [large, small];
+    });
+  }
+  if (Array.isArray(hp.padding) && Array.isArray(hp.padding[0])) return hp.padding;
+  return pairOf(hp.padding).map((p) => [p, p]);
+}
+
 function writeArithmetic(x, w, hp, outShape) {
   const [, c, h, wd] = x.shape, [f, , k] = w.shape;
-  const stride = pairOf(hp.stride), dil = pairOf(hp.dilation);
+  const stride = pairOf(hp.stride), dil = pairOf(hp.dilation), pads = sides(hp, [h, wd], k);
   const lines = [`x (N, C, H, W) = (1, ${c}, ${h}, ${wd});  w (F, C, KH, KW) = (${f}, ${c}, ${k}, ${k})`];
   ["height", "width"].forEach((axis, a) => {
-    const size = a ? wd : h, out = outShape[2 + a];
-    let pad;
-    if (hp.padding === "same") { const t = dil[a] * (k - 1); pad = `${t >> 1}+${t - (t >> 1)}`; }
-    else if (hp.padding === "valid") pad = "2*0";
-    else pad = `2*${pairOf(hp.padding)[a]}`;
-    lines.push(`output ${axis} = (${size} + ${pad} - ${dil[a]}*(${k}-1) - 1)/${stride[a]} + 1 = ${out}`);
+    const size = a ? wd : h, out = outShape[2 + a], [before, after] = pads[a];
+    const pad = before === after ? `2*${before}` : `${before}+${after}`;
+    const ratio = `(${size} + ${pad} - ${dil[a]}*(${k}-1) - 1)/${stride[a]}`;
+    lines.push(`output ${axis} = ${hp.rounding === "floor" ? `floor(${ratio})` : ratio} + 1 = ${out}`);
   });
+  if (hp.padding_mode !== "zeros") lines.push(`padding holds the input, ${hp.padding_mode}`);
   lines.push(`out (N, F, H_out, W_out) = (${outShape.join(", ")})`);
   $("arithmetic").textContent = lines.join("\n");
 }
@@ -312,12 +354,13 @@ async function backward() {
   if (!state.lastForward) return;
   const dout = lossGradient(), x = state.lastInput, w = state.lastWeights;
   const answer = await post("/backward", { x: wire(x), w: wire(w), dout: wire(dout), ...state.lastHyper });
-  if (!answer) return;
+  if (!answer) { invalidateBackward(); return; }
   const dx = unb64(answer.dx), dw = unb64(answer.dw);
   state.lastBackward = { dout, dx, dw, db: unb64(answer.db) };
   const [, c, h, wd] = dx.shape, summed = new Float32Array(h * wd);
   for (let ch = 0; ch < c; ch++) for (let p = 0; p < h * wd; p++) summed[p] += dx.data[ch * h * wd + p];
   state.lastBackward.dxSummed = summed;
+  $("results").classList.remove("stale-backward");
   drawHeat($("dx-canvas"), summed, h, wd);
   const [f, cw, k] = dw.shape, box = $("dw");
   box.textContent = "";
@@ -335,12 +378,18 @@ async function backward() {
 
 function init() {
   Object.keys(SAMPLES).forEach((name) => $("sample").add(new Option(name, name)));
+  // A changed control makes every result on screen stale: forget them until the next answer.
+  // (The controls' own handlers run first: a forward they start draws after this clears.)
+  // The API key changes who may compute, not what: it leaves the results alone.
+  $("controls").addEventListener("change", (event) => { if (event.target.id !== "authorization") invalidate(); });
   $("sample").onchange = () => { loadSample($("sample").value); forward(); };
   $("upload").onchange = (event) => { if (event.target.files[0]) loadUpload(event.target.files[0]); };
   $("channels").onchange = forward;
   $("ksize").onchange = () => { resizeAll(); renderFilters(); };
   $("add-filter").onclick = () => addFilter("random");
   $("run-forward").onclick = forward;
+  $("authorization").value = sessionStorage.getItem("convengine-api-key") || "";
+  $("authorization").onchange = () => { sessionStorage.setItem("convengine-api-key", $("authorization").value.trim()); forward(); };
   $("run-backward").onclick = backward;
   ["sobel x", "sobel y", "gaussian"].forEach((p) => state.filters.push({ preset: p, values: PRESETS[p](3) }));
   renderFilters();

@@ -67,7 +67,11 @@ async def test_every_operation_is_a_method_and_call_names_it():
             client.fordward  # noqa: B018
         with pytest.raises(TypeError, match="needs the array 'w'"):
             await client.forward(x)
-        # Pairs of pairs travel as JSON text; the server says what it makes of them.
+        # Pairs of pairs travel as JSON text.
+        hyper = dict(padding=[[3, 2], [0, 1]], stride=2, padding_mode="reflect")
+        out = await client.forward(x, W, **hyper)
+        np.testing.assert_array_equal(out, conv2d(x.astype(np.float64), W, **hyper))
         with pytest.raises(ConvServiceError) as info:
-            await client.forward(x, W, padding=[[1, 1], [1, 1]])
+            await client.forward(x, W, stride=2)
         assert info.value.status_code == 422
+        assert 'or send rounding "floor"' in str(info.value)

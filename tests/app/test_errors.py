@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import zipfile
@@ -83,16 +84,24 @@ CASES = {
     "groups": ("/forward", _json({"x": X, "w": W, "groups": 2}), 422, ["body", "groups"], "groups=2 must divide the input channels C=1"),
     "bias-length": ("/forward", _json({"x": X, "w": W, "b": [1.0, 2.0]}), 422, ["body", "b"], "b must have shape (1,)"),
     "dout-shape": ("/backward", _json({"x": X, "w": W, "dout": X}), 422, ["body", "dout"], "(1, 1, 2, 2), got (1, 1, 3, 3)"),
-    "x-3d": ("/forward", _json({"x": X[0], "w": W}), 422, ["body", "x"], "x must be 4-D (N, C, H, W), got 3-D"),
-    "x-empty": ("/forward", _json({"x": [], "w": W}), 422, ["body", "x"], "must be 4-D"),
+    "x-3d": ("/forward", _json({"x": X[0], "w": W}), 422, ["body", "w"], "w has shape (1, 1, 2, 2) (2 spatial axes) but x has shape (1, 3, 3) (1)"),
+    "x-6d": ("/forward", _json({"x": [[[[[[1.0]]]]]], "w": W}), 422, ["body", "x"], "x must be 3-D (N, C, L) or 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got 6-D"),
+    "x-empty": ("/forward", _json({"x": [], "w": W}), 422, ["body", "x"], "x must be 3-D (N, C, L) or 4-D (N, C, H, W)"),
     "stride-zero": ("/forward", _json({"x": X, "w": W, "stride": 0}), 422, ["body", "stride"], "greater than or equal to 1, got 0"),
     "stride-string": ("/forward", _json({"x": X, "w": W, "stride": "2"}), 422, ["body", "stride"], "valid integer"),
     "stride-bool": ("/forward", _json({"x": X, "w": W, "stride": True}), 422, ["body", "stride"], "valid integer"),
     "stride-float": ("/forward", _json({"x": X, "w": W, "stride": 1.5}), 422, ["body", "stride"], "valid integer"),
-    "padding-triple": ("/forward", _json({"x": X, "w": W, "padding": [1, 1, 1]}), 422, ["body", "padding"], "at most 2 items"),
+    "padding-triple": ("/forward", _json({"x": X, "w": W, "padding": [1, 1, 1]}), 422, ["body", "padding"], "padding must be an integer or a pair of integers (height, width), got 3 values: [1, 1, 1]"),
     "padding-negative-width": ("/forward", _json({"x": X, "w": W, "padding": [0, -1]}), 422, ["body", "padding", 1], "greater than or equal to 0, got -1"),
-    "padding-word": ("/forward", _json({"x": X, "w": W, "padding": "full"}), 422, ["body", "padding"], "'same' or 'valid'"),
-    "same-strided": ("/forward", _json({"x": X, "w": W, "padding": "same", "stride": 2}), 422, ["body", "padding"], 'padding="same" needs stride 1'),
+    "padding-word": ("/forward", _json({"x": X, "w": W, "padding": "full"}), 422, ["body", "padding"], "'same', 'same_lower' or 'valid'"),
+    "reflect-too-much": ("/forward", _json({"x": X, "w": W, "padding": 3, "padding_mode": "reflect"}), 422, ["body", "padding"], 'padding_mode "reflect" needs each padding smaller than the input: padding 3 at the start of the height, but the input height is 3'),
+    "unknown-padding-mode": ("/forward", _json({"x": X, "w": W, "padding_mode": "mirror"}), 422, ["body", "padding_mode"], "Input should be 'zeros', 'reflect', 'replicate' or 'circular', got 'mirror'"),
+    "unknown-rounding": ("/forward", _json({"x": X, "w": W, "rounding": "ceil"}), 422, ["body", "rounding"], "Input should be 'exact' or 'floor', got 'ceil'"),
+    "sides-negative": ("/forward", _json({"x": X, "w": W, "padding": [[1, 1], [0, -1]]}), 422, ["body", "padding", 1, 1], "greater than or equal to 0, got -1"),
+    "sides-three": ("/forward", _json({"x": X, "w": W, "padding": [[1, 1], [0, 1], [1, 1]]}), 422, ["body", "padding"], "padding per side needs one (before, after) pair per spatial axis (height, width), got 3 pairs"),
+    "stem-not-whole": ("/forward", _json({"x": {"shape": [1, 1, 224, 224], "dtype": "float32", "b64": base64.b64encode(bytes(4 * 224 * 224)).decode()}, "w": [[[[1.0] * 7] * 7]], "stride": 2, "padding": 3}), 422, ["body", "stride"], 'output height (224 + 2*3 - 1*(7-1) - 1)/2 + 1 = 112.5 is not a whole number: pad [[3, 2], [3, 2]] for an output height of 112 (what PyTorch computes), or send rounding "floor"'),
+    "channels-last": ("/forward", _json({"x": _typed([1, 4, 4, 3]), "w": _typed([2, 3, 3, 3])}), 422, ["body", "x"], "x looks like (N, H, W, C) (1, 4, 4, 3); send (N, C, H, W)"),
+    "npz-sides-in-query": ("/forward", _npz(npz_bytes(x=np.ones((1, 1, 4, 4)), w=np.ones((1, 1, 3, 3))), "padding=[[1,1],[2]]"), 422, ["query", "padding", 1, 1], "Field required"),
     "dilation-absurd": ("/forward", _json({"x": X, "w": W, "dilation": 10**12}), 422, ["body", "dilation"], "less than or equal to"),
     "query-with-json": ("/forward?stride=2", _json({"x": X, "w": W}), 422, ["query", "stride"], "hyperparameters go in the body"),
     "work-limit": ("/forward", _json({"x": [[[[1.0]]]], "w": [[[[1.0]]]], "padding": 200000}), 422, ["body"], "MiB of working memory"),
@@ -101,7 +110,7 @@ CASES = {
     "not-acceptable": ("/forward", {**_json({"x": X, "w": W}), "headers": {"content-type": "application/json", "accept": "text/html"}}, 406, ["header", "accept"], "application/json, application/x-npz, application/x-npy"),
     "npy-for-backward": ("/backward", {**_json({"x": X, "w": W, "dout": X}), "headers": {"content-type": "application/json", "accept": "application/x-npy"}}, 406, ["header", "accept"], "single array"),
     "npy-pickled-objects": ("/forward", _multipart(x=("x.npy", npy_bytes(np.array([{"a": 1}], dtype=object))), w=("w.npy", NPY_W)), 422, ["body", "x"], "object"),
-    "npy-int": ("/forward", _multipart(x=("x.npy", npy_bytes(np.ones((1, 1, 4, 4), dtype=np.int64))), w=("w.npy", NPY_W)), 422, ["body", "x"], "dtype <i8"),
+    "npy-int": ("/forward", _multipart(x=("x.npy", npy_bytes(np.ones((1, 1, 4, 4), dtype=np.int64))), w=("w.npy", NPY_W)), 422, ["body", "x"], "dtype int64"),
     "npy-structured": ("/forward", _multipart(x=("x.npy", npy_bytes(np.zeros(3, dtype=[("a", "f4")]))), w=("w.npy", NPY_W)), 422, ["body", "x"], "float32 or float64"),
     "npy-truncated": ("/forward", _multipart(x=("x.npy", NPY_X[:-8]), w=("w.npy", NPY_W)), 400, ["body", "x"], "announces shape (1, 1, 4, 4) (128 bytes of float64) but 120 bytes follow"),
     "npy-trailing-bytes": ("/forward", _multipart(x=("x.npy", NPY_X + b"junk"), w=("w.npy", NPY_W)), 400, ["body", "x"], "but 132 bytes follow"),
@@ -190,6 +199,7 @@ async def test_gflop_limit():
 def test_every_service_error_maps_to_its_status():
     expected = {
         errors.BadRequest: 400,
+        errors.Unauthorized: 401,
         errors.NotFound: 404,
         errors.NotAcceptable: 406,
         errors.RequestTimeout: 408,

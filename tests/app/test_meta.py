@@ -43,6 +43,8 @@ async def test_openapi_documents_every_request_form(client):
             "padding",
             "dilation",
             "groups",
+            "padding_mode",
+            "rounding",
         }
     components = schema["components"]["schemas"]
     assert {"ForwardJSON", "BackwardJSON", "ErrorResponse", "TypedTensor", "B64Tensor"} <= set(

@@ -169,7 +169,7 @@ ERRORS = {
         "/v2/models/conv2d/infer",
         {"parameters": {"padding": "full"}, "inputs": [_tensor("x", X), _tensor("w", W)]},
         400,
-        "padding: Input should be 'same' or 'valid'",
+        "padding: Input should be 'same', 'same_lower' or 'valid'",
     ),
     "unknown-parameter": (
         "/v2/models/conv2d/infer",

@@ -49,6 +49,8 @@ def test_the_validated_request_carries_the_geometry_it_built():
         "padding": "same",
         "dilation": 1,
         "groups": 1,
+        "padding_mode": "zeros",
+        "rounding": "exact",
     }
 
 
@@ -107,7 +109,7 @@ async def test_one_geometry_per_request(monkeypatch, form):
         ):
             built.clear()
             if form == "protocol":
-                model = OPERATIONS[path].model
+                model = OPERATIONS[path].model_name(2)
                 document = {
                     "parameters": hyper,
                     "inputs": [
@@ -139,20 +141,24 @@ async def test_one_geometry_per_request(monkeypatch, form):
 async def test_routes_protocol_models_and_openapi_come_from_the_table(client):
     schema = (await client.get("/openapi.json")).json()
     for operation in OPERATIONS.values():
-        post = schema["paths"][f"/{operation.name}"]["post"]
+        post = schema["paths"][operation.path]["post"]
         assert post["description"] == operation.summary or post["summary"]
         multipart = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-        assert set(multipart["properties"]) == {*operation.inputs, *HYPERPARAMETERS}
+        assert set(multipart["properties"]) == {*operation.inputs, *operation.hyperparameters}
+        assert operation.hyperparameters <= HYPERPARAMETERS
         assert multipart["required"] == list(operation.required)
         answers = set(post["responses"]["200"]["content"])
         assert ("application/x-npy" in answers) == (len(operation.outputs) == 1)
-        metadata = (await client.get(f"/v2/models/{operation.model}")).json()
-        assert [t["name"] for t in metadata["inputs"]] == list(operation.inputs)
-        assert [t["name"] for t in metadata["outputs"]] == list(operation.outputs)
-        for name in HYPERPARAMETERS:
-            assert name in metadata["parameters"]["hyperparameters"]
+        for rank in (1, 2, 3):
+            metadata = (await client.get(f"/v2/models/{operation.model_name(rank)}")).json()
+            assert [t["name"] for t in metadata["inputs"]] == list(operation.inputs)
+            assert [t["name"] for t in metadata["outputs"]] == list(operation.outputs)
+            for tensor in (*metadata["inputs"], *metadata["outputs"]):
+                assert len(tensor["shape"]) == operation.arrays[tensor["name"]].ndim(rank)
+            for name in operation.hyperparameters:
+                assert name in metadata["parameters"]["hyperparameters"]
         # Each operation's example is a request the service answers.
-        response = await client.post(f"/{operation.name}", json=dict(operation.example))
+        response = await client.post(operation.path, json=dict(operation.example))
         assert response.status_code == 200, response.text
         assert set(response.json()) >= set(operation.outputs)
 

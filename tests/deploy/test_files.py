@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from ..servers import free_port, start_service
+from .recent_nginx import recent_nginx
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,30 +136,26 @@ def test_compose_topology_matches_the_service():
 
 
 def test_nginx_accepts_the_compose_configuration(tmp_path):
-    """`nginx -t` on the compose nginx.conf, with the replica's name mapped to loopback."""
-    for name in ("nginx.conf", "convengine.conf", "listen.conf"):
+    """`nginx -t` (>= 1.27.3, as the compose file pins) on the compose nginx.conf, unchanged."""
+    for name in ("nginx.conf", "convengine.conf", "listen.conf", "upstreams.conf"):
         shutil.copy(ROOT / "deploy/nginx" / name, tmp_path / name)
-    upstreams = (
-        (ROOT / "deploy/nginx/upstreams.conf").read_text().replace("convengine:", "127.0.0.1:")
-    )
-    (tmp_path / "upstreams.conf").write_text(upstreams)
     config = (
         (tmp_path / "nginx.conf")
         .read_text()
         .replace("/var/run/nginx.pid", str(tmp_path / "nginx.pid"))
     )
     (tmp_path / "nginx.conf").write_text(config)
-    result = _run(_tool("nginx"), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"))
+    result = _run(recent_nginx(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"))
     assert result.returncode == 0, result.stderr
 
 
 def test_kubernetes_manifests_are_valid():
     manifests = sorted(str(p) for p in (ROOT / "deploy/k8s").glob("*.yaml"))
-    assert len(manifests) == 3
+    assert len(manifests) == 4
     result = _run(_tool("kubernetes-validate"), "--strict", *manifests)
     assert result.returncode == 0, result.stdout + result.stderr
     kinds = {yaml.safe_load(Path(m).read_text())["kind"] for m in manifests}
-    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "Secret"}
 
 
 def test_kubernetes_validation_rejects_a_broken_manifest(tmp_path):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from convengine import conv2d, conv2d_backward
 
-from .oracle import naive_conv2d, naive_conv2d_backward
+from .oracle import explicit_padding, naive_conv2d, naive_conv2d_backward
 
 # (x shape, w shape, hyperparameters)
 GRID = {
@@ -36,6 +36,32 @@ GRID = {
     ),
     "N1-C1": ((1, 1, 5, 5), (1, 1, 3, 3), dict()),
     "7x7-s2-p3": ((1, 2, 11, 11), (2, 2, 7, 7), dict(stride=2, padding=3)),
+    # Floor rounding: the last partial window dropped, as PyTorch does (the ResNet stem).
+    "stem-floor": ((1, 2, 12, 12), (2, 2, 7, 7), dict(stride=2, padding=3, rounding="floor")),
+    "floor-crops-input": ((1, 2, 8, 9), (2, 2, 3, 3), dict(stride=(2, 3), rounding="floor")),
+    "per-side": ((2, 2, 6, 7), (3, 2, 3, 2), dict(padding=((3, 2), (0, 1)), stride=2)),
+    "same-strided": ((1, 2, 9, 8), (2, 2, 3, 3), dict(padding="same", stride=2)),
+    "same-lower-strided-dilated": (
+        (1, 2, 10, 7),
+        (2, 2, 2, 3),
+        dict(padding="same_lower", stride=(3, 2), dilation=(2, 1)),
+    ),
+    "reflect": ((2, 2, 5, 6), (3, 2, 3, 3), dict(padding=2, padding_mode="reflect")),
+    "replicate-per-side": (
+        (1, 3, 5, 5),
+        (2, 3, 3, 2),
+        dict(padding=((0, 3), (2, 1)), padding_mode="replicate"),
+    ),
+    "circular-strided-floor": (
+        (2, 2, 6, 5),
+        (2, 2, 3, 3),
+        dict(padding=(5, 2), stride=2, padding_mode="circular", rounding="floor"),
+    ),
+    "reflect-depthwise-same": (
+        (1, 4, 7, 6),
+        (8, 1, 3, 3),
+        dict(groups=4, padding="same", stride=2, padding_mode="reflect"),
+    ),
 }
 
 
@@ -175,3 +201,63 @@ def test_stale_work_buffers_never_leak_into_results(name, rng):
         conv2d_backward(dout, x, w, **hyper), naive_conv2d_backward(dout, x, w, **hyper)
     ):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@st.composite
+def any_geometry(draw):
+    """Every hyperparameter at once: rounding x padding form x padding mode x stride x
+    dilation x groups, rectangular everything. Exact rounding where the size is whole."""
+    groups = draw(st.integers(1, 2))
+    c, f = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    size = (draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+    form = draw(st.sampled_from(["int", "pair", "sides", "valid", "same", "same_lower"]))
+    limit = {"reflect": min(size) - 1, "circular": min(size)}.get(mode, 3)
+    amount = st.integers(0, min(limit, 3))
+    padding = {
+        "int": draw(amount),
+        "pair": (draw(amount), draw(amount)),
+        "sides": ((draw(amount), draw(amount)), (draw(amount), draw(amount))),
+    }.get(form, form)
+    pads = explicit_padding(padding, kernel, dilation, stride, size)
+    reach = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    assume(all(n + sum(p) >= r for n, p, r in zip(size, pads, reach)))
+    if mode == "reflect":
+        assume(all(max(p) < n for n, p in zip(size, pads)))
+    if mode == "circular":
+        assume(all(max(p) <= n for n, p in zip(size, pads)))
+    whole = all((n + sum(p) - r) % s == 0 for n, p, r, s in zip(size, pads, reach, stride))
+    rounding = draw(st.sampled_from(["exact", "floor"])) if whole else "floor"
+    hyper = dict(
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=mode,
+        rounding=rounding,
+    )
+    return (draw(st.integers(1, 2)), c, *size), (f, c // groups, *kernel), hyper
+
+
+@settings(max_examples=150)
+@given(any_geometry(), st.integers(0, 2**32 - 1))
+def test_every_geometry_matches_oracle(case, seed):
+    x_shape, w_shape, hyper = case
+    rng = np.random.default_rng(seed)
+    x, w, b = _case(rng, x_shape, w_shape)
+    out = conv2d(x, w, b, **hyper)
+    np.testing.assert_allclose(out, naive_conv2d(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    got = conv2d_backward(dout, x, w, **hyper)
+    for g, want in zip(got, naive_conv2d_backward(dout, x, w, **hyper)):
+        np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
+
+
+def test_floor_gives_unread_pixels_a_zero_gradient(rng):
+    x, w, _ = _case(rng, (1, 1, 8, 8), (1, 1, 3, 3))
+    dx, _, _ = conv2d_backward(np.ones((1, 1, 3, 3)), x, w, stride=2, rounding="floor")
+    assert not dx[..., 7, :].any() and not dx[..., :, 7].any()
+    assert dx[..., 6, 6] != 0

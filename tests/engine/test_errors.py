@@ -7,19 +7,34 @@ import re
 import numpy as np
 import pytest
 
-from convengine import ConvError, ConvGeometry, ShapeError, conv2d, conv2d_backward
+from convengine import ConvError, ConvGeometry, ShapeError, conv, conv2d, conv2d_backward
 
 X, W = (2, 4, 32, 32), (8, 4, 3, 3)
 
 GEOMETRY_ERRORS = [
-    ("x-3d", (4, 32, 32), W, {}, "x", "x must be 4-D (N, C, H, W), got 3-D shape (4, 32, 32)"),
+    (
+        "x-3d",
+        (4, 32, 32),
+        W,
+        {},
+        "w",
+        "w has shape (8, 4, 3, 3) (2 spatial axes) but x has shape (4, 32, 32) (1): a 1-D layer takes w of 3 axes (K last)",
+    ),
+    (
+        "x-6d",
+        (1, 1, 2, 2, 2, 2),
+        W,
+        {},
+        "x",
+        "x must be 3-D (N, C, L) or 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got 6-D shape (1, 1, 2, 2, 2, 2)",
+    ),
     (
         "w-5d",
         X,
         (8, 4, 3, 3, 1),
         {},
         "w",
-        "w must be 4-D (F, C/groups, KH, KW), got 5-D shape (8, 4, 3, 3, 1)",
+        "w has shape (8, 4, 3, 3, 1) (3 spatial axes) but x has shape (2, 4, 32, 32) (2): a 2-D layer takes w of 4 axes (KH, KW last)",
     ),
     (
         "x-empty-axis",
@@ -124,15 +139,71 @@ GEOMETRY_ERRORS = [
         W,
         dict(padding="full"),
         "padding",
-        'padding must be an integer, a pair of integers, "same" or "valid", got \'full\'',
+        'padding must be an integer, a pair of integers, a pair of (before, after) pairs, "same", "same_lower" or "valid", got \'full\'',
     ),
     (
-        "same-strided",
+        "reflect-too-much",
+        (1, 1, 3, 8),
+        (1, 1, 3, 3),
+        dict(padding=3, padding_mode="reflect"),
+        "padding",
+        'padding_mode "reflect" needs each padding smaller than the input: padding 3 at the start of the height, but the input height is 3',
+    ),
+    (
+        "circular-too-much",
+        (1, 1, 8, 2),
+        (1, 1, 3, 3),
+        dict(padding=((0, 0), (1, 3)), padding_mode="circular"),
+        "padding",
+        'padding_mode "circular" needs each padding at most the input: padding 3 at the end of the width, but the input width is 2',
+    ),
+    (
+        "unknown-mode",
         X,
         W,
-        dict(padding="same", stride=2),
+        dict(padding_mode="mirror"),
+        "padding_mode",
+        "padding_mode must be one of 'zeros', 'reflect', 'replicate', 'circular', got 'mirror'",
+    ),
+    (
+        "unknown-rounding",
+        X,
+        W,
+        dict(rounding="ceil"),
+        "rounding",
+        "rounding must be one of 'exact', 'floor', got 'ceil'",
+    ),
+    (
+        "pair-of-pairs-negative",
+        X,
+        W,
+        dict(padding=((1, -1), (0, 0))),
         "padding",
-        'padding="same" needs stride 1, got stride (2, 2): give the padding as numbers instead',
+        "padding must be at least 0 on every side, got -1 at the end of the height",
+    ),
+    (
+        "resnet-stem",
+        (1, 3, 224, 224),
+        (64, 3, 7, 7),
+        dict(stride=2, padding=3),
+        "stride",
+        'output height (224 + 2*3 - 1*(7-1) - 1)/2 + 1 = 112.5 is not a whole number: pad [[3, 2], [3, 2]] for an output height of 112 (what PyTorch computes), or send rounding "floor"',
+    ),
+    (
+        "not-whole-no-padding-helps",
+        (1, 1, 8, 8),
+        (1, 1, 3, 3),
+        dict(stride=2),
+        "stride",
+        'output height (8 + 2*0 - 1*(3-1) - 1)/2 + 1 = 3.5 is not a whole number: change stride or padding, or send rounding "floor" for an output height of 3',
+    ),
+    (
+        "channels-last",
+        (2, 32, 32, 3),
+        (8, 3, 3, 3),
+        {},
+        "x",
+        "x has 32 channels on axis 1 but w expects 3, which is x's last axis: x looks like (N, H, W, C) (2, 32, 32, 3); send (N, C, H, W), e.g. x.transpose(0, 3, 1, 2)",
     ),
     (
         "not-whole",
@@ -148,7 +219,7 @@ GEOMETRY_ERRORS = [
         (1, 1, 3, 3),
         dict(stride=2, padding=(0, 1)),
         "stride",
-        "output width (32 + 2*1 - 1*(3-1) - 1)/2 + 1 = 16.5 is not a whole number: change stride or padding",
+        'output width (32 + 2*1 - 1*(3-1) - 1)/2 + 1 = 16.5 is not a whole number: pad [[0, 0], [1, 0]] for an output width of 16 (what PyTorch computes), or send rounding "floor"',
     ),
     (
         "kernel-too-big",
@@ -180,7 +251,7 @@ def test_geometry_errors(x_shape, w_shape, hyper, field, message):
     assert info.value.field == field
     # The functional API raises exactly the same error.
     with pytest.raises(ShapeError, match="^" + re.escape(message)):
-        conv2d(np.zeros(x_shape), np.zeros(w_shape), **hyper)
+        conv(np.zeros(x_shape), np.zeros(w_shape), **hyper)
 
 
 def test_bias_length():

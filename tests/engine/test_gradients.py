@@ -16,6 +16,22 @@ CASES = {
     ),
     "grouped": ((2, 4, 5, 5), (4, 2, 3, 3), dict(groups=2, padding="same")),
     "depthwise": ((2, 3, 7, 7), (6, 1, 3, 3), dict(groups=3, stride=2, padding=(1, 1))),
+    "reflect": ((1, 2, 5, 6), (2, 2, 3, 3), dict(padding=((2, 1), (1, 2)), padding_mode="reflect")),
+    "replicate-strided-floor": (
+        (1, 2, 6, 6),
+        (2, 2, 3, 3),
+        dict(padding=2, stride=2, padding_mode="replicate", rounding="floor"),
+    ),
+    "circular-same-strided": (
+        (2, 2, 5, 4),
+        (3, 2, 3, 2),
+        dict(padding="same", stride=2, padding_mode="circular"),
+    ),
+    "zeros-floor-per-side": (
+        (1, 1, 7, 8),
+        (2, 1, 3, 3),
+        dict(padding=((1, 0), (0, 2)), stride=3, rounding="floor"),
+    ),
 }
 
 

@@ -10,8 +10,12 @@ from convengine import (
     ConvGeometry,
     ShapeError,
     backward,
+    conv,
     conv2d,
     conv2d_backward,
+    conv_backward,
+    conv_transpose,
+    conv_transpose_backward,
     forward,
 )
 
@@ -26,7 +30,12 @@ def test_each_operation_runs_its_example_like_the_library_api(name):
     geometry = operation.plan({k: a.shape for k, a in arrays.items()}, example)
     outputs = operation.run(geometry, arrays)
     assert tuple(outputs) == operation.outputs
-    library = conv2d if name == "forward" else conv2d_backward
+    library = {
+        "forward": conv,
+        "backward": conv_backward,
+        "conv_transpose": conv_transpose,
+        "conv_transpose_backward": conv_transpose_backward,
+    }[name]
     expected = library(*(arrays.get(k) for k in operation.inputs), **example)
     expected = expected if isinstance(expected, tuple) else (expected,)
     for got, want in zip(outputs.values(), expected, strict=True):
@@ -41,7 +50,8 @@ def test_the_table_describes_every_array():
             n for n in operation.inputs if n not in operation.optional
         )
     assert str(OPERATIONS["forward"].arrays["b"]) == "bias, (F,)"
-    assert OPERATIONS["backward"].arrays["dw"].ndim == 4
+    assert str(OPERATIONS["forward"].arrays["x"]) == "input, (N, C, *spatial)"
+    assert [OPERATIONS["backward"].arrays["dw"].ndim(rank) for rank in (1, 2, 3)] == [3, 4, 5]
 
 
 def test_cost_counts_both_passes_of_backward():

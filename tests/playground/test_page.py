@@ -41,7 +41,7 @@ def test_page_loads_without_console_errors(page):
     page_, problems = page
     assert page_.title() == "convengine playground"
     assert page_.locator("canvas.feature-map").count() == 3
-    assert "output height = (48 + 1+1 - 1*(3-1) - 1)/1 + 1 = 48" in page_.inner_text("#arithmetic")
+    assert "output height = (49 + 2*1 - 1*(3-1) - 1)/1 + 1 = 49" in page_.inner_text("#arithmetic")
     assert problems == []
 
 
@@ -75,7 +75,7 @@ def test_one_pixel_backward_lights_exactly_its_receptive_field(page, dilation, s
     page_.locator('canvas.feature-map[data-filter="0"]').click(
         position={"x": 97, "y": 97}
     )  # the centre, past a 1px border
-    assert "pixel (24, 24) of map 0" in page_.inner_text("#loss-pixel")
+    assert "pixel (24, 24) of map 0" in page_.inner_text("#loss-pixel")  # of 49x49
     page_.click("#run-backward")
     page_.wait_for_function("window.playground.state.lastBackward")
     dx = _canvas(page_, "#dx-canvas")
@@ -90,13 +90,14 @@ def test_one_pixel_backward_lights_exactly_its_receptive_field(page, dilation, s
 @pytest.mark.parametrize(
     "stride, message",
     [
-        ("2", "output height (48 + 2*0 - 1*(3-1) - 1)/2 + 1 = 23.5 is not a whole number"),
+        ("2", "output height (49 + 2*0 - 1*(4-1) - 1)/2 + 1 = 23.5 is not a whole number"),
         ("0", "Input should be greater than or equal to 1, got 0"),
     ],
     ids=["not-whole", "zero"],
 )
 def test_a_refused_stride_shows_the_services_message_beside_the_field(page, stride, message):
     page_, _ = page
+    page_.select_option("#ksize", "4")
     page_.fill("#stride", stride)
     page_.fill("#padding", "0")
     page_.click("#run-forward")
@@ -104,6 +105,76 @@ def test_a_refused_stride_shows_the_services_message_beside_the_field(page, stri
     assert message in page_.inner_text("#error-stride")
     assert "invalid" in (page_.get_attribute("#stride", "class") or "")
     assert page_.inner_text("#error-general") == ""
+
+
+def test_stride_2_works_on_the_samples_and_a_refusal_leaves_no_stale_results(page):
+    page_, problems = page
+    page_.fill("#stride", "2")
+    page_.fill("#padding", "1")
+    _convolve(page_)
+    assert _array(page_, "window.playground.state.lastForward").shape == (1, 3, 25, 25)
+    assert page_.inner_text("#error-stride") == ""
+    page_.click("#run-backward")
+    page_.wait_for_function("window.playground.state.lastBackward")
+    # A refused request: nothing of the last answer stays on screen.
+    page_.select_option("#ksize", "4")
+    page_.click("#run-forward")
+    page_.wait_for_function("document.getElementById('error-stride').textContent.length > 0")
+    assert 'or send rounding "floor"' in page_.inner_text("#error-stride")
+    for stale in ("#arithmetic", "#forward-maps", "#backward-maps"):
+        assert page_.locator(stale).is_hidden(), stale
+    assert page_.evaluate("window.playground.state.lastForward") is None
+    assert page_.evaluate("window.playground.state.lastBackward") is None
+    # Floor rounding, as the refusal suggests, is answered.
+    page_.select_option("#rounding", "floor")
+    _convolve(page_)
+    assert "floor((49 + 2*1 - 1*(4-1) - 1)/2) + 1 = 24" in page_.inner_text("#arithmetic")
+    # The browser logs the refused request itself; nothing else went wrong.
+    assert [p for p in problems if "status of 422" not in p] == []
+
+
+def test_a_changed_control_clears_the_results_it_no_longer_matches(page):
+    page_, _ = page
+    page_.click("#run-backward")
+    page_.wait_for_function("window.playground.state.lastBackward")
+    assert page_.locator("#forward-maps").is_visible()
+    assert page_.locator("#backward-maps").is_visible()
+    page_.select_option("#padding_mode", "reflect")
+    for stale in ("#arithmetic", "#forward-maps", "#backward-maps"):
+        assert page_.locator(stale).is_hidden(), stale
+    # Edit a field, then click Backpropagate at once: the click lands (nothing moved) and
+    # both passes run again with the new settings.
+    page_.fill("#stride", "2")
+    page_.fill("#padding", "1")
+    page_.click("#run-backward")
+    page_.wait_for_function("window.playground.state.lastBackward")
+    assert _array(page_, "window.playground.state.lastForward").shape == (1, 3, 25, 25)
+    assert page_.locator("#backward-maps").is_visible()
+    # A new forward pass hides the gradients of the last one.
+    page_.click("#run-forward")
+    page_.wait_for_function(
+        "getComputedStyle(document.getElementById('backward-maps')).visibility === 'hidden'"
+    )
+
+
+def test_per_side_padding_modes_and_floor_through_the_page(page):
+    page_, problems = page
+    page_.select_option("#sample", "letter")
+    page_.fill("#stride", "2")
+    page_.fill("#padding", "[[3,2],[1,0]]")
+    page_.select_option("#padding_mode", "reflect")
+    page_.select_option("#rounding", "floor")
+    _convolve(page_)
+    x = _array(page_, "window.playground.state.lastInput")
+    w = _array(page_, "window.playground.state.lastWeights")
+    hyper = dict(stride=2, padding=((3, 2), (1, 0)), padding_mode="reflect", rounding="floor")
+    np.testing.assert_allclose(
+        _array(page_, "window.playground.state.lastForward"), conv2d(x, w, **hyper), atol=1e-5
+    )
+    text = page_.inner_text("#arithmetic")
+    assert "output height = floor((49 + 3+2 - 1*(3-1) - 1)/2) + 1 = 26" in text
+    assert "padding holds the input, reflect" in text
+    assert problems == []
 
 
 def _png(width: int, height: int, rgb: np.ndarray) -> bytes:

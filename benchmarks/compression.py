@@ -1,0 +1,134 @@
+"""The mid forward request as plain and gzipped JSON and .npz: bytes on the wire and latency.
+
+    python -m benchmarks.compression [--rounds 5]
+
+Starts ``python -m app`` on 127.0.0.1 (the production settings), then sends x 16x32x56x56 and
+w 64x32x3x3 (float32, padding 1) in each form, plain and gzipped both ways (the body at level
+1, as ``ConvClient(compress=True)`` does; the answer at the service's level 1). The variants
+take turns within each round, so drift hits all alike; the table has medians. Latency is
+measured on loopback, where bytes cost almost nothing: the last column adds what the bytes
+would take on a 100 Mbit/s link, computed, not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.payloads import request
+
+LINK_BITS_PER_SECOND = 100e6
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+FORMS = {"JSON nested lists": "nested", "JSON b64": "b64", ".npz": "npz"}
+
+
+def mid_arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "x": rng.standard_normal((16, 32, 56, 56), dtype=np.float32),
+        "w": rng.standard_normal((64, 32, 3, 3), dtype=np.float32),
+    }
+
+
+def variants() -> dict[str, tuple[dict[str, Any], float]]:
+    """Each variant's httpx keywords, and the seconds the client spent gzipping its body."""
+    arrays = mid_arrays()
+    out: dict[str, tuple[dict[str, Any], float]] = {}
+    for label, form in FORMS.items():
+        accept = "application/x-npz" if form == "npz" else None
+        plain = request(form, arrays, {"padding": 1}, accept)
+        body = plain["content"].encode() if isinstance(plain["content"], str) else plain["content"]
+        plain["content"] = body
+        plain["headers"] = {**plain["headers"], "accept-encoding": "identity"}
+        out[f"{label}, plain"] = (plain, 0.0)
+        started = time.perf_counter()
+        squeezed = gzip.compress(body, compresslevel=1)
+        seconds = time.perf_counter() - started
+        headers = {**plain["headers"], "content-encoding": "gzip", "accept-encoding": "gzip"}
+        out[f"{label}, gzip"] = ({**plain, "content": squeezed, "headers": headers}, seconds)
+    return out
+
+
+def measure(url: str, rounds: int) -> list[str]:
+    cases = variants()
+    times: dict[str, list[float]] = {label: [] for label in cases}
+    wire: dict[str, tuple[int, int]] = {}
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for round_ in range(rounds + 1):  # round 0 warms up
+            for label, (kwargs, _) in cases.items():
+                started = time.perf_counter()
+                with client.stream("POST", "/forward", **kwargs) as response:
+                    raw = b"".join(response.iter_raw())
+                if response.headers.get("content-encoding") == "gzip":
+                    gzip.decompress(raw)  # inflated, as a client must
+                seconds = time.perf_counter() - started
+                assert response.status_code == 200, response.text[:300]
+                if round_:
+                    times[label].append(seconds)
+                wire[label] = (len(kwargs["content"]), len(raw))
+    lines = [
+        f"mid forward, medians of {rounds} interleaved rounds; MB = 10^6 bytes",
+        "",
+        "| form | request MB | answer MB | client gzip ms | p50 ms (loopback) "
+        "| p50 + client gzip + bytes at 100 Mbit/s, ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, (_, gzip_seconds) in cases.items():
+        sent, received = wire[label]
+        p50 = statistics.median(times[label]) * 1e3
+        link = (sent + received) * 8 / LINK_BITS_PER_SECOND * 1e3
+        lines.append(
+            f"| {label} | {sent / 1e6:.1f} | {received / 1e6:.1f} | {gzip_seconds * 1e3:.0f} "
+            f"| {p50:.0f} | {p50 + gzip_seconds * 1e3 + link:.0f} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    port = _free_port()
+    env = {**os.environ, "CONVENGINE_PORT": str(port), "CONVENGINE_LOG_LEVEL": "warning"}
+    log = Path(tempfile.mkdtemp(prefix="convengine-bench-")) / "service.log"
+    with log.open("wb") as sink:
+        service = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=sink)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the service did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        print("\n".join(measure(url, args.rounds)))
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""The library's functions: convolutions with 1, 2 or 3 spatial axes and transposed
+convolutions, forward and backward, and the checked entry points for a geometry built once.
+
+The im2col passes (``_conv``) compute planar core geometries: zero padding, every padded
+pixel read. Any other padding mode is applied to the input here first, and floor rounding
+crops what no window reaches; gradients are folded back and padded out to the input's shape.
+A line (1-D) is a plane one pixel high; a volume (3-D) is computed by ``_volume``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ._conv import _backward, _backward_input, _forward, as_float_array
+from ._errors import ShapeError
+from ._geometry import ConvGeometry, TransposedGeometry
+from ._padding import fold, pad
+from ._volume import volume_backward, volume_backward_input, volume_forward
+
+__all__ = [
+    "backward",
+    "conv",
+    "conv2d",
+    "conv2d_backward",
+    "conv_backward",
+    "conv_transpose",
+    "conv_transpose_backward",
+    "forward",
+    "transposed_backward",
+    "transposed_forward",
+]
+
+
+def conv(
+    x: ArrayLike,
+    w: ArrayLike,
+    b: ArrayLike | None = None,
+    *,
+    stride: object = 1,
+    padding: object = 0,
+    dilation: object = 1,
+    groups: object = 1,
+    padding_mode: object = "zeros",
+    rounding: object = "exact",
+) -> np.ndarray:
+    """The convolution (cross-correlation, as in deep-learning frameworks) of x with w.
+
+    x (N, C, *spatial), w (F, C/groups, *kernel), b (F,) or None -> out (N, F, *out), with
+    1, 2 or 3 spatial axes, the rank taken from x: (N, C, L), (N, C, H, W) or (N, C, D, H, W).
+
+    stride, dilation: an int or one per axis. padding: an int, one per axis, one (begin,
+    end) pair per axis, "valid", "same" (output ceil(size/stride), the odd pixel at the end)
+    or "same_lower". padding_mode: "zeros", "reflect", "replicate" or "circular" (PyTorch's).
+    rounding: "exact" refuses an output size that is not whole, "floor" drops the last
+    partial window.
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    geometry = ConvGeometry.build(
+        x.shape,
+        w.shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=padding_mode,
+        rounding=rounding,
+    )
+    return forward(x, w, b, geometry)
+
+
+def conv_backward(
+    dout: ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    *,
+    stride: object = 1,
+    padding: object = 0,
+    dilation: object = 1,
+    groups: object = 1,
+    padding_mode: object = "zeros",
+    rounding: object = "exact",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of a loss with respect to x, w and b, given its gradient dout w.r.t. the output.
+
+    dout (N, F, *out), x (N, C, *spatial), w (F, C/groups, *kernel)
+    -> dx (N, C, *spatial), dw (F, C/groups, *kernel), db (F,)
+
+    Hyperparameters as in :func:`conv`. Input pixels no window reads get a zero gradient;
+    gradients that fall on padding fold back onto the pixels it was copied from.
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    dout = as_float_array(dout, "dout", x.dtype)
+    geometry = ConvGeometry.build(
+        x.shape,
+        w.shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=padding_mode,
+        rounding=rounding,
+    )
+    return backward(dout, x, w, geometry)
+
+
+def conv2d(
+    x: ArrayLike,
+    w: ArrayLike,
+    b: ArrayLike | None = None,
+    *,
+    stride: object = 1,
+    padding: object = 0,
+    dilation: object = 1,
+    groups: object = 1,
+    padding_mode: object = "zeros",
+    rounding: object = "exact",
+) -> np.ndarray:
+    """:func:`conv` of planes: x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None
+    -> out (N, F, H_out, W_out). Hyperparameters as in :func:`conv`."""
+    x = _planar(x)
+    return conv(
+        x,
+        w,
+        b,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=padding_mode,
+        rounding=rounding,
+    )
+
+
+def conv2d_backward(
+    dout: ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    *,
+    stride: object = 1,
+    padding: object = 0,
+    dilation: object = 1,
+    groups: object = 1,
+    padding_mode: object = "zeros",
+    rounding: object = "exact",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`conv_backward` of planes: dout (N, F, H_out, W_out), x (N, C, H, W),
+    w (F, C/groups, KH, KW) -> dx (N, C, H, W), dw (F, C/groups, KH, KW), db (F,)."""
+    x = _planar(x)
+    return conv_backward(
+        dout,
+        x,
+        w,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=padding_mode,
+        rounding=rounding,
+    )
+
+
+def _planar(x: ArrayLike) -> np.ndarray:
+    array = as_float_array(x, "x")
+    if array.ndim != 4:
+        raise ShapeError(
+            f"x must be 4-D (N, C, H, W), got {array.ndim}-D shape {array.shape}: "
+            "conv and conv_backward take 1-D and 3-D layers too",
+            field="x",
+        )
+    return array
+
+
+def forward(x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: ConvGeometry) -> np.ndarray:
+    """:func:`conv` for a geometry already built: the arrays are checked against it, cheaply.
+
+    For callers that validate a request once (the service) and must not size it twice.
+    x (N, C, *spatial), w (F, C/groups, *kernel), b (F,) or None -> out (N, F, *out)
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    geometry.check_shape("x", x.shape, geometry.x_shape)
+    geometry.check_shape("w", w.shape, geometry.w_shape)
+    if b is not None:
+        b = as_float_array(b, "b", x.dtype)
+        geometry.check_bias(b.shape)
+    if geometry.is_core:
+        return _core_forward(x, w, b, geometry)
+    core, crop = geometry.core()
+    return _core_forward(_core_input(x, geometry, crop), w, b, core)
+
+
+def backward(
+    dout: ArrayLike, x: ArrayLike, w: ArrayLike, geometry: ConvGeometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`conv_backward` for a geometry already built; the arrays are checked against it.
+
+    dout (N, F, *out), x (N, C, *spatial), w (F, C/groups, *kernel) -> dx, dw, db
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    dout = as_float_array(dout, "dout", x.dtype)
+    geometry.check_shape("x", x.shape, geometry.x_shape)
+    geometry.check_shape("w", w.shape, geometry.w_shape)
+    geometry.check_dout(dout.shape)
+    if geometry.is_core:
+        return _core_backward(dout, x, w, geometry)
+    core, crop = geometry.core()
+    dx_core, dw, db = _core_backward(dout, _core_input(x, geometry, crop), w, core)
+    return _full_dx(dx_core, geometry, crop), dw, db
+
+
+def _as_plane(geometry: ConvGeometry) -> ConvGeometry:
+    """A line as a plane one pixel high."""
+    g = geometry
+    return replace(
+        g,
+        size=(1, *g.size),
+        kernel=(1, *g.kernel),
+        stride=(1, *g.stride),
+        dilation=(1, *g.dilation),
+        pads=((0, 0), *g.pads),
+        out=(1, *g.out),
+    )
+
+
+def _core_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
+) -> np.ndarray:
+    if geometry.rank == 2:
+        return _forward(x, w, b, geometry)
+    if geometry.rank == 1:
+        return _forward(x[:, :, None], w[:, :, None], b, _as_plane(geometry))[:, :, 0]
+    return volume_forward(x, w, b, geometry)
+
+
+def _core_backward(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if geometry.rank == 2:
+        return _backward(dout, x, w, geometry)
+    if geometry.rank == 1:
+        dx, dw, db = _backward(dout[:, :, None], x[:, :, None], w[:, :, None], _as_plane(geometry))
+        return dx[:, :, 0], dw[:, :, 0], db
+    return volume_backward(dout, x, w, geometry)
+
+
+def _core_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    if geometry.rank == 2:
+        return _backward_input(dout, w, geometry)
+    if geometry.rank == 1:
+        return _backward_input(dout[:, :, None], w[:, :, None], _as_plane(geometry))[:, :, 0]
+    return volume_backward_input(dout, w, geometry)
+
+
+def _input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """dx alone of a zero-padded convolution, for arrays checked against its geometry."""
+    if geometry.is_core:
+        return _core_backward_input(dout, w, geometry)
+    core, crop = geometry.core()
+    return _full_dx(_core_backward_input(dout, w, core), geometry, crop)
+
+
+def _core_input(x: np.ndarray, geometry: ConvGeometry, crop: tuple[int, ...]) -> np.ndarray:
+    """What the core geometry convolves: x padded by its mode if not zeros, then cropped."""
+    source = x if geometry.padding_mode == "zeros" else pad(x, geometry)
+    kept = tuple(slice(0, size - cut) for size, cut in zip(source.shape[2:], crop, strict=True))
+    return source[(slice(None), slice(None), *kept)]
+
+
+def _full_dx(dx_core: np.ndarray, geometry: ConvGeometry, crop: tuple[int, ...]) -> np.ndarray:
+    """dx of the core input -> dx (N, C, *spatial): cropped pixels zero, padding folded back."""
+    g = geometry
+    sizes = g.padded if g.padding_mode != "zeros" else g.size
+    if any(crop):
+        full = np.zeros((g.n, g.c, *sizes), dtype=dx_core.dtype)
+        full[
+            (slice(None), slice(None), *(slice(0, s - c) for s, c in zip(sizes, crop, strict=True)))
+        ] = dx_core
+        dx_core = full
+    return dx_core if g.padding_mode == "zeros" else fold(dx_core, g)
+
+
+# --- transposed convolutions -----------------------------------------------------------------
+
+
+def conv_transpose(
+    x: ArrayLike,
+    w: ArrayLike,
+    b: ArrayLike | None = None,
+    *,
+    stride: object = 1,
+    padding: object = 0,
+    output_padding: object = 0,
+    dilation: object = 1,
+    groups: object = 1,
+) -> np.ndarray:
+    """The transposed convolution of x with w, as PyTorch's ``conv_transpose{1,2,3}d``.
+
+    x (N, C_in, *spatial), w (C_in, C_out/groups, *kernel), b (C_out,) or None
+    -> out (N, C_out, *out), out per axis ``(size - 1)*stride - pad_begin - pad_end +
+    dilation*(K-1) + output_padding + 1``. padding: an int, one per axis, or one (begin, end)
+    pair per axis (ONNX's ConvTranspose pads).
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    geometry = ConvGeometry.transposed(
+        x.shape,
+        w.shape,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    return transposed_forward(x, w, b, geometry)
+
+
+def conv_transpose_backward(
+    dout: ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    *,
+    stride: object = 1,
+    padding: object = 0,
+    output_padding: object = 0,
+    dilation: object = 1,
+    groups: object = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of a loss w.r.t. x, w and b of :func:`conv_transpose`, given dout w.r.t. out.
+
+    dout (N, C_out, *out), x (N, C_in, *spatial), w (C_in, C_out/groups, *kernel)
+    -> dx (N, C_in, *spatial), dw (C_in, C_out/groups, *kernel), db (C_out,)
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    dout = as_float_array(dout, "dout", x.dtype)
+    geometry = ConvGeometry.transposed(
+        x.shape,
+        w.shape,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    return transposed_backward(dout, x, w, geometry)
+
+
+def transposed_forward(
+    x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: TransposedGeometry
+) -> np.ndarray:
+    """:func:`conv_transpose` for a geometry already built; the arrays are checked against it."""
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    conv_geometry = geometry.conv
+    conv_geometry.check_shape("x", x.shape, geometry.x_shape)
+    conv_geometry.check_shape("w", w.shape, geometry.w_shape)
+    # The input gradient of the convolution whose output gradient is x.
+    out = _input_gradient(x, w, conv_geometry)
+    if b is not None:
+        b = as_float_array(b, "b", x.dtype)
+        geometry.check_bias(b.shape)
+        out += b.reshape(-1, *(1,) * geometry.rank)
+    return out
+
+
+def transposed_backward(
+    dout: ArrayLike, x: ArrayLike, w: ArrayLike, geometry: TransposedGeometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`conv_transpose_backward` for a geometry already built."""
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    dout = as_float_array(dout, "dout", x.dtype)
+    conv_geometry = geometry.conv
+    conv_geometry.check_shape("x", x.shape, geometry.x_shape)
+    conv_geometry.check_shape("w", w.shape, geometry.w_shape)
+    geometry.check_dout(dout.shape)
+    dx = forward(dout, w, None, conv_geometry)  # the convolution's own forward pass
+    _, dw, _ = backward(x, dout, w, conv_geometry)  # its weight gradient, roles exchanged
+    return dx, dw, dout.sum(axis=(0, *range(2, dout.ndim)))
