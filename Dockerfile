@@ -2,7 +2,9 @@
 
 # Build stage: pinned dependencies in a layer of their own (rebuilt only when the lock
 # changes), then the project itself, into a virtualenv that the runtime stage copies.
-FROM python:3.11.7-slim-bookworm AS build
+# Python 3.11.15 (March 2026), the newest 3.11 security release: 3.11.8 and later also fix
+# the ast thread-safety race (gh-106905) that NumPy's own .npy header parsing hit.
+FROM python:3.11.15-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -15,7 +17,7 @@ COPY app ./app
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
 # Runtime stage: the virtualenv only, run by an unprivileged user.
-FROM python:3.11.7-slim-bookworm
+FROM python:3.11.15-slim-bookworm
 RUN groupadd --system --gid 10001 convengine \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin convengine
 COPY --from=build /opt/venv /opt/venv

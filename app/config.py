@@ -12,9 +12,14 @@ from typing import Annotated, Literal
 from pydantic import Field, FilePath, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "available_cpus", "get_settings"]
+__all__ = ["Settings", "available_cpus", "container_memory_limit", "get_settings"]
 
 MiB = 1 << 20
+# What the process holds whatever it serves, outside the memory budget: the interpreter, NumPy
+# and FastAPI (about 120 MiB after warm-up), and per computation thread the engine's kept work
+# buffers (at most 160 MiB each, convengine/_im2col.py).
+BASELINE_BYTES = 256 * MiB
+BUFFERS_PER_THREAD = 160 * MiB
 
 
 def available_cpus() -> int:
@@ -27,6 +32,18 @@ def available_cpus() -> int:
     except (OSError, ValueError):
         pass
     return cpus
+
+
+def container_memory_limit() -> int:
+    """The memory this process may use: its cgroup's limit (v2, then v1), else the machine's."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # v1 says "no limit" with a huge number
+            return int(text)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class Settings(BaseSettings):
@@ -76,6 +93,34 @@ class Settings(BaseSettings):
     max_waiting: int = Field(
         32, ge=0, description="requests that may wait for a computation slot; more get 503"
     )
+    memory_budget_mb: int | None = Field(
+        None,
+        ge=64,
+        description="MiB that requests may reserve at once (bodies, arrays, work, answers); "
+        "by default the container's memory limit less the process's baseline",
+    )
+    memory_wait: float = Field(
+        10.0, gt=0, description="seconds a request may wait for room in the memory budget"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a connection may take to send a request's header block"
+    )
+    max_pending_headers: int = Field(
+        256,
+        ge=1,
+        description="connections still sending their header block; beyond, the oldest close",
+    )
+    send_timeout: float = Field(
+        60.0, gt=0, description="seconds an answer may wait for a client that does not read it"
+    )
+
+    def memory_budget(self) -> int:
+        """The memory budget in bytes: the setting, or the container's memory limit less the
+        baseline and the engine's kept buffers (at least 256 MiB)."""
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb * MiB
+        held = BASELINE_BYTES + self.max_concurrent * BUFFERS_PER_THREAD
+        return max(256 * MiB, container_memory_limit() - held)
 
     # Deployment-grade HTTP (app.encoding, app.auth, CORS): each off or harmless by default.
     compress_min_bytes: int = Field(

@@ -17,8 +17,10 @@ Hierarchy::
 Errors from lower layers are translated here: pydantic's ``ValidationError`` (the request
 models' own, and the engine's geometry errors they carry as ``PydanticCustomError``) by
 :func:`validation_errors`, FastAPI's ``RequestValidationError`` by its handler. A client that
-disconnects mid-upload gets nginx's 499 (which it never reads). Anything else is a bug: it is
-logged with its traceback and answered with a bare 500.
+disconnects mid-upload gets nginx's 499 (which it never reads). Anything else is a bug:
+:class:`app.observe.Observe`, the outermost middleware, logs it once with its traceback and
+the request id, and answers :func:`internal_error_response` (a 500 in the path's error
+shape); nothing re-raises it, so uvicorn does not log it a second time.
 
 An error's body has FastAPI's shape, ``{"detail": [...]}``, unless the route's path starts
 with a prefix that registered a shape of its own (:func:`register_error_shape`; the inference
@@ -55,6 +57,7 @@ __all__ = [
     "UnsupportedMediaType",
     "error_response",
     "install_error_handlers",
+    "internal_error_response",
     "register_error_shape",
     "validation_errors",
 ]
@@ -213,10 +216,10 @@ async def _client_disconnect(request: Request, exc: Exception) -> Response:
     return _response(request.scope, 499, detail)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    detail = [{"loc": [], "msg": "internal error", "type": "internal"}]
-    return _response(request.scope, 500, detail)
+def internal_error_response(scope: Scope, request_id: str) -> Response:
+    """The 500 for a bug, in the shape of ``scope``'s path, naming the request to look up."""
+    msg = f"internal error: the service's log has it under request id {request_id}"
+    return _response(scope, 500, [{"loc": [], "msg": msg, "type": "internal"}])
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -226,7 +229,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
-    app.add_exception_handler(Exception, _unexpected)
 
 
 def error_response(exc: ServiceError, scope: Scope | None = None) -> Response:

@@ -25,6 +25,7 @@ from app.encoding import Compress, Inflate
 from app.errors import install_error_handlers
 from app.head import HeadAsGet
 from app.limits import BodyLimit, Gate
+from app.limits.memory import MemoryBudget
 from app.observe import Observe
 from app.routes import health, limits, operations, playground, protocol
 from app.schemas import ErrorResponse
@@ -85,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.gate = Gate(settings.max_concurrent, settings.max_waiting)
+    memory = MemoryBudget(settings.memory_budget(), settings.max_waiting, settings.memory_wait)
+    app.state.gate = Gate(settings.max_concurrent, settings.max_waiting, memory)
     app.state.ready = False
     app.add_middleware(
         BodyLimit,

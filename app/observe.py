@@ -12,11 +12,18 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.errors import Overloaded, error_response, internal_error_response
 
-__all__ = ["LOG_CONFIG", "Observe"]
+__all__ = ["CONNECTIONS_FULL", "LOG_CONFIG", "Observe"]
+
+# A scope extension set by app.server's protocol when every connection place is taken.
+CONNECTIONS_FULL = "convengine.connections_full"
 
 access_log = logging.getLogger("convengine.access")
+error_log = logging.getLogger("app.errors")
 _MAX_ID = 128
+# A metric label per method a client invents would grow the metrics without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # uvicorn's logging, plus the access logger writing bare JSON lines to stdout.
 LOG_CONFIG: dict[str, Any] = {
@@ -67,7 +74,7 @@ class Observe:
             return
         started = time.perf_counter()
         request_id = _request_id(scope)
-        seen = {"in": 0, "out": 0, "status": 500}
+        seen = {"in": 0, "out": 0, "status": 500, "started": 0}
 
         async def counting_receive() -> Message:
             message = await receive()
@@ -76,7 +83,7 @@ class Observe:
 
         async def observing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                seen["status"] = message["status"]
+                seen["status"], seen["started"] = message["status"], 1
                 headers = MutableHeaders(scope=message)
                 headers["x-request-id"] = request_id
                 headers["x-replica"] = self.replica
@@ -85,13 +92,37 @@ class Observe:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, observing_send)
+            full = scope.get("extensions", {}).get(CONNECTIONS_FULL)
+            if full is not None:
+                await self._refuse(scope, receive, observing_send, full["limit"])
+            else:
+                await self.app(scope, counting_receive, observing_send)
+        except Exception:
+            # A bug: one log record, with the request id, and a JSON 500 carrying the id. Not
+            # re-raised, so that neither Starlette nor uvicorn logs it again.
+            error_log.exception(
+                "unexpected error on %s %s (request id %s)",
+                scope["method"][:16],
+                scope["path"][:200],
+                request_id,
+            )
+            if not seen["started"]:
+                await internal_error_response(scope, request_id)(scope, receive, observing_send)
         finally:
             self._record(scope, request_id, seen, time.perf_counter() - started)
 
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        problem = Overloaded(
+            f"all {limit} connections this replica accepts are open: retry shortly",
+            loc=(),
+            headers={"Retry-After": "1", "Connection": "close"},
+        )
+        await error_response(problem, scope)(scope, receive, send)
+
     def _record(self, scope: Scope, request_id: str, seen: dict[str, int], seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
-        method = scope["method"]
+        method = scope["method"] if scope["method"] in _METHODS else "other"
         metrics.REQUESTS.labels(route, method, str(seen["status"])).inc()
         metrics.REQUEST_SECONDS.labels(route, method).observe(seconds)
         metrics.REQUEST_BYTES.labels(route).observe(seen["in"])
@@ -104,7 +135,7 @@ class Observe:
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "request_id": request_id,
             "replica": self.replica,
-            "method": method,
+            "method": scope["method"][:16],
             "route": route,
             "path": scope["path"],
             "status": seen["status"],

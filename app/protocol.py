@@ -10,17 +10,19 @@ a 422 becoming the protocol's 400.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
 from app import pipeline
-from app.codecs import Budget
+from app.codecs import Budget, Decoded
 from app.codecs import protocol as wire
 from app.config import Settings
 from app.errors import BadRequest, NotFound
-from app.schemas import Hyperparameters
+from app.limits.memory import Reservation
+from app.schemas import ConvRequest, Hyperparameters
 from convengine import OPERATIONS, RANKS, Operation
 
 __all__ = [
@@ -28,11 +30,12 @@ __all__ = [
     "VERSION",
     "InferResponse",
     "ModelMetadata",
+    "PreparedInference",
     "ProtocolError",
     "ServerMetadata",
-    "infer",
     "metadata",
     "model",
+    "prepare",
     "render_error",
 ]
 
@@ -118,15 +121,38 @@ def metadata(operation: Operation, rank: int) -> dict[str, Any]:
     }
 
 
-def infer(
-    served: tuple[Operation, int], body: bytes, header_length: str | None, settings: Settings
-) -> tuple[bytes, dict[str, str]]:
-    """The response body and headers for one inference request."""
+@dataclass
+class PreparedInference:
+    """A decoded, validated inference request, and what it will hold until it is answered."""
+
+    name: str
+    request: wire.InferRequest
+    validated: ConvRequest
+    decoded: Decoded
+    need: int
+
+    def finish(self) -> tuple[bytes, dict[str, str]]:
+        outputs = pipeline.compute(self.validated, self.decoded.arrays)
+        return wire.encode(self.name, VERSION, self.request, outputs)
+
+
+def prepare(
+    served: tuple[Operation, int],
+    body: bytes,
+    reservation: Reservation,
+    header_length: str | None,
+    settings: Settings,
+) -> PreparedInference:
+    """Decode and validate one inference request (in a worker thread)."""
     operation, rank = served
     name = operation.model_name(rank)
-    request, blob = wire.parse_request(body, header_length)
-    wire.check_outputs(operation, name, request)
-    budget = Budget(settings.max_decoded_bytes)
+    request, blob = wire.parse_request(body, header_length, settings.max_json_bytes)
+    wanted = wire.check_outputs(operation, name, request)
+    budget = Budget(
+        settings.max_decoded_bytes,
+        allowance=max(0, reservation.held - len(body)),
+        reserve=reservation.take_now,
+    )
     decoded = wire.decode(operation, name, request, blob, budget)
     for array, value in decoded.arrays.items():
         expected = operation.arrays[array].ndim(rank)
@@ -136,8 +162,9 @@ def infer(
                 f"({operation.arrays[array].axes}), got shape {list(value.shape)}"
             )
     validated = pipeline.validate(operation, decoded, settings)
-    outputs = pipeline.compute(validated, decoded.arrays)
-    return wire.encode(name, VERSION, request, outputs)
+    binary = all(wire.wants_binary(request, output) for output in wanted)
+    need = pipeline.memory_need(validated, decoded.arrays, binary)
+    return PreparedInference(name, request, validated, decoded, need)
 
 
 def render_error(status: int, detail: list[dict[str, Any]]) -> tuple[int, bytes]:

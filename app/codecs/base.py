@@ -82,9 +82,16 @@ class Codec:
 
 @dataclass
 class Budget:
-    """The decoded bytes a request may still claim, checked before anything is allocated."""
+    """The decoded bytes a request may still claim, checked before anything is allocated.
+
+    Each claim is also memory: ``allowance`` bytes were reserved for the arrays with the body
+    (app.limits.body.reading_cost); beyond them ``reserve(nbytes, name)`` takes more from the
+    process's memory budget, or refuses.
+    """
 
     remaining: int
+    allowance: int = 0
+    reserve: Callable[[int, str], None] | None = None
     limit: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +105,10 @@ class Budget:
                 loc=("body", name),
             )
         self.remaining -= nbytes
+        beyond = nbytes - self.allowance
+        self.allowance = max(0, -beyond)
+        if beyond > 0 and self.reserve is not None:
+            self.reserve(beyond, name)
 
 
 def check_known(name: str, operation: Operation) -> None:

@@ -8,7 +8,11 @@ from typing import Any
 
 import numpy as np
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import (
+    MAX_BOUNDARY_LENGTH,
+    MultipartParser,
+    parse_options_header,
+)
 
 from app.errors import BadRequest, InvalidInput, NotAcceptable
 from app.schemas import Hyperparameters
@@ -19,6 +23,7 @@ from .base import Budget, Codec, Decoded, TensorStyle, check_known, check_names,
 __all__ = ["MULTIPART", "NPY", "decode_multipart", "encode"]
 
 MAX_PARTS = 16
+MAX_BOUNDARY = MAX_BOUNDARY_LENGTH  # the parser's own bound, refused here by name
 
 
 class _Part:
@@ -84,7 +89,16 @@ def decode_multipart(
 ) -> Decoded:
     boundary = options.get("boundary", "")
     if not boundary:
-        raise BadRequest("multipart/form-data needs a boundary parameter in its Content-Type")
+        raise BadRequest(
+            "multipart/form-data needs a boundary parameter in its Content-Type",
+            loc=("header", "content-type"),
+        )
+    if len(boundary) > MAX_BOUNDARY:
+        raise BadRequest(
+            f"the multipart boundary is {len(boundary)} characters long; at most "
+            f"{MAX_BOUNDARY} are read (RFC 2046 asks for 70 at most)",
+            loc=("header", "content-type"),
+        )
     arrays: dict[str, np.ndarray] = {}
     params: dict[str, Any] = {}
     for part in _parse_parts(body, boundary.encode("latin-1")):

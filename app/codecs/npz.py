@@ -8,6 +8,7 @@ a directory can lie.
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,12 @@ from .base import Budget, Codec, Decoded, TensorStyle, check_known, check_names,
 __all__ = ["CODEC", "decode", "encode"]
 
 MAX_MEMBERS = 16
+# A directory entry is 46 bytes plus its name, extra field and comment: 64 KiB holds
+# MAX_MEMBERS entries with room to spare, and nothing a client means to send is larger.
+MAX_DIRECTORY_BYTES = 64 * 1024
+_EOCD = b"PK\x05\x06"  # end of central directory record: 22 bytes and a comment
+_ZIP64_LOCATOR = b"PK\x06\x07"  # 20 bytes, just before the end record
+_ZIP64_EOCD = b"PK\x06\x06"  # 56 bytes and an extensible data sector
 
 
 def decode(
@@ -31,6 +38,7 @@ def decode(
     budget: Budget,
     options: Mapping[str, str],
 ) -> Decoded:
+    _check_directory(body)
     try:
         archive = zipfile.ZipFile(io.BytesIO(body))
     except Exception as exc:  # zipfile raises a zoo of types on hostile bytes
@@ -52,6 +60,42 @@ def decode(
             arrays[name] = read_npy(_read_member(archive, member, name), name, None)
     check_names(arrays, operation)
     return Decoded(arrays, dict(query), "file", param_location="query", params_as_text=True)
+
+
+def _check_directory(body: bytes) -> None:
+    """The central directory's size and entry count, from its end record, within bounds.
+
+    ``zipfile`` reads the whole directory into objects before anyone can count them: two
+    million entries cost seconds and hundreds of MiB. The end record (zip64's, when the
+    classic one is saturated) says both numbers in a few bytes; they are checked first.
+    """
+    start = body.rfind(_EOCD, max(0, len(body) - 22 - 0xFFFF))
+    if start < 0 or len(body) - start < 22:
+        raise BadRequest("the body is not a valid .npz (zip) archive: no end of central directory")
+    entries, size = struct.unpack_from("<xxxxxxxxxxHI", body, start)
+    if entries == 0xFFFF or size == 0xFFFFFFFF:
+        entries, size = _zip64_directory(body, start)
+    if entries > MAX_MEMBERS:
+        raise InvalidInput(
+            f"the archive's directory declares {entries} members; at most {MAX_MEMBERS} are read"
+        )
+    if size > MAX_DIRECTORY_BYTES or size > len(body):
+        raise InvalidInput(
+            f"the archive's central directory declares {size} bytes; at most "
+            f"{min(MAX_DIRECTORY_BYTES, len(body))} are read"
+        )
+
+
+def _zip64_directory(body: bytes, eocd: int) -> tuple[int, int]:
+    """Entry count and directory size from the zip64 end record the locator points to."""
+    locator = eocd - 20
+    if locator < 0 or body[locator : locator + 4] != _ZIP64_LOCATOR:
+        raise BadRequest("the body is not a valid .npz (zip) archive: zip64 locator missing")
+    (offset,) = struct.unpack_from("<Q", body, locator + 8)
+    if offset + 56 > locator or body[offset : offset + 4] != _ZIP64_EOCD:
+        raise BadRequest("the body is not a valid .npz (zip) archive: zip64 end record missing")
+    entries, size = struct.unpack_from("<QQ", body, offset + 32)
+    return int(entries), int(size)
 
 
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -> bytes:

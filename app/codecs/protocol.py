@@ -17,7 +17,7 @@ import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import BadRequest, InvalidInput
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge
 from app.schemas import HYPERPARAMETERS, Hyperparameters
 from convengine import Operation
 
@@ -33,6 +33,7 @@ __all__ = [
     "decode",
     "encode",
     "parse_request",
+    "wants_binary",
 ]
 
 DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64)}
@@ -71,9 +72,15 @@ class InferRequest(BaseModel):
     outputs: list[InferOutput] | None = Field(None, max_length=16)
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest, memoryview]:
-    """The inference request and the binary tensor data after it."""
-    document, blob = _split(body, header_length)
+def parse_request(
+    body: bytes, header_length: str | None, max_json_bytes: int
+) -> tuple[InferRequest, memoryview]:
+    """The inference request and the binary tensor data after it.
+
+    The JSON part is held to the limit of JSON bodies whatever the Content-Type said: parsed
+    JSON costs many times its size.
+    """
+    document, blob = _split(body, header_length, max_json_bytes)
     try:
         request = InferRequest.model_validate(document)
     except pydantic.ValidationError as exc:
@@ -99,16 +106,25 @@ def decode(
     return Decoded(arrays, params, "file", param_location="parameters", params_as_text=True)
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
+def _split(body: bytes, header_length: str | None, max_json_bytes: int) -> tuple[Any, memoryview]:
     """The JSON header and the binary tensor data after it."""
     size = len(body)
+    where: tuple[str, ...] = ("body",)
     if header_length is not None:
+        where = ("header", "inference-header-content-length")
         if not _LENGTH.fullmatch(header_length) or int(header_length) > size:
             raise BadRequest(
                 f"Inference-Header-Content-Length {header_length[:20]!r} must be a number no "
-                f"larger than the body ({size} bytes)"
+                f"larger than the body ({size} bytes)",
+                loc=where,
             )
         size = int(header_length)
+    if size > max_json_bytes:
+        raise PayloadTooLarge(
+            f"the inference request's JSON is {size} bytes, over the limit of "
+            f"{max_json_bytes} bytes for JSON: send the tensors as binary data",
+            loc=where,
+        )
     try:
         document = orjson.loads(body[:size])
     except orjson.JSONDecodeError as exc:
@@ -184,7 +200,7 @@ def _json_data(tensor: InferInput, dtype: np.dtype) -> np.ndarray:
     return array.reshape(tensor.shape)
 
 
-def _wants_binary(request: InferRequest, name: str) -> bool:
+def wants_binary(request: InferRequest, name: str) -> bool:
     default = request.parameters.get("binary_data_output") is True
     for output in request.outputs or ():
         if output.name == name:
@@ -220,7 +236,7 @@ def encode(
             "shape": list(array.shape),
             "datatype": "FP32" if array.dtype == np.float32 else "FP64",
         }
-        if _wants_binary(request, name):
+        if wants_binary(request, name):
             raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

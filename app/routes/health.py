@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -19,13 +20,21 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "still warming up"}})
+def readiness(state: Any) -> str:
+    """ "ready", or why not: "starting" (warming up) or "full" (no room to admit work)."""
+    if not getattr(state, "ready", False):
+        return "starting"
+    gate = getattr(state, "gate", None)
+    return "full" if gate is not None and not gate.can_admit else "ready"
+
+
+@router.get("/readyz", responses={503: {"description": "warming up, or full: no room for work"}})
 async def readyz(request: Request, response: Response) -> dict[str, str]:
-    """The engine is imported and has computed one convolution: ready for traffic."""
-    if not getattr(request.app.state, "ready", False):
+    """Warmed up, and room to admit work (a place in line and for memory): send traffic."""
+    status = readiness(request.app.state)
+    if status != "ready":
         response.status_code = 503
-        return {"status": "starting"}
-    return {"status": "ready"}
+    return {"status": status}
 
 
 @router.get("/version")

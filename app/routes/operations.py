@@ -9,6 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app import codecs, pipeline
+from app.limits import Gate
+from app.limits.body import declared_length, is_json, reading_cost
 from app.schemas import Hyperparameters
 from convengine import OPERATIONS, Operation
 
@@ -61,16 +63,19 @@ def _responses(operation: Operation) -> dict[int | str, dict[str, Any]]:
 def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         state = request.app.state
-        work = partial(
-            pipeline.run,
+        content_type = request.headers.get("content-type")
+        prepare = partial(
+            pipeline.prepare,
             operation,
-            content_type=request.headers.get("content-type"),
+            content_type=content_type,
             accept=request.headers.get("accept"),
             query=dict(request.query_params),
             settings=state.settings,
         )
-        content, media_type = await state.gate.serve(request, work)
-        return Response(content, media_type=media_type)
+        length = declared_length(request, state.settings, content_type)
+        least, expected = reading_cost(length, length if is_json(content_type) else 0)
+        gate: Gate = state.gate
+        return await gate.serve(request, least, expected, prepare)
 
     endpoint.__name__ = operation.name
     endpoint.__doc__ = operation.summary

@@ -11,6 +11,9 @@ import convengine
 from app import protocol
 from app.codecs.protocol import InferRequest
 from app.errors import register_error_shape
+from app.limits import Gate
+from app.limits.body import declared_length, reading_cost
+from app.routes import health
 
 PREFIX = "/v2"
 router = APIRouter(prefix=PREFIX, tags=["inference protocol"])
@@ -59,8 +62,8 @@ async def live() -> Response:
     },
 )
 async def ready(request: Request) -> Response:
-    """200 once the engine is warmed up, 400 before (the protocol's 'false')."""
-    return Response(status_code=200 if getattr(request.app.state, "ready", False) else 400)
+    """200 when warmed up with room to admit work, 400 otherwise (the protocol's 'false')."""
+    return Response(status_code=200 if health.readiness(request.app.state) == "ready" else 400)
 
 
 @router.get("/models/{name}", response_model=protocol.ModelMetadata, responses=_UNKNOWN_MODEL)
@@ -136,11 +139,16 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     """Run a model: JSON tensors, or a JSON header followed by binary tensor data."""
     served = protocol.model(name, version)
     state = request.app.state
-    work = partial(
-        protocol.infer,
-        served,
-        header_length=request.headers.get("inference-header-content-length"),
-        settings=state.settings,
+    header_length = request.headers.get("inference-header-content-length")
+    prepare = partial(
+        protocol.prepare, served, header_length=header_length, settings=state.settings
     )
-    content, headers = await state.gate.serve(request, work)
-    return Response(content, headers=headers)
+    # The protocol's JSON is parsed whatever the Content-Type: all of the body, or the part
+    # Inference-Header-Content-Length gives.
+    length = declared_length(request, state.settings, "application/octet-stream")
+    json_part = length
+    if header_length and header_length.isascii() and header_length.isdigit():
+        json_part = int(header_length)
+    gate: Gate = state.gate
+    least, expected = reading_cost(length, json_part)
+    return await gate.serve(request, least, expected, prepare)

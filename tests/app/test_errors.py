@@ -120,7 +120,7 @@ CASES = {
     "multipart-missing-w": ("/forward", _multipart(x=("x.npy", NPY_X)), 422, ["body", "w"], "'w' is required"),
     "multipart-bad-stride": ("/forward", _multipart(x=("x.npy", NPY_X), w=("w.npy", NPY_W), stride="two"), 422, ["body", "stride"], "valid integer, got 'two'"),
     "multipart-unknown-field": ("/forward", _multipart(x=("x.npy", NPY_X), w=("w.npy", NPY_W), stirde="2"), 422, ["body", "stirde"], "Extra inputs"),
-    "multipart-no-boundary": ("/forward", {"content": b"--x--", "headers": {"content-type": "multipart/form-data"}}, 400, ["body"], "needs a boundary"),
+    "multipart-no-boundary": ("/forward", {"content": b"--x--", "headers": {"content-type": "multipart/form-data"}}, 400, ["header", "content-type"], "needs a boundary"),
     "multipart-malformed": ("/forward", {"content": b"garbage without boundaries", "headers": {"content-type": "multipart/form-data; boundary=abc"}}, 400, ["body"], "malformed"),
     "npz-corrupt": ("/forward", _npz(b"PK\x03\x04 definitely not a zip"), 400, ["body"], "not a valid .npz"),
     "npz-unknown-member": ("/forward", _npz(npz_bytes(x=np.ones((1, 1, 3, 3)), w=np.ones((1, 1, 2, 2)), z=np.ones(1))), 422, ["body", "z"], "unknown array 'z'"),

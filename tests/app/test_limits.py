@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import anyio
+import numpy as np
 import pytest
 
 from app.config import Settings
-from app.errors import Overloaded
+from app.errors import InvalidInput, Overloaded
 from app.limits import Gate
+from app.limits.memory import MemoryBudget, Reservation
 
 from .conftest import serve
 
@@ -118,4 +120,111 @@ async def test_a_body_that_arrives_too_slowly_gets_408():
         )
         assert response.status_code == 408
         assert response.json()["detail"][0]["msg"] == "the body did not arrive within 0.3 seconds"
+        assert (await client.post("/forward", json={"x": X, "w": [[[[1.0]]]]})).status_code == 200
+
+
+async def test_memory_budget_lets_in_what_fits_and_lines_up_the_rest():
+    budget = MemoryBudget(100, waiting=1, wait_timeout=5)
+    first, second, third = Reservation(budget), Reservation(budget), Reservation(budget)
+    await first.resize(60, _never)
+    granted = anyio.Event()
+
+    async def wait_for_room():
+        await second.resize(50, _never)
+        granted.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(wait_for_room)
+        await anyio.sleep(0.01)
+        assert not granted.is_set() and budget.line_full
+        with pytest.raises(Overloaded) as info:  # the line is full: 503 with Retry-After
+            await third.resize(10, _never)
+        assert info.value.headers == {"Retry-After": "1"}
+        assert "line for memory" in info.value.detail[0]["msg"]
+        first.release()
+        await granted.wait()
+    assert budget.used == 50 and second.held == 50
+    second.release()
+    assert budget.used == 0
+
+
+async def test_a_request_holding_memory_never_waits_for_others_that_do():
+    budget = MemoryBudget(100, waiting=4, wait_timeout=5)
+    reading, growing = Reservation(budget), Reservation(budget)
+    await reading.resize(50, _never)
+    await growing.resize(40, _never)
+    with pytest.raises(Overloaded):  # only unsettled holders: waiting could last for ever
+        await growing.resize(70, _never)
+    reading.settle()  # computing: it will give back, so waiting for it is worth it
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(growing.resize, 70, _never)
+        await anyio.sleep(0.01)
+        reading.release()
+    assert growing.held == 70 and budget.used == 70 and budget.settled == 0
+
+
+async def test_a_reservation_larger_than_the_budget_is_refused_by_name():
+    budget = MemoryBudget(100, waiting=4, wait_timeout=5)
+    with pytest.raises(InvalidInput) as info:
+        await Reservation(budget).resize(101, lambda n: InvalidInput(f"{n} bytes"))
+    assert info.value.detail[0]["msg"] == "101 bytes" and budget.used == 0
+
+
+async def test_waiting_for_memory_is_bounded_in_time():
+    budget = MemoryBudget(100, waiting=4, wait_timeout=0.05)
+    await Reservation(budget).resize(100, _never)
+    with pytest.raises(Overloaded) as info:
+        await Reservation(budget).resize(1, _never)
+    assert "within 0.05 seconds" in info.value.detail[0]["msg"]
+    assert not budget.line_full and budget.used == 100
+
+
+def _never(nbytes: int) -> InvalidInput:
+    raise AssertionError(f"{nbytes} bytes refused")
+
+
+async def test_a_body_too_big_for_the_budget_is_413_and_readiness_follows_the_line():
+    async with serve(Settings(memory_budget_mb=64, max_waiting=1)) as client:
+        json_body = {"x": [[[[1.0] * 1000] * 1000]], "w": [[[[1.0]]]]}  # 5 MB of JSON: 160 MiB
+        response = await client.post("/forward", json=json_body)
+        assert response.status_code == 413
+        assert response.json()["detail"][0]["loc"] == ["header", "content-length"]
+        assert "memory budget of 64 MiB" in response.json()["detail"][0]["msg"]
+        gate = client._transport.app.state.gate  # type: ignore[attr-defined]
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
+        hold = Reservation(gate.memory)
+        await hold.resize(gate.memory.total, _never)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_post, client, {"x": X, "w": [[[[1.0]]]]})
+            await anyio.sleep(0.05)  # that request waits in the one place in line
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and ready.json() == {"status": "full"}
+            assert (await client.get("/v2/health/ready")).status_code == 400
+            assert (await client.get("/healthz")).status_code == 200
+            hold.release()
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/v2/health/ready")).status_code == 200
+
+
+async def _post(client, body) -> None:
+    assert (await client.post("/forward", json=body)).status_code == 200
+
+
+async def test_an_archive_inflating_beyond_the_budget_is_413_by_name():
+    import io
+    import zipfile
+
+    from benchmarks.payloads import npy_bytes
+
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", npy_bytes(np.zeros((1, 1, 4096, 4096))))  # 128 MiB of zeros
+        archive.writestr("w.npy", npy_bytes(np.ones((1, 1, 1, 1))))
+    async with serve(Settings(memory_budget_mb=64)) as client:
+        response = await client.post(
+            "/forward", content=stream.getvalue(), headers={"content-type": "application/x-npz"}
+        )
+        assert response.status_code == 413, response.text
+        detail = response.json()["detail"][0]
+        assert detail["loc"] == ["body", "x"] and "memory budget of 64 MiB" in detail["msg"]
         assert (await client.post("/forward", json={"x": X, "w": [[[[1.0]]]]})).status_code == 200

@@ -95,3 +95,35 @@ def test_metrics_add_up_over_worker_processes(tmp_path):
         assert _value(samples, "convengine_requests_total", **labels) == 20
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "shape"),
+    [
+        ("/forward", {"json": {"x": [[[[1.0]]]], "w": [[[[1.0]]]]}}, "detail"),
+        (
+            "/v2/models/conv2d/infer",
+            {"json": {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}},
+            "error",
+        ),
+    ],
+)
+async def test_a_bug_is_one_log_record_and_a_json_500_with_the_request_id(
+    monkeypatch, caplog, path, kwargs, shape
+):
+    def broken(*args, **kw):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("app.pipeline.prepare", broken)
+    monkeypatch.setattr("app.protocol.prepare", broken)
+    caplog.set_level(logging.INFO)
+    async with serve() as client:
+        response = await client.post(path, headers={"x-request-id": "bug-42"}, **kwargs)
+        assert response.status_code == 500
+        assert response.headers["x-request-id"] == "bug-42"
+        assert response.headers["content-type"] == "application/json"
+        assert "bug-42" in str(response.json()[shape])
+        assert (await client.get("/healthz")).status_code == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "bug-42" in errors[0].getMessage() and errors[0].exc_info is not None

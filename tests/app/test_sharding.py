@@ -148,7 +148,7 @@ async def test_limits_says_what_one_request_may_be():
         "max_decoded_bytes": settings.max_decoded_bytes,
         "max_work_bytes": settings.max_work_bytes,
         "max_gflop": settings.max_gflop,
-        "memory_budget_bytes": None,
+        "memory_budget_bytes": settings.memory_budget(),
         "max_concurrent": 3,
         "max_waiting": 7,
     }
@@ -159,23 +159,10 @@ async def test_limits_says_what_one_request_may_be():
     assert "max_body_bytes" in schema["components"]["schemas"]["Limits"]["properties"]
 
 
-class _BudgetMethod(Settings):
-    def memory_budget(self) -> int:  # as the memory admission's settings have it
-        return 300 << 20
-
-
-class _BudgetProperty(Settings):
-    @property
-    def memory_budget(self) -> int:
-        return 200 << 20
-
-
-@pytest.mark.parametrize(
-    ("kind", "budget"), [(_BudgetMethod, 300 << 20), (_BudgetProperty, 200 << 20)]
-)
-async def test_limits_reports_a_memory_budget_however_the_settings_give_it(kind, budget):
-    async with serve(kind()) as http:
-        assert (await http.get("/limits")).json()["memory_budget_bytes"] == budget
+@pytest.mark.parametrize("budget_mb", [200, 300])
+async def test_limits_reports_the_memory_budget(budget_mb):
+    async with serve(Settings(memory_budget_mb=budget_mb)) as http:
+        assert (await http.get("/limits")).json()["memory_budget_bytes"] == budget_mb << 20
 
 
 async def test_the_load_signal_is_exported():

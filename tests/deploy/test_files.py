@@ -60,6 +60,13 @@ def test_image_runs_the_same_commands_as_the_tests():
     assert len(froms) == 2 and all("slim" in line for line in froms)
 
 
+def test_image_python_is_past_the_ast_race():
+    """3.11.8 made ast thread-safe (gh-106905); the image is on a later 3.11 patch release."""
+    for line in _dockerfile_instruction("FROM"):
+        major, minor, patch = re.search(r"python:(\d+)\.(\d+)\.(\d+)", line).groups()
+        assert (int(major), int(minor)) == (3, 11) and int(patch) >= 15, line
+
+
 def test_image_pins_every_runtime_dependency():
     lock = {
         re.split(r"==", line)[0].lower().replace("_", "-")
@@ -158,3 +165,35 @@ def test_kubernetes_validation_rejects_a_broken_manifest(tmp_path):
     (tmp_path / "deployment.yaml").write_text(broken)
     result = _run(_tool("kubernetes-validate"), "--strict", str(tmp_path / "deployment.yaml"))
     assert result.returncode != 0
+
+
+def _bytes(quantity: str) -> int:
+    units = {"G": 1 << 30, "Gi": 1 << 30, "M": 1 << 20, "Mi": 1 << 20}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    return int(number) * units[unit]
+
+
+def test_memory_settings_agree_with_the_container_limits():
+    """Compose and Kubernetes give the same limits and budget, and the budget fits the limit
+    beside what the process holds outside it, with room to read the largest bodies."""
+    from app.config import BASELINE_BYTES, BUFFERS_PER_THREAD, Settings
+    from app.limits.body import reading_cost
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["convengine"]
+    deployment = yaml.safe_load((ROOT / "deploy/k8s/deployment.yaml").read_text())
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    k8s_env = {item["name"]: item.get("value") for item in container["env"]}
+    limits = compose["deploy"]["resources"]["limits"]
+    memory = _bytes(limits["memory"])
+    assert memory == _bytes(container["resources"]["limits"]["memory"])
+    cpus = float(limits["cpus"])
+    assert cpus == float(container["resources"]["limits"]["cpu"])
+    budget_mb = compose["environment"]["CONVENGINE_MEMORY_BUDGET_MB"]
+    assert budget_mb == k8s_env["CONVENGINE_MEMORY_BUDGET_MB"]
+    settings = Settings(memory_budget_mb=int(budget_mb), max_concurrent=max(1, int(cpus)))
+    budget = settings.memory_budget()
+    assert budget + BASELINE_BYTES + settings.max_concurrent * BUFFERS_PER_THREAD <= memory
+    assert reading_cost(settings.max_body_bytes, 0)[0] <= budget
+    assert reading_cost(settings.max_json_bytes, settings.max_json_bytes)[0] <= budget
+    readme = (ROOT / "README.md").read_text()
+    assert f"`CONVENGINE_MEMORY_BUDGET_MB={budget_mb}`" in readme

@@ -30,9 +30,10 @@ from ..servers import Service, free_port, start_service
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = """daemon off;
 worker_processes 2;
+worker_rlimit_nofile 16384;
 pid {work}/nginx.pid;
 error_log {work}/error.log warn;
-events {{ worker_connections 512; }}
+events {{ worker_connections 4096; }}
 http {{
     access_log {work}/access.log;
     client_body_temp_path {work}/client_body;
@@ -216,3 +217,49 @@ def test_sigterm_to_one_replica_under_load_fails_no_request(topology):
     assert Counter(replica for _, replica, _ in results[-(total // 3) :]) == {"b": total // 3}
     log = topology.replicas["a"].stop()  # exited by itself, cleanly
     assert topology.replicas["a"].process.returncode is not None, log
+
+
+def test_slow_clients_behind_nginx_cannot_starve_the_rest(topology):
+    """1,100 unfinished header blocks and 50 stalled uploads at nginx: /healthz and /forward
+    through it keep succeeding, and nginx closes the header blocks after its header timeout."""
+    host, port = topology.url.removeprefix("http://").split(":")
+
+    def connect(data: bytes) -> socket.socket:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(data)
+        return sock
+
+    started = time.monotonic()
+    floods = [connect(b"GET /healthz HTTP/1.1\r\nHost: flood\r\nX-Slow: ") for _ in range(1100)]
+    stalled = [
+        connect(
+            b"POST /forward HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-npz\r\n"
+            b"Content-Length: 1000000\r\n\r\nPK"
+        )
+        for _ in range(50)
+    ]
+    try:
+        statuses: Counter[int] = Counter()
+        with httpx.Client(base_url=topology.url, timeout=10) as client:
+            for _ in range(40):
+                statuses[client.get("/healthz").status_code] += 1
+                body = {"x": [[[[1.0, 2.0], [3.0, 4.0]]]], "w": [[[[2.0]]]]}
+                statuses[client.post("/forward", json=body).status_code] += 1
+        assert statuses == Counter({200: 80})
+        closed = 0
+        for sock in floods:  # nginx's client_header_timeout is 10 s
+            sock.settimeout(max(0.1, 14 - (time.monotonic() - started)))
+            try:
+                sock.recv(4096)  # an end of file (or a reset) once nginx gives up on it
+                closed += 1
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                pass
+        print(
+            f"\nbehind nginx: {closed}/1100 header blocks closed by {time.monotonic() - started:.1f} s"
+        )
+        assert closed == 1100
+    finally:
+        for sock in floods + stalled:
+            sock.close()
