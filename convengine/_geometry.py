@@ -556,10 +556,11 @@ class ConvGeometry:
         g = self.planar()
         h_pad, w_pad = g.padded_hw
         canvas = g.n * max(g.c, g.f) * (h_pad + 1) * w_pad
-        # One chunk of columns: one image's, with a row of ones for the bias, or several
-        # images in up to 2 MiB (counted as float32 elements: more than float64 needs).
-        chunk_cols = (g.c * g.kernel[0] * g.kernel[1] + 1) * g.h_out * w_pad
-        chunk_cols += (2 << 20) // 4
+        # One chunk of columns: one image's, with a row of ones for the bias, or as many
+        # images as fit in 2 MiB of columns (counted as float32 elements, more than float64
+        # needs), which the ones row can double (one channel, 1x1) and wide rows grow by 4/3.
+        image_cols = (g.c * g.kernel[0] * g.kernel[1] + 1) * g.h_out * w_pad
+        chunk_cols = min(g.n * image_cols, max(image_cols, 2 * (2 << 20) // 4))
         outputs = g.n * g.f * g.h_out * w_pad
         total = 2 * canvas + chunk_cols + 2 * outputs
         if g.c_per_group == 1 and g.groups > 1:

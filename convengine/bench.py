@@ -23,39 +23,60 @@ from typing import Any
 
 import numpy as np
 
-from ._functional import backward, forward
-from ._geometry import ConvGeometry
+from ._functional import backward, forward, transposed_backward, transposed_forward
+from ._geometry import ConvGeometry, TransposedGeometry
 
 __all__ = ["SHAPES", "Shape", "main"]
 
 
 @dataclass(frozen=True)
 class Shape:
-    name: str
-    x: tuple[int, int, int, int]
-    w: tuple[int, int, int, int]
-    hyper: dict[str, Any] = field(default_factory=dict)
+    """A layer to time: a convolution of any rank, or a transposed convolution."""
 
-    def geometry(self) -> ConvGeometry:
+    name: str
+    x: tuple[int, ...]
+    w: tuple[int, ...]
+    hyper: dict[str, Any] = field(default_factory=dict)
+    transposed: bool = False
+
+    def geometry(self) -> ConvGeometry | TransposedGeometry:
+        if self.transposed:
+            return ConvGeometry.transposed(self.x, self.w, **self.hyper)
         return ConvGeometry.build(self.x, self.w, **self.hyper)
 
+    def conv(self) -> ConvGeometry:
+        """The convolution whose GEMMs run: the layer's, or the one a transposed layer inverts."""
+        g = self.geometry()
+        return g.conv if isinstance(g, TransposedGeometry) else g
+
+    def channels_out(self) -> int:
+        g = self.geometry()
+        return g.conv.c if isinstance(g, TransposedGeometry) else g.f
+
     def label(self) -> str:
-        n, c, h, w = self.x
-        f, _, kh, kw = self.w
-        extra = "".join(f",{k[0]}{v}" for k, v in self.hyper.items())
-        return f"N{n} C{c} {h}x{w} F{f} {kh}x{kw}{extra}"
+        n, c, *size = self.x
+        f = self.channels_out()
+        kernel = "x".join(map(str, self.w[2:]))
+        extra = "".join(f",{k[0]}{v}" for k, v in self.hyper.items() if k != "rounding")
+        floor = ",floor" if self.hyper.get("rounding") == "floor" else ""
+        kind = " transposed" if self.transposed else ""
+        return f"N{n} C{c} {'x'.join(map(str, size))} F{f} {kernel}{extra}{floor}{kind}"
 
 
-# Input sizes 55 and 223 where ResNet uses 56 and 224: with a stride of 2 the latter give output
-# sizes of 28.5 and 112.5, which this engine refuses rather than floors. The outputs (28x28,
-# 112x112) and the work are those of the ResNet layers.
+# The ResNet layers at their real sizes: 56x56 and the 224x224 stem at stride 2, whose output
+# sizes PyTorch floors (28.5 -> 28, 112.5 -> 112), as rounding "floor" does here.
 SHAPES = [
     Shape("small", (2, 3, 32, 32), (8, 3, 3, 3), dict(stride=1, padding=1)),
     Shape("mid", (16, 32, 56, 56), (64, 32, 3, 3), dict(stride=1, padding=1)),
-    Shape("strided", (8, 64, 55, 55), (128, 64, 3, 3), dict(stride=2, padding=1)),
-    Shape("stem", (4, 3, 223, 223), (64, 3, 7, 7), dict(stride=2, padding=3)),
+    Shape("strided", (8, 64, 56, 56), (128, 64, 3, 3), dict(stride=2, padding=1, rounding="floor")),
+    Shape("stem", (4, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3, rounding="floor")),
     Shape("pointwise", (16, 256, 28, 28), (64, 256, 1, 1), dict()),
     Shape("depthwise", (8, 64, 56, 56), (64, 1, 3, 3), dict(padding=1, groups=64)),
+    Shape("line", (8, 64, 4096), (128, 64, 9), dict(padding=4)),
+    Shape("volume", (2, 16, 16, 32, 32), (32, 16, 3, 3, 3), dict(padding=1)),
+    Shape(
+        "upsample", (8, 128, 28, 28), (128, 64, 4, 4), dict(stride=2, padding=1), transposed=True
+    ),
 ]
 
 
@@ -150,26 +171,50 @@ def _matmul_limits(
 
 
 def _torch_contenders(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray, dout: np.ndarray, hyper: dict[str, Any]
+    shape: Shape, x: np.ndarray, w: np.ndarray, b: np.ndarray, dout: np.ndarray
 ) -> tuple[Callable[[], object], Callable[[], object]] | None:
     try:
         import torch
         import torch.nn.functional as tf
     except ImportError:
         return None
+    rank = len(shape.x) - 2
+    function = getattr(tf, f"conv_transpose{rank}d" if shape.transposed else f"conv{rank}d")
+    hyper = {k: v for k, v in shape.hyper.items() if k != "rounding"}  # PyTorch floors
     tx, tw, tb = (torch.from_numpy(a).requires_grad_(True) for a in (x, w, b))
     tdout = torch.from_numpy(dout)
 
     def torch_forward() -> object:
         with torch.no_grad():
-            return tf.conv2d(tx, tw, tb, **hyper)
+            return function(tx, tw, tb, **hyper)
 
     def torch_backward() -> object:
         tx.grad = tw.grad = tb.grad = None
-        tf.conv2d(tx, tw, tb, **hyper).backward(tdout)
+        function(tx, tw, tb, **hyper).backward(tdout)
         return tx.grad, tw.grad, tb.grad
 
     return torch_forward, torch_backward
+
+
+def _arrays(shape: Shape, dtype: np.dtype, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    g = shape.geometry()
+    sizes = (g.x_shape, g.w_shape, (shape.channels_out(),), g.out_shape)
+    return tuple(rng.standard_normal(s).astype(dtype) for s in sizes)
+
+
+def _passes(
+    shape: Shape, x: np.ndarray, w: np.ndarray, b: np.ndarray, dout: np.ndarray
+) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The engine's forward and backward passes of ``shape`` on these arrays."""
+    g = shape.geometry()
+    if isinstance(g, TransposedGeometry):
+        t = g
+        return (lambda: transposed_forward(x, w, b, t)), (
+            lambda: transposed_backward(dout, x, w, t)
+        )
+    c = g
+    return (lambda: forward(x, w, b, c)), (lambda: backward(dout, x, w, c))
 
 
 def _relative_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
@@ -180,39 +225,40 @@ def _relative_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
 
 def _agreement(shape: Shape, dtype: np.dtype) -> list[float] | None:
     """Relative differences from PyTorch of out, dx, dw and db, in ``dtype``; None without it."""
-    rng = np.random.default_rng(1)
-    g = shape.geometry()
-    x, w, b, dout = (
-        rng.standard_normal(s).astype(dtype) for s in (g.x_shape, g.w_shape, (g.f,), g.out_shape)
-    )
-    torch_pair = _torch_contenders(x, w, b, dout, shape.hyper)
+    x, w, b, dout = _arrays(shape, dtype, 1)
+    torch_pair = _torch_contenders(shape, x, w, b, dout)
     if torch_pair is None:
         return None
     torch_forward, torch_backward = torch_pair
     theirs = [torch_forward(), *torch_backward()]  # type: ignore[misc]
-    ours = [forward(x, w, b, g), *backward(dout, x, w, g)]
+    engine_forward, engine_backward = _passes(shape, x, w, b, dout)
+    ours = [engine_forward(), *engine_backward()]  # type: ignore[misc]
     return [_relative_difference(a, t.numpy()) for a, t in zip(ours, theirs, strict=True)]
 
 
 def _bench_shape(shape: Shape, dtype: np.dtype, rounds: int, budget: float) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    g = shape.geometry()
-    x, w, b, dout = (
-        rng.standard_normal(s).astype(dtype) for s in (g.x_shape, g.w_shape, (g.f,), g.out_shape)
+    x, w, b, dout = _arrays(shape, dtype, 0)
+    g = shape.conv()
+    # A transposed layer's forward pass is one GEMM of its convolution's size, its backward
+    # two: the same limits as the convolution's.
+    forward_gemm, backward_gemms = _matmul_limits(g, np.random.default_rng(0), dtype)
+    engine_forward, engine_backward = _passes(shape, x, w, b, dout)
+    fwd = {"engine": engine_forward, "matmul": forward_gemm}
+    bwd = {"engine": engine_backward, "matmul": backward_gemms}
+    planar_tutorial = (
+        not shape.transposed
+        and g.rank == 2
+        and g.is_core
+        and g.groups == 1
+        and g.stride[0] == g.stride[1]
+        and g.pad_h == g.pad_w
+        and g.pad_h[0] == g.pad_h[1]
+        and g.dilation == (1, 1)
     )
-    forward_gemm, backward_gemms = _matmul_limits(g, rng, dtype)
-    fwd = {
-        "engine": lambda: forward(x, w, b, g),
-        "matmul": forward_gemm,
-    }
-    bwd = {
-        "engine": lambda: backward(dout, x, w, g),
-        "matmul": backward_gemms,
-    }
-    if g.groups == 1 and g.stride[0] == g.stride[1] and g.pad_h == g.pad_w and g.dilation == (1, 1):
+    if planar_tutorial:
         fwd["tutorial"] = lambda: _tutorial_forward(x, w, g)
         bwd["tutorial"] = lambda: _tutorial_backward(dout, x, w, g)
-    torch_pair = _torch_contenders(x, w, b, dout, shape.hyper)
+    torch_pair = _torch_contenders(shape, x, w, b, dout)
     if torch_pair is not None:
         fwd["torch"], bwd["torch"] = torch_pair
     return {

@@ -127,10 +127,19 @@ def test_strided_depthwise_keeps_its_own_path(rng, monkeypatch):
         ((4, 8, 30, 30), (16, 1, 3, 3), dict(groups=8, padding=1)),
         ((2, 3, 9, 40), (3, 1, 5, 3), dict(groups=3, dilation=2, padding=(4, 2))),
         ((300, 1, 5, 5), (1, 1, 1, 1), dict(stride=2)),
+        ((5000, 1, 13, 13), (1, 1, 1, 1), dict(stride=2)),
         ((2, 16, 40, 40), (8, 16, 3, 3), dict(padding=1)),
         ((2, 3, 31, 31), (4, 3, 7, 7), dict(stride=2, padding=3)),
     ],
-    ids=["many-small-planes", "multiplier-2", "dilated-wide", "many-tiny-images", "3x3", "7x7-s2"],
+    ids=[
+        "many-small-planes",
+        "multiplier-2",
+        "dilated-wide",
+        "many-tiny-images",
+        "chunks-of-one-channel",
+        "3x3",
+        "7x7-s2",
+    ],
 )
 def test_work_elements_bounds_what_the_engine_allocates(x_shape, w_shape, hyper, rng):
     """The service refuses work by ``work_elements()``: every path must stay within it."""
