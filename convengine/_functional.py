@@ -189,6 +189,9 @@ def forward(x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: ConvGeome
     if geometry.is_core:
         return _core_forward(x, w, b, geometry)
     core, crop = geometry.core()
+    if 0 in core.size:  # no window reads an input pixel: the output is the bias alone
+        out = np.zeros(geometry.out_shape, dtype=x.dtype)
+        return out if b is None else out + b.reshape(-1, *(1,) * geometry.rank)
     return _core_forward(_core_input(x, geometry, crop), w, b, core)
 
 
@@ -208,6 +211,9 @@ def backward(
     if geometry.is_core:
         return _core_backward(dout, x, w, geometry)
     core, crop = geometry.core()
+    db = dout.sum(axis=(0, *range(2, dout.ndim)))
+    if 0 in core.size:  # no window reads an input pixel: nothing flows back to x or w
+        return np.zeros_like(x), np.zeros_like(w), db
     dx_core, dw, db = _core_backward(dout, _core_input(x, geometry, crop), w, core)
     return _full_dx(dx_core, geometry, crop), dw, db
 
@@ -246,6 +252,8 @@ def _input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> 
     if geometry.is_core:
         return _core_backward_input(dout, w, geometry)
     core, crop = geometry.core()
+    if 0 in core.size:
+        return np.zeros(geometry.x_shape, dtype=dout.dtype)
     return _full_dx(_core_backward_input(dout, w, core), geometry, crop)
 
 

@@ -518,8 +518,11 @@ class ConvGeometry:
         """The geometry the im2col passes compute, and the trailing input pixels it leaves out.
 
         With zero padding, the unread trailing pixels come off the end padding first, then
-        off the input (returned per axis, their gradient is zero). Any other padding mode is
-        applied to the input first, so the core sees the padded input, cropped, with no padding.
+        off the input (returned per axis, their gradient is zero), then off the start padding:
+        windows may reach no input pixel at all (a transposed convolution whose padding crops
+        everything an input pixel adds), and the core's size along that axis is then 0. Any
+        other padding mode is applied to the input first, so the core sees the padded input,
+        cropped, with no padding.
         """
         unread = self.unread
         if self.padding_mode != "zeros":
@@ -532,14 +535,13 @@ class ConvGeometry:
                 rounding="exact",
             )
             return core, unread
-        cuts = tuple(min(end, u) for (_, end), u in zip(self.pads, unread, strict=True))
-        crop = tuple(u - cut for u, cut in zip(unread, cuts, strict=True))
-        core = replace(
-            self,
-            size=tuple(n - c for n, c in zip(self.size, crop, strict=True)),
-            pads=tuple((b, e - cut) for (b, e), cut in zip(self.pads, cuts, strict=True)),
-            rounding="exact",
-        )
+        sizes, sides = [], []
+        for n, (begin, end), p, u in zip(self.size, self.pads, self.padded, unread, strict=True):
+            reach = p - u  # the padded pixels some window reads: [0, reach)
+            sizes.append(max(0, min(n, reach - begin)))
+            sides.append((min(begin, reach), max(0, min(end, reach - begin - n))))
+        crop = tuple(n - kept for n, kept in zip(self.size, sizes, strict=True))
+        core = replace(self, size=tuple(sizes), pads=tuple(sides), rounding="exact")
         return core, crop
 
     def work_elements(self) -> int:

@@ -47,6 +47,12 @@ GRID = {
         dict(padding="same_lower", stride=(3, 2), dilation=(2, 1)),
     ),
     "reflect": ((2, 2, 5, 6), (3, 2, 3, 3), dict(padding=2, padding_mode="reflect")),
+    # The only window reads the top padding alone: the output is the bias, dx and dw zero.
+    "window-on-padding-only": (
+        (1, 2, 1, 3),
+        (2, 2, 1, 1),
+        dict(padding=((5, 0), (0, 0)), stride=(10, 1), rounding="floor"),
+    ),
     "replicate-per-side": (
         (1, 3, 5, 5),
         (2, 3, 3, 2),

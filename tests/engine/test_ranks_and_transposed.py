@@ -71,6 +71,13 @@ TRANSPOSED = {
         (3, 1, 3, 3),
         dict(groups=3, stride=2, padding=1, output_padding=1),
     ),
+    # Found by hypothesis: the start padding crops all that the input pixel adds along the
+    # last axis, and output_padding alone makes the output one pixel long.
+    "padding-crops-everything": (
+        (1, 1, 1, 1, 1),
+        (1, 1, 1, 1, 1),
+        dict(stride=(1, 1, 3), padding=((0, 0), (0, 0), (2, 0)), output_padding=(0, 0, 2)),
+    ),
 }
 
 
