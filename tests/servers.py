@@ -25,10 +25,12 @@ class Service:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        # Its own address: replicas may share a port on several loopback addresses.
+        return f"http://{self.host}:{self.port}"
 
     def wait_ready(self, timeout: float = 60, streak: int = 1) -> None:
         """Until /readyz answers 200 ``streak`` times in a row (several workers: all up)."""
@@ -64,9 +66,10 @@ def start_service(log_dir: Path, **settings: str) -> Service:
     port = int(settings.pop("port", 0)) or free_port()
     env = {**os.environ, "CONVENGINE_PORT": str(port)}
     env.update({f"CONVENGINE_{k.upper()}": str(v) for k, v in settings.items()})
-    log_path = log_dir / f"service-{port}.log"
+    host = str(settings.get("host", "127.0.0.1"))
+    log_path = log_dir / f"service-{host}-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    return Service(process, port, log_path)
+    return Service(process, port, log_path, host)
