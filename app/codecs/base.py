@@ -13,8 +13,7 @@ import numpy as np
 
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge
 from convengine import Operation
-
-from .npy_header import parse_header
+from convengine.npy_header import parse_header
 
 __all__ = [
     "MAX_NDIM",

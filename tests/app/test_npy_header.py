@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.codecs.npy_header import parse_header
+from convengine.npy_header import load_npz, parse_header
 
 DTYPES = ["<f4", ">f4", "<f8", ">f8", "<i8", "|u1", "|b1", "<c16", "<f2", "|O"]
 
@@ -106,3 +106,21 @@ def test_many_threads_at_once():
         for _ in range(20):
             shapes = list(pool.map(lambda data: parse_header(data).shape, files))
             assert shapes == [(i % 5, 3, i % 7) for i in range(64)]
+
+
+def test_load_npz_reads_what_numpy_writes_from_many_threads():
+    rng = np.random.default_rng(0)
+    arrays = {
+        "out": rng.standard_normal((2, 3, 4, 5)).astype(np.float32),
+        "db": rng.standard_normal(7),
+        "dw": np.asfortranarray(rng.standard_normal((3, 4))),
+    }
+    stream = io.BytesIO()
+    np.savez(stream, allow_pickle=False, **arrays)
+    data = stream.getvalue()
+    with ThreadPoolExecutor(8) as pool:
+        for loaded in pool.map(lambda _: load_npz(data), range(64)):
+            assert set(loaded) == set(arrays)
+            for name, array in arrays.items():
+                np.testing.assert_array_equal(loaded[name], array)
+                assert loaded[name].dtype == array.dtype
