@@ -56,7 +56,9 @@ _FLOOR_ARRAYS: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
 
 def _engine_pass(size: str, pass_: str) -> None:
-    data = _FLOOR_ARRAYS.setdefault((size, pass_), arrays(size, pass_))
+    if (size, pass_) not in _FLOOR_ARRAYS:  # made once: making them costs more than the pass
+        _FLOOR_ARRAYS[size, pass_] = arrays(size, pass_)
+    data = _FLOOR_ARRAYS[size, pass_]
     if pass_ == "forward":
         conv2d(data["x"], data["w"], padding=1)
     else:
