@@ -173,16 +173,25 @@ def _planar(x: ArrayLike) -> np.ndarray:
     return array
 
 
+def _checked(
+    x: ArrayLike, w: ArrayLike, geometry: ConvGeometry | TransposedGeometry
+) -> tuple[np.ndarray, np.ndarray]:
+    """x and w as float arrays of x's dtype, checked against the shapes ``geometry`` takes."""
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w", x.dtype)
+    checker = geometry.conv if isinstance(geometry, TransposedGeometry) else geometry
+    checker.check_shape("x", x.shape, geometry.x_shape)
+    checker.check_shape("w", w.shape, geometry.w_shape)
+    return x, w
+
+
 def forward(x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: ConvGeometry) -> np.ndarray:
     """:func:`conv` for a geometry already built: the arrays are checked against it, cheaply.
 
     For callers that validate a request once (the service) and must not size it twice.
     x (N, C, *spatial), w (F, C/groups, *kernel), b (F,) or None -> out (N, F, *out)
     """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
-    geometry.check_shape("x", x.shape, geometry.x_shape)
-    geometry.check_shape("w", w.shape, geometry.w_shape)
+    x, w = _checked(x, w, geometry)
     if b is not None:
         b = as_float_array(b, "b", x.dtype)
         geometry.check_bias(b.shape)
@@ -202,17 +211,14 @@ def backward(
 
     dout (N, F, *out), x (N, C, *spatial), w (F, C/groups, *kernel) -> dx, dw, db
     """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
+    x, w = _checked(x, w, geometry)
     dout = as_float_array(dout, "dout", x.dtype)
-    geometry.check_shape("x", x.shape, geometry.x_shape)
-    geometry.check_shape("w", w.shape, geometry.w_shape)
     geometry.check_dout(dout.shape)
     if geometry.is_core:
         return _core_backward(dout, x, w, geometry)
     core, crop = geometry.core()
-    db = dout.sum(axis=(0, *range(2, dout.ndim)))
     if 0 in core.size:  # no window reads an input pixel: nothing flows back to x or w
+        db = dout.sum(axis=(0, *range(2, dout.ndim)))
         return np.zeros_like(x), np.zeros_like(w), db
     dx_core, dw, db = _core_backward(dout, _core_input(x, geometry, crop), w, core)
     return _full_dx(dx_core, geometry, crop), dw, db
@@ -347,13 +353,9 @@ def transposed_forward(
     x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: TransposedGeometry
 ) -> np.ndarray:
     """:func:`conv_transpose` for a geometry already built; the arrays are checked against it."""
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
-    conv_geometry = geometry.conv
-    conv_geometry.check_shape("x", x.shape, geometry.x_shape)
-    conv_geometry.check_shape("w", w.shape, geometry.w_shape)
+    x, w = _checked(x, w, geometry)
     # The input gradient of the convolution whose output gradient is x.
-    out = _input_gradient(x, w, conv_geometry)
+    out = _input_gradient(x, w, geometry.conv)
     if b is not None:
         b = as_float_array(b, "b", x.dtype)
         geometry.check_bias(b.shape)
@@ -365,12 +367,9 @@ def transposed_backward(
     dout: ArrayLike, x: ArrayLike, w: ArrayLike, geometry: TransposedGeometry
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`conv_transpose_backward` for a geometry already built."""
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
+    x, w = _checked(x, w, geometry)
     dout = as_float_array(dout, "dout", x.dtype)
     conv_geometry = geometry.conv
-    conv_geometry.check_shape("x", x.shape, geometry.x_shape)
-    conv_geometry.check_shape("w", w.shape, geometry.w_shape)
     geometry.check_dout(dout.shape)
     dx = forward(dout, w, None, conv_geometry)  # the convolution's own forward pass
     _, dw, _ = backward(x, dout, w, conv_geometry)  # its weight gradient, roles exchanged

@@ -25,14 +25,6 @@ class Limits(BaseModel):
     max_waiting: int = Field(description="requests that may wait for a computation; then 503")
 
 
-def _memory_budget(settings: Settings) -> int | None:
-    # A method or a property, or absent, depending on the settings' version.
-    budget = getattr(settings, "memory_budget", None)
-    if callable(budget):
-        budget = budget()
-    return budget if isinstance(budget, int) else None
-
-
 @router.get("/limits")
 async def limits(request: Request) -> Limits:
     """This replica's limits on one request: body, decoded arrays, work, memory, places."""
@@ -43,7 +35,8 @@ async def limits(request: Request) -> Limits:
         max_decoded_bytes=settings.max_decoded_bytes,
         max_work_bytes=settings.max_work_bytes,
         max_gflop=settings.max_gflop,
-        memory_budget_bytes=_memory_budget(settings),
+        # The budget admission enforces, computed once at start (not the cgroup read again).
+        memory_budget_bytes=request.app.state.gate.memory.total,
         max_concurrent=settings.max_concurrent,
         max_waiting=settings.max_waiting,
     )
