@@ -40,6 +40,9 @@ KERNEL = {1: "K", 2: "KH, KW", 3: "KD, KH, KW"}
 OUTPUT = {1: "L_out", 2: "H_out, W_out", 3: "D_out, H_out, W_out"}
 _PLURAL = {1: "an integer", 2: "a pair of integers", 3: "a triple of integers"}
 _NAMES = {1: "(length)", 2: "(height, width)", 3: "(depth, height, width)"}
+# Columns of one block of the flat stride-1 volume path (``_flat``), in bytes: small enough for
+# the GEMM to read them back from the cache. Here because the work bound counts them.
+FLAT_BLOCK_BYTES = 4 << 20
 
 
 def _as_int(value: object, field: str, rank: int) -> int:
@@ -572,7 +575,27 @@ class ConvGeometry:
             total += g._depthwise_elements()
         prepared = 0 if self.is_core else 2 * self.n * self.c * prod(self.padded)
         slices = 0 if self.rank < 3 else 2 * self.n * self.c * self.out[0] * prod(self.padded[1:])
-        return total + prepared + slices
+        flat = 0 if self.rank < 3 else self._flat_elements()
+        return max(total + slices, flat) + prepared
+
+    def _flat_elements(self) -> int:
+        """The flat stride-1 path's work, at most, forward and backward (see ``_flat``).
+
+        Padded x and padded dout (the input gradient is gathered from it), one block of
+        columns with its wide output and wide dout, both results and dw's work. Sizes are
+        taken at the larger of the layer and its input-gradient convolution, per axis.
+        """
+        reach = [d * (k - 1) for d, k in zip(self.dilation, self.kernel, strict=True)]
+        grid = [max(p, o + 2 * r) for p, o, r in zip(self.padded, self.out, reach, strict=True)]
+        depths, per_depth = max(self.out[0], self.size[0]), prod(grid[1:])
+        channels, taps = max(self.c, self.f), prod(self.kernel)
+        # Counted in float32 elements, more of them per block than float64 fits.
+        block = min(depths, max(1, FLAT_BLOCK_BYTES // (4 * channels * taps * per_depth)))
+        slack = sum(r * prod(grid[axis + 1 :]) for axis, r in enumerate(reach) if axis > 0)
+        canvases = self.n * (self.c + self.f) * prod(grid) + 2 * slack
+        blocks = (channels * taps + 2 * channels) * block * per_depth
+        results = self.n * (self.f * prod(self.out) + 2 * self.c * prod(self.size))
+        return canvases + blocks + results + 4 * self.f * self.c_per_group * taps
 
     def planar(self) -> ConvGeometry:
         """The planar convolution the im2col passes compute for this one, at its largest: a

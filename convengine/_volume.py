@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _flat
 from ._conv import _backward, _backward_input, _forward
 from ._geometry import ConvGeometry
 
@@ -42,6 +43,8 @@ def volume_forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
 ) -> np.ndarray:
     """x (N, C, D, H, W), w (F, C/groups, KD, KH, KW) -> out (N, F, D_out, H_out, W_out)."""
+    if _flat.supports(geometry):
+        return _flat.forward(x, w, b, geometry)
     g, plane = geometry, geometry.planar()
     x_padded = _padded_depth(x, g)
     # total: (N, D_out, F, H_out, W_out), the depth slices' layout
@@ -59,6 +62,9 @@ def volume_backward(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dout (N, F, D_out, H_out, W_out), x, w -> dx (N, C, D, H, W), dw, db (F,)."""
+    db = dout.sum(axis=(0, 2, 3, 4))
+    if _flat.supports(geometry) and np.isfinite(x).all() and np.isfinite(w).all():
+        return (*_flat.backward(dout, x, w, geometry), db)
     g, plane = geometry, geometry.planar()
     x_padded = _padded_depth(x, g)
     dout_planes = dout.transpose(0, 2, 1, 3, 4).reshape(g.n * g.out[0], g.f, *g.out[1:])
@@ -72,11 +78,13 @@ def volume_backward(
         dx_padded[:, :, _depths(g, kd)] += dx_planes
     begin = g.pads[0][0]
     dx = dx_padded[:, :, begin : begin + g.size[0]]
-    return np.ascontiguousarray(dx), dw, dout.sum(axis=(0, 2, 3, 4))
+    return np.ascontiguousarray(dx), dw, db
 
 
 def volume_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     """dx alone: dout (N, F, D_out, H_out, W_out), w -> dx (N, C, D, H, W)."""
+    if _flat.supports(geometry):
+        return _flat.backward_input(dout, w, geometry)
     g, plane = geometry, geometry.planar()
     dout_planes = dout.transpose(0, 2, 1, 3, 4).reshape(g.n * g.out[0], g.f, *g.out[1:])
     dx_padded = np.zeros((g.n, g.c, g.padded[0], *g.size[1:]), dtype=dout.dtype)
