@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _phases
 from ._conv import _backward, _backward_input, _forward, as_float_array
 from ._errors import ShapeError
 from ._geometry import ConvGeometry, TransposedGeometry
@@ -246,6 +247,8 @@ def _core_backward(
 
 
 def _core_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    if _phases.supports(geometry):
+        return _phases.input_gradient(dout, w, geometry)
     if geometry.rank == 2:
         return _backward_input(dout, w, geometry)
     if geometry.rank == 1:

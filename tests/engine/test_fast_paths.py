@@ -262,3 +262,61 @@ def test_work_elements_bounds_what_volumes_allocate(x_shape, w_shape, hyper, rng
         tracemalloc.stop()
     bound = geometry.work_elements() * x.itemsize
     assert peak <= bound + (64 << 10), f"peak {peak} bytes, work_elements() allows {bound}"
+
+
+# Transposed layers whose windows never overlap (kernel at most the stride): their forward
+# pass, the input gradient of a convolution, is gathered phase by phase (_phases).
+UNPATCHIFY = {
+    "4x4-s4": ((2, 6, 3, 4), (6, 3, 4, 4), dict(stride=4)),
+    "2x2-s2-padded": ((1, 4, 5, 5), (4, 5, 2, 2), dict(stride=2, padding=1, output_padding=1)),
+    "grouped-non-square": ((2, 4, 3, 2), (4, 3, 2, 3), dict(stride=(3, 3), groups=2)),
+    "dilated-between-strides": ((1, 2, 3, 3), (2, 2, 2, 2), dict(stride=4, dilation=3)),
+    "stride-on-one-axis": ((1, 3, 4, 5), (3, 2, 1, 2), dict(stride=(1, 2))),
+}
+
+
+@pytest.mark.parametrize("name", UNPATCHIFY)
+def test_unpatchify_gathers_by_phases(name, rng, monkeypatch):
+    from convengine import _phases, conv_transpose, conv_transpose_backward
+
+    from .oracle import naive_conv_transpose, naive_conv_transpose_backward
+
+    calls = _spy(monkeypatch, _phases, "input_gradient")
+    x_shape, w_shape, hyper = UNPATCHIFY[name]
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[1] * hyper.get("groups", 1))
+    out = conv_transpose(x, w, b, **hyper)
+    np.testing.assert_allclose(out, naive_conv_transpose(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
+    assert calls
+    dout = rng.standard_normal(out.shape)
+    got = conv_transpose_backward(dout, x, w, **hyper)
+    for g, want in zip(got, naive_conv_transpose_backward(dout, x, w, **hyper)):
+        np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
+
+
+def test_overlapping_windows_keep_col2im(rng, monkeypatch):
+    from convengine import _phases, conv_transpose
+
+    calls = _spy(monkeypatch, _phases, "input_gradient")
+    conv_transpose(rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((2, 3, 4, 4)), stride=2)
+    assert not calls
+
+
+@given(geometries(), st.integers(0, 2**32 - 1))
+def test_phases_give_the_input_gradient_of_any_geometry(case, seed):
+    """The phase decomposition itself holds with overlap too (where col2im is kept for speed)."""
+    from convengine import _phases
+
+    from .oracle import naive_conv2d_backward
+
+    x_shape, w_shape, hyper = case
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    dout = rng.standard_normal(geometry.out_shape)
+    np.testing.assert_allclose(
+        _phases.input_gradient(dout, w, geometry),
+        naive_conv2d_backward(dout, x, w, **hyper)[0],
+        rtol=1e-12,
+        atol=1e-12,
+    )
