@@ -32,11 +32,12 @@ from ._im2col import workspace
 
 __all__ = ["backward", "forward", "supports"]
 
-# Elements of the work buffers of one group of planes (KW shifted copies and KH kernel-row
-# sums per plane). Forward CPU time on this machine's kind (8x64x56x56, 3x3, float32, one
-# thread, best of 15): 128 Ki 3.1 ms, 256 Ki 2.6 ms, 512 Ki 3.3 ms, 1 Mi 4.0 ms; at 256 Ki
-# (1 MiB of float32) the buffers stay in the 2 MiB L2, and a group has few enough calls.
-GROUP_ELEMENTS = 1 << 18
+# Bytes of the work buffers of one group of planes (KW shifted copies and KH kernel-row sums
+# per plane). Forward CPU time on this machine's kind (8x64x56x56, 3x3, one thread, best of
+# 15), float32: 0.5 MiB 3.1 ms, 1 MiB 2.6 ms, 2 MiB 3.3 ms, 4 MiB 4.0 ms; float64: 0.5 MiB
+# 7.5 ms, 1 MiB 6.5 ms, 2 MiB 8.4 ms. At 1 MiB the buffers stay in the 2 MiB L2, and a
+# group has few enough calls for their overhead not to count.
+GROUP_BYTES = 1 << 20
 
 
 def supports(geometry: ConvGeometry) -> bool:
@@ -99,9 +100,10 @@ class Correlation:
         """Elements of one shifted copy: every row a kernel row reads."""
         return (self.out[0] + self.dilation[0] * (self.kernel[0] - 1)) * self.row
 
-    def group_planes(self, planes: int) -> list[slice]:
-        per_plane = self.kernel[1] * self.span + self.kernel[0] * self.run
-        step = max(1, GROUP_ELEMENTS // per_plane)
+    def group_planes(self, planes: int, itemsize: int) -> list[slice]:
+        """Slices of ``planes`` planes whose work buffers fit in ``GROUP_BYTES``."""
+        per_plane = (self.kernel[1] * self.span + self.kernel[0] * self.run) * itemsize
+        step = max(1, GROUP_BYTES // per_plane)
         return [slice(start, min(start + step, planes)) for start in range(0, planes, step)]
 
 
@@ -112,7 +114,7 @@ def forward(x: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     planes = x.reshape(g.n * g.c, g.height, g.width)
     taps = _plane_taps(w, g.n)
     out = np.empty((g.n * g.c, g.h_out, g.w_out), dtype=x.dtype)
-    for group in c.group_planes(g.n * g.c):
+    for group in c.group_planes(g.n * g.c, x.dtype.itemsize):
         copies = _shifted_copies(planes[group], c, "dw_copies")
         _sum_of_rows(copies, taps[group], c, out[group])
     return out.reshape(g.out_shape)
@@ -130,7 +132,7 @@ def backward(
     dx = np.empty_like(planes)
     # dw of every plane, summed over the batch at the end.
     plane_dw = np.empty((g.n * g.c, *g.kernel), dtype=x.dtype)
-    for group in c.group_planes(g.n * g.c):
+    for group in c.group_planes(g.n * g.c, x.dtype.itemsize):
         copies = _shifted_copies(planes[group], c, "dw_copies")
         _tap_products(copies, _wide_rows(dout_planes[group], c.row, "dw_dout"), c, plane_dw[group])
         dout_copies = _shifted_copies(dout_planes[group], dx_c, "dw_copies")
