@@ -1,20 +1,32 @@
-"""Depthwise convolution (one input channel per filter, stride 1) by multiply-adds on flat planes.
+"""Depthwise convolution (one input channel per filter, stride 1) as small matrix-vector products.
 
-Each filter sees one channel, so its "GEMM" would be a single row: a matrix product buys
-nothing. Instead each (image, channel) plane is zero-padded into a small work buffer whose rows
-are ``W_pad`` long (wide rows, as in :mod:`._im2col`): kernel offset (i, j) is then one
-contiguous run of the plane shifted by ``i*dilation*W_pad + j*dilation``, and a kernel tap is one
-multiply-add over that run for a whole group of planes at once. Groups of planes are sized to
-stay in the L2 cache.
+Each filter sees one channel, so its "GEMM" would be a single row: a matrix product over the
+channels buys nothing. Within one plane, though, a kernel row is a product of a (KW,) vector of
+taps with a (KW, H_out*R) matrix whose rows are the plane shifted by 0, d, 2d... columns, if
+those shifted copies lie a whole plane apart (BLAS needs a row stride at least a row long).
+So each plane is copied KW times, shifted (one flat copy each: rows are R long on both sides,
+so a shift of columns is a shift of the flat plane, and the columns it wraps are zeroed), and
+then kernel row i is the same matrix read i*dilation rows further on. One ``np.matmul`` does
+every kernel row of a group of planes (a BLAS gemv each, which reads each copy once and keeps
+its running sum in L1) and one ``np.add.reduce`` sums the kernel rows.
 
-One thread: sharing the groups out among two threads gained nothing in interleaved runs on
-this machine's kind (4.1 against 4.4 ms at best, worse at the median): at 64 Ki elements a
-multiply takes a few microseconds, and handing the GIL back and forth costs as much.
+Against one multiply and one add per tap over a padded plane (17 ufunc passes for 3x3, each
+reading or writing the group once more), interleaved runs on this machine's kind (8x64x56x56,
+3x3, float32, fastest calls on a loaded machine) took 2.7 against 4.0 ms forward and 5.1
+against 8.0 ms backward. The weight gradient is the same copies of x times dout:
+one gemv per kernel row and plane. The input gradient is the correlation of dout, shifted the
+other way, with the flipped kernel.
+
+One thread: sharing the groups out among two threads gained nothing, neither with the former
+multiply-adds (4.1 against 4.4 ms at best, worse at the median) nor with these gemvs (2.64
+against 2.56 ms at best, 2.84 against 2.69 ms at the median, on a machine shared with others).
+Nor did grouping the planes by channel, so that one gemv spans every image of a channel
+(forward 3.5 against 2.75 ms CPU at best: the copies then read planes a batch apart).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,35 +35,91 @@ from ._im2col import workspace
 
 __all__ = ["backward", "forward", "supports"]
 
-# Elements of one group of planes. Interleaved runs on this machine's kind (8x64x56x56, 3x3,
-# float32, one thread): 64 Ki elements took 3.3 ms, 16 Ki 3.7 ms, 256 Ki 5.9 ms, whole-batch
-# passes 8.5 ms: three such buffers (padded input, term, sum) must stay in the 1 MiB L2.
-GROUP_ELEMENTS = 1 << 16
+# Bytes of the work buffers of one group of planes (KW shifted copies and KH kernel-row sums
+# per plane). Forward CPU time on this machine's kind (8x64x56x56, 3x3, one thread, best of
+# 15), float32: 0.5 MiB 3.1 ms, 1 MiB 2.6 ms, 2 MiB 3.3 ms, 4 MiB 4.0 ms; float64: 0.5 MiB
+# 7.5 ms, 1 MiB 6.5 ms, 2 MiB 8.4 ms. At 1 MiB the buffers stay in the 2 MiB L2, and a
+# group has few enough calls for their overhead not to count.
+GROUP_BYTES = 1 << 20
 
 
 def supports(geometry: ConvGeometry) -> bool:
     """Whether this path computes ``geometry``: one channel per filter, stride 1.
 
-    The backward pass also needs finite x and w: junk columns meet zeros there, and
+    The backward pass also needs finite x and w: padding zeros meet the taps and dout, and
     inf * 0 would leak NaN into real pixels.
     """
     g = geometry
     return g.c_per_group == 1 and g.c == g.f and g.stride == (1, 1)
 
 
+@dataclass(frozen=True)
+class Correlation:
+    """out[h, w] = sum over (i, j) of taps[i, j] * plane[h + i*dh - top, w + j*dw - left],
+    zero outside the plane: the sizes of one depthwise pass over planes (H_in, W_in).
+
+    Rows are ``row`` long on both sides (wide rows: junk columns past W_out are cropped).
+    """
+
+    size: tuple[int, int]
+    out: tuple[int, int]
+    kernel: tuple[int, ...]  # (KH, KW)
+    dilation: tuple[int, ...]  # (dh, dw)
+    top: int
+    left: int
+
+    @classmethod
+    def forward_of(cls, g: ConvGeometry) -> Correlation:
+        """The forward pass of ``g``: x (H, W) -> out (H_out, W_out)."""
+        return cls(
+            (g.height, g.width), (g.h_out, g.w_out), g.kernel, g.dilation, g.pad_h[0], g.pad_w[0]
+        )
+
+    @classmethod
+    def input_gradient_of(cls, g: ConvGeometry) -> Correlation:
+        """dx of ``g`` as a correlation of dout (H_out, W_out) -> dx (H, W), flipped taps."""
+        reach_h = g.dilation[0] * (g.kernel[0] - 1)
+        reach_w = g.dilation[1] * (g.kernel[1] - 1)
+        return cls(
+            (g.h_out, g.w_out),
+            (g.height, g.width),
+            g.kernel,
+            g.dilation,
+            reach_h - g.pad_h[0],
+            reach_w - g.pad_w[0],
+        )
+
+    @property
+    def row(self) -> int:
+        return max(self.size[1], self.out[1])
+
+    @property
+    def run(self) -> int:
+        """Elements of one output plane in wide rows."""
+        return self.out[0] * self.row
+
+    @property
+    def span(self) -> int:
+        """Elements of one shifted copy: every row a kernel row reads."""
+        return (self.out[0] + self.dilation[0] * (self.kernel[0] - 1)) * self.row
+
+    def group_planes(self, planes: int, itemsize: int) -> list[slice]:
+        """Slices of ``planes`` planes whose work buffers fit in ``GROUP_BYTES``."""
+        per_plane = (self.kernel[1] * self.span + self.kernel[0] * self.run) * itemsize
+        step = max(1, GROUP_BYTES // per_plane)
+        return [slice(start, min(start + step, planes)) for start in range(0, planes, step)]
+
+
 def forward(x: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     """x (N, C, H, W), w (C, 1, KH, KW) -> out (N, C, H_out, W_out), for C = F = groups."""
     g = geometry
+    c = Correlation.forward_of(g)
     planes = x.reshape(g.n * g.c, g.height, g.width)
-    taps = w.reshape(g.c, -1)
+    taps = _plane_taps(w, g.n)
     out = np.empty((g.n * g.c, g.h_out, g.w_out), dtype=x.dtype)
-
-    def run(group: slice) -> None:
-        padded = _padded_planes(planes[group], g, "dw_x")
-        out[group] = _sum_of_taps(padded, _tap_weights(taps, group, g.c), g)
-
-    for group in _plane_groups(g):
-        run(group)
+    for group in c.group_planes(g.n * g.c, x.dtype.itemsize):
+        copies = _shifted_copies(planes[group], c, "dw_copies")
+        _sum_of_rows(copies, taps[group], c, out[group])
     return out.reshape(g.out_shape)
 
 
@@ -60,114 +128,115 @@ def backward(
 ) -> tuple[np.ndarray, np.ndarray]:
     """dout (N, C, H_out, W_out), x (N, C, H, W), w (C, 1, KH, KW) -> dx (N, C, H, W), dw."""
     g = geometry
+    c, dx_c = Correlation.forward_of(g), Correlation.input_gradient_of(g)
     planes = x.reshape(g.n * g.c, g.height, g.width)
     dout_planes = dout.reshape(g.n * g.c, g.h_out, g.w_out)
-    taps = w.reshape(g.c, -1)
-    # dx is the convolution of dout, padded by the kernel's reach, with the flipped kernel:
-    # gathering taps into one sum took half the time of scattering them onto a canvas.
-    flipped_taps, dx_geometry = taps[:, ::-1], _input_gradient_geometry(g)
-    top, left = g.pad_h[0], g.pad_w[0]
+    flipped = _plane_taps(w[:, :, ::-1, ::-1], g.n)
     dx = np.empty_like(planes)
     # dw of every plane, summed over the batch at the end.
-    plane_dw = np.empty((g.n * g.c, taps.shape[1]), dtype=x.dtype)
-
-    def run(group: slice) -> None:
-        padded = _padded_planes(planes[group], g, "dw_x")
-        dout_wide = _wide_planes(dout_planes[group], g)
-        _tap_products(padded, dout_wide, g, out=plane_dw[group])
-        padded_dout = _padded_planes(dout_planes[group], dx_geometry, "dw_dout_padded")
-        dx_padded = _sum_of_taps(padded_dout, _tap_weights(flipped_taps, group, g.c), dx_geometry)
-        dx[group] = dx_padded[:, top : top + g.height, left : left + g.width]
-
-    for group in _plane_groups(g):
-        run(group)
+    plane_dw = np.empty((g.n * g.c, *g.kernel), dtype=x.dtype)
+    for group in c.group_planes(g.n * g.c, x.dtype.itemsize):
+        copies = _shifted_copies(planes[group], c, "dw_copies")
+        _tap_products(copies, _wide_rows(dout_planes[group], c.row, "dw_dout"), c, plane_dw[group])
+        dout_copies = _shifted_copies(dout_planes[group], dx_c, "dw_copies")
+        _sum_of_rows(dout_copies, flipped[group], dx_c, dx[group])
     dw = plane_dw.reshape(g.n, g.c, -1).sum(axis=0)
     return dx.reshape(g.x_shape), dw.reshape(w.shape)
 
 
-def _input_gradient_geometry(g: ConvGeometry) -> ConvGeometry:
-    """dx as a convolution: dout padded by the kernel's reach, its output the padded input."""
-    reach_h = g.dilation[0] * (g.kernel[0] - 1)
-    reach_w = g.dilation[1] * (g.kernel[1] - 1)
-    h_pad, w_pad = g.padded_hw
-    return replace(
-        g,
-        size=(g.h_out, g.w_out),
-        pads=((reach_h, reach_h), (reach_w, reach_w)),
-        out=(h_pad, w_pad),
-    )
+def _plane_taps(w: np.ndarray, images: int) -> np.ndarray:
+    """w (C, 1, KH, KW) -> (N*C, KH, 1, KW): each kernel row of each plane a (1, KW) matrix."""
+    rows = w.reshape(w.shape[0], w.shape[2], 1, w.shape[3])
+    return np.tile(rows, (images, 1, 1, 1))
 
 
-def _plane_length(g: ConvGeometry) -> int:
-    """Elements of one padded plane in a work buffer, with slack for the last tap's run."""
-    h_pad, w_pad = g.padded_hw
-    return h_pad * w_pad + (g.kernel[1] - 1) * g.dilation[1]
+def _wide_rows(planes: np.ndarray, row: int, slot: str) -> np.ndarray:
+    """planes (p, H, W) -> (p, H*row): rows widened to ``row`` columns, the new ones zero."""
+    p, h, width = planes.shape
+    if width == row:
+        return planes.reshape(p, h * row)
+    wide = workspace(slot, (p, h, row), planes.dtype)
+    wide[:, :, width:] = 0
+    wide[:, :, :width] = planes
+    return wide.reshape(p, h * row)
 
 
-def _offsets(g: ConvGeometry) -> list[int]:
-    """Where kernel offset (i, j) starts in a padded plane, in (i, j) order."""
-    w_pad = g.padded_hw[1]
-    (kh, kw), (dh, dw) = g.kernel, g.dilation
-    return [i * dh * w_pad + j * dw for i in range(kh) for j in range(kw)]
+def _shifted_copies(planes: np.ndarray, c: Correlation, slot: str) -> np.ndarray:
+    """planes (p, H_in, W_in) -> copies (p, KW, span) in work buffer ``slot``.
+
+    copies[:, j] in rows ``c.row`` long: row a, column b holds plane[a - top, b + j*dw - left],
+    zero outside the plane, so that tap (i, j) reads copies[:, j] from row i*dh on.
+    """
+    p, _, w_in = planes.shape
+    kw, row = c.kernel[1], c.row
+    flat = _wide_rows(planes, row, "dw_wide")
+    copies = workspace(slot, (p, kw, c.span), planes.dtype)
+    # copy j is flat shifted right by shifts[j]; the shifts step by -dw, so where no copy is
+    # clipped at either end all of them are one strided assignment (a few calls per group,
+    # not a dozen: at a few microseconds a group, the calls' overhead counts).
+    shifts = [c.top * row + c.left - j * c.dilation[1] for j in range(kw)]
+    n = flat.shape[1]
+    if shifts[-1] >= 0 and shifts[0] + n <= c.span:
+        copies[:, :, : shifts[0]] = 0
+        copies[:, :, shifts[-1] + n :] = 0
+        _strided(copies, shifts[0], (p, kw, n), (c.span * kw, c.span - c.dilation[1], 1))[...] = (
+            flat[:, None, :]
+        )
+    else:
+        for j, shift in enumerate(shifts):
+            _shifted_copy(flat, shift, copies[:, j])
+    # A shift by columns wraps row ends onto their neighbours: zero what is outside the plane.
+    grid = copies.reshape(p, kw, -1, row)
+    for j, shift in enumerate(shifts):
+        first = shift - c.top * row  # where the plane's column 0 lands
+        if first > 0:
+            grid[:, j, :, :first] = 0
+        if first + w_in < row:
+            grid[:, j, :, max(first + w_in, 0) :] = 0
+    return copies
 
 
-def _plane_groups(g: ConvGeometry) -> list[slice]:
-    step = max(1, GROUP_ELEMENTS // _plane_length(g))
-    total = g.n * g.c
-    return [slice(start, min(start + step, total)) for start in range(0, total, step)]
+def _strided(
+    array: np.ndarray, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]
+) -> np.ndarray:
+    """A view of C-contiguous ``array`` from element ``offset``, strides counted in elements."""
+    item = array.itemsize
+    return np.ndarray(shape, array.dtype, array, offset * item, tuple(s * item for s in strides))
 
 
-def _tap_weights(taps: np.ndarray, group: slice, channels: int) -> np.ndarray:
-    """taps (C, KH*KW) -> (planes, KH*KW, 1): the weights of each plane of ``group``."""
-    channel_of_plane = np.arange(group.start, group.stop) % channels
-    weights: np.ndarray = taps[channel_of_plane]
-    return weights[:, :, None]
+def _shifted_copy(flat: np.ndarray, shift: int, out: np.ndarray) -> None:
+    """out[:, k] = flat[:, k - shift], zero where that is outside flat; flat (p, n), out (p, m)."""
+    n, m = flat.shape[1], out.shape[1]
+    start, stop = min(max(shift, 0), m), max(min(shift + n, m), 0)
+    out[:, :start] = 0
+    out[:, stop:] = 0
+    if start < stop:
+        out[:, start:stop] = flat[:, start - shift : stop - shift]
 
 
-def _padded_planes(planes: np.ndarray, g: ConvGeometry, slot: str) -> np.ndarray:
-    """planes (p, H, W) zero-padded in work buffer ``slot`` -> (p, plane length), W_pad rows."""
-    h_pad, w_pad = g.padded_hw
-    top, left = g.pad_h[0], g.pad_w[0]
-    flat = workspace(slot, (planes.shape[0], _plane_length(g)), planes.dtype)
-    image = flat[:, : h_pad * w_pad].reshape(-1, h_pad, w_pad)
-    # Zero only the border: the interior is overwritten at once.
-    image[:, :top] = 0
-    image[:, top + g.height :] = 0
-    image[:, top : top + g.height, :left] = 0
-    image[:, top : top + g.height, left + g.width :] = 0
-    flat[:, h_pad * w_pad :] = 0
-    image[:, top : top + g.height, left : left + g.width] = planes
-    return flat
+def _windows(copies: np.ndarray, c: Correlation) -> np.ndarray:
+    """copies (p, KW, span) -> (p, KH, KW, run): the (KW, run) matrix of each kernel row."""
+    p, kw, span = copies.shape
+    shape = (p, c.kernel[0], kw, c.run)
+    return _strided(copies, 0, shape, (kw * span, c.dilation[0] * c.row, span, 1))
 
 
-def _wide_planes(dout_planes: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    """dout (p, H_out, W_out) -> (p, H_out*W_pad) in a work buffer, junk columns zero."""
-    w_pad = g.padded_hw[1]
-    wide = workspace("dw_dout", (dout_planes.shape[0], g.h_out, w_pad), dout_planes.dtype)
-    wide[:, :, g.w_out :] = 0
-    wide[:, :, : g.w_out] = dout_planes
-    return wide.reshape(dout_planes.shape[0], -1)
-
-
-def _sum_of_taps(padded: np.ndarray, weights: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    """padded (p, plane length), weights (p, KH*KW, 1) -> out (p, H_out, W_out), a view."""
-    run = g.h_out * g.padded_hw[1]
-    total = workspace("dw_sum", (padded.shape[0], run), padded.dtype)
-    term = workspace("dw_term", total.shape, padded.dtype)
-    for tap, start in enumerate(_offsets(g)):
-        field = padded[:, start : start + run]
-        if tap == 0:
-            np.multiply(field, weights[:, 0], out=total)
-        else:
-            np.multiply(field, weights[:, tap], out=term)
-            total += term
-    return total.reshape(-1, g.h_out, g.padded_hw[1])[:, :, : g.w_out]
+def _sum_of_rows(copies: np.ndarray, taps: np.ndarray, c: Correlation, out: np.ndarray) -> None:
+    """copies (p, KW, span), taps (p, KH, 1, KW) -> out (p, H_out, W_out), written in place."""
+    p = copies.shape[0]
+    # row_sums: (p, KH, 1, run), one gemv per plane and kernel row
+    row_sums = workspace("dw_rows", (p, c.kernel[0], 1, c.run), copies.dtype)
+    np.matmul(taps, _windows(copies, c), out=row_sums)
+    if c.row == c.out[1]:
+        np.add.reduce(row_sums[:, :, 0], axis=1, out=out.reshape(p, c.run))
+        return
+    total = workspace("dw_sum", (p, c.run), copies.dtype)
+    np.add.reduce(row_sums[:, :, 0], axis=1, out=total)
+    out[...] = total.reshape(p, c.out[0], c.row)[:, :, : c.out[1]]
 
 
 def _tap_products(
-    padded: np.ndarray, dout_wide: np.ndarray, g: ConvGeometry, out: np.ndarray
+    copies: np.ndarray, dout_wide: np.ndarray, c: Correlation, out: np.ndarray
 ) -> None:
-    """dw of each plane: out (p, KH*KW) = <field of tap, dout> for every plane and tap."""
-    run = dout_wide.shape[1]
-    for tap, start in enumerate(_offsets(g)):
-        np.vecdot(padded[:, start : start + run], dout_wide, out=out[:, tap])
+    """dw of each plane: out (p, KH, KW) = <window of tap (i, j), dout_wide (p, run)>."""
+    np.matmul(_windows(copies, c), dout_wide[:, None, :, None], out=out[..., None])

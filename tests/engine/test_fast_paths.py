@@ -107,7 +107,7 @@ def test_flat_depthwise_matches_oracle(name, rng, monkeypatch):
 @pytest.mark.parametrize("name", ["3x3-p1", "multiplier-3", "dilated-non-square"])
 def test_flat_depthwise_in_groups_of_one_plane(name, rng, monkeypatch):
     """Several groups, each one plane: the channel of each plane is found right."""
-    monkeypatch.setattr(_depthwise, "GROUP_ELEMENTS", 1)
+    monkeypatch.setattr(_depthwise, "GROUP_BYTES", 1)
     _check_against_oracle(rng, *DEPTHWISE[name])
 
 
