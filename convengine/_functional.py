@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _phases
+from . import _halves, _phases
 from ._conv import _backward, _backward_input, _forward, as_float_array
 from ._errors import ShapeError
 from ._geometry import ConvGeometry, TransposedGeometry
@@ -228,6 +228,52 @@ def backward(
 def _core_forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
 ) -> np.ndarray:
+    halves = _halves.split(geometry)
+    if halves is None:
+        return _rank_forward(x, w, b, geometry)
+    out = np.empty(geometry.out_shape, dtype=x.dtype)
+
+    def half(_: int, batch: slice) -> None:
+        out[batch] = _rank_forward(x[batch], w, b, _halves.part(geometry, batch))
+
+    _halves.run(half, halves)
+    return out
+
+
+def _core_backward(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    halves = _halves.split(geometry)
+    if halves is None:
+        return _rank_backward(dout, x, w, geometry)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    sums: list[tuple[np.ndarray, np.ndarray]] = [(w, w), (w, w)]
+
+    def half(index: int, batch: slice) -> None:
+        dx[batch], dw, db = _rank_backward(dout[batch], x[batch], w, _halves.part(geometry, batch))
+        sums[index] = dw, db
+
+    _halves.run(half, halves)
+    (dw_first, db_first), (dw_second, db_second) = sums
+    return dx, dw_first + dw_second, db_first + db_second
+
+
+def _core_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    halves = _halves.split(geometry)
+    if halves is None:
+        return _rank_backward_input(dout, w, geometry)
+    dx = np.empty(geometry.x_shape, dtype=dout.dtype)
+
+    def half(_: int, batch: slice) -> None:
+        dx[batch] = _rank_backward_input(dout[batch], w, _halves.part(geometry, batch))
+
+    _halves.run(half, halves)
+    return dx
+
+
+def _rank_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
+) -> np.ndarray:
     if geometry.rank == 2:
         return _forward(x, w, b, geometry)
     if geometry.rank == 1:
@@ -235,7 +281,7 @@ def _core_forward(
     return volume_forward(x, w, b, geometry)
 
 
-def _core_backward(
+def _rank_backward(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if geometry.rank == 2:
@@ -246,7 +292,7 @@ def _core_backward(
     return volume_backward(dout, x, w, geometry)
 
 
-def _core_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+def _rank_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     if _phases.supports(geometry):
         return _phases.input_gradient(dout, w, geometry)
     if geometry.rank == 2:

@@ -553,13 +553,26 @@ class ConvGeometry:
     def work_elements(self) -> int:
         """An upper bound on the array elements one forward or backward pass allocates.
 
+        The larger of the pass on the whole batch (:meth:`_batch_elements`) and the pass on
+        two halves of it at once (see ``_halves``): both halves' work, and the whole results
+        the halves are copied into. Callers use it to refuse work before allocating anything.
+        """
+        whole = self._batch_elements()
+        if self.n < 2:
+            return whole
+        larger_half = replace(self, n=self.n - self.n // 2)
+        results = self.n * (self.f * prod(self.out) + self.c * prod(self.size))
+        return max(whole, 2 * larger_half._batch_elements() + results)
+
+    def _batch_elements(self) -> int:
+        """An upper bound on the array elements one pass on the whole batch allocates.
+
         Padded input and its gradient (with a row of slack each), one chunk of columns in wide
         rows, output and output gradient in wide rows, and the repeated input of a depthwise
         convolution with several filters per channel, and for depthwise layers what the
         flat-plane path adds (see :meth:`_depthwise_elements`): all of the planar convolution
         the passes compute (:meth:`planar`). Besides: for a padding mode or floor rounding, the
         prepared input and its gradient; for a volume, its depth slices and their gradient.
-        Callers use it to refuse work before allocating anything.
         """
         g = self.planar()
         h_pad, w_pad = g.padded_hw

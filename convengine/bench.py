@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _halves
 from ._functional import backward, forward, transposed_backward, transposed_forward
 from ._geometry import ConvGeometry, TransposedGeometry
 
@@ -152,22 +153,28 @@ def _interleaved(
 def _matmul_limits(
     g: ConvGeometry, rng: np.random.Generator, dtype: np.dtype
 ) -> tuple[Callable[[], object], Callable[[], object]]:
-    """Bare matmuls with the same sizes as the engine's GEMMs (forward; both of backward)."""
+    """Bare matmuls with the same sizes as the engine's GEMMs (forward; both of backward), on
+    the same halves of the batch at once where the engine splits it (see ``_halves``)."""
     grp, f, k, p = g.groups, g.f_per_group, g.col_rows, g.positions
     w_rows = rng.standard_normal((grp, f, k)).astype(dtype)
     cols = rng.standard_normal((g.n, grp, k, p)).astype(dtype)
     dout = rng.standard_normal((g.n, grp, f, p)).astype(dtype)
     out = np.empty((g.n, grp, f, p), dtype=dtype)
     dw = np.empty((g.n, grp, f, k), dtype=dtype)
+    halves = _halves.split(g)
 
-    def forward_gemm() -> object:
-        return np.matmul(w_rows, cols, out=out)
+    def forward_gemm(_: int = 0, batch: slice = slice(None)) -> None:
+        np.matmul(w_rows, cols[batch], out=out[batch])
 
-    def backward_gemms() -> object:
-        np.matmul(dout, cols.transpose(0, 1, 3, 2), out=dw)
-        return np.matmul(w_rows.transpose(0, 2, 1), dout, out=cols)
+    def backward_gemms(_: int = 0, batch: slice = slice(None)) -> None:
+        np.matmul(dout[batch], cols[batch].transpose(0, 1, 3, 2), out=dw[batch])
+        np.matmul(w_rows.transpose(0, 2, 1), dout[batch], out=cols[batch])
 
-    return forward_gemm, backward_gemms
+    if halves is None:
+        return forward_gemm, backward_gemms
+    return (lambda: _halves.run(forward_gemm, halves)), (
+        lambda: _halves.run(backward_gemms, halves)
+    )
 
 
 def _torch_contenders(
