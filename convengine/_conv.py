@@ -8,6 +8,7 @@ DTypeError: the engine never guesses how an integer image should be scaled.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -79,7 +80,8 @@ def _backward(
     elif _is_depthwise(geometry):
         dx, dw = _depthwise_backward(dout, x, w, geometry, width)
     else:
-        dx, dw = _gemm_backward(dout, x, w, geometry, width)
+        gemm_dx, dw = _gemm_backward(dout, x, w, geometry, width)
+        dx = cast(np.ndarray, gemm_dx)
     return dx, dw, dout.sum(axis=(0, 2, 3))
 
 
@@ -176,18 +178,26 @@ def _pointwise_forward(
 
 
 def _gemm_backward(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, width: int
-) -> tuple[np.ndarray, np.ndarray]:
+    dout: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    geometry: ConvGeometry,
+    width: int,
+    input_gradient: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """dx (None unless ``input_gradient``) and dw; shapes as in :func:`_backward`."""
     g = geometry
     pointwise = _is_pointwise(g)
+    dx: np.ndarray | None = None
+    dcanvas: Canvas | None = None
     if pointwise:
         width = g.w_out
-        dx = np.empty_like(x)
+        dx = np.empty_like(x) if input_gradient else None
     else:
         # Wide rows need the padded canvas (their runs wrap through its padding columns).
         runs = FieldRuns.of(g) if width == g.w_out and _reads_input_directly(g) else None
         fields = None if runs else Canvas.of(x, g, "x", width).fields()
-        dcanvas = Canvas.blank(g, x.dtype, "dx", width)
+        dcanvas = Canvas.blank(g, x.dtype, "dx", width) if input_gradient else None
     w_cols = w.reshape(g.groups, g.f_per_group, g.col_rows).transpose(0, 2, 1)
     dout_groups = dout.reshape(g.n, g.groups, g.f_per_group, g.h_out, g.w_out)
     dw_rows = np.zeros((g.groups, g.f_per_group, g.col_rows), dtype=x.dtype)
@@ -211,15 +221,30 @@ def _gemm_backward(
         for image, image_cols in zip(dout_rows, cols_rows, strict=True):
             np.matmul(image, image_cols.transpose(0, 2, 1), out=dw_image)
             dw_rows += dw_image
-        if pointwise:
+        if dx is not None:
             np.matmul(w_cols, dout_rows, out=dx[chunk].reshape(cols_rows.shape))
-        else:
+        elif dcanvas is not None:
             # The columns are consumed: their buffer now receives the column gradients.
             np.matmul(w_cols, dout_rows, out=cols_rows)
             dcanvas.col2im_add(cols, chunk)
-    if not pointwise:
+    if not pointwise and dcanvas is not None:
         dx = dcanvas.interior().copy()
     return dx, dw_rows.reshape(w.shape)
+
+
+def _weight_gradient(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
+) -> np.ndarray:
+    """dw alone, for a core planar geometry: no column gradients, no col2im. A transposed
+    convolution's weight gradient is this, with x and dout in each other's roles.
+
+    dout (N, F, H_out, W_out), x (N, C, H, W), w (F, C/groups, KH, KW) -> dw
+    """
+    if _is_depthwise(geometry):  # its own passes compute dx and dw together
+        return _backward(dout, x, w, geometry)[1]
+    x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
+    width = row_width(geometry, wide=bool(np.isfinite(x).all()))
+    return _gemm_backward(dout, x, w, geometry, width, input_gradient=False)[1]
 
 
 def _as_depthwise(x: np.ndarray, geometry: ConvGeometry) -> tuple[np.ndarray, ConvGeometry]:

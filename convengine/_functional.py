@@ -9,11 +9,14 @@ A line (1-D) is a plane one pixel high; a volume (3-D) is computed by ``_volume`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _halves, _phases
-from ._conv import _backward, _backward_input, _forward, as_float_array
+from ._conv import _backward, _backward_input, _forward, _weight_gradient, as_float_array
 from ._errors import ShapeError
 from ._geometry import ConvGeometry, TransposedGeometry
 from ._padding import fold, pad
@@ -228,78 +231,121 @@ def backward(
 def _core_forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
 ) -> np.ndarray:
-    halves = _halves.split(geometry)
-    if halves is None:
-        return _rank_forward(x, w, b, geometry)
-    out = np.empty(geometry.out_shape, dtype=x.dtype)
-
-    def half(_: int, batch: slice) -> None:
-        out[batch] = _rank_forward(x[batch], w, b, _halves.part(geometry, batch))
-
-    _halves.run(half, halves)
-    return out
+    layout = (geometry.out_shape,)
+    return cast(np.ndarray, _by_halves(_forward_any_rank, geometry, (x,), (w, b), layout))
 
 
 def _core_backward(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    halves = _halves.split(geometry)
-    if halves is None:
-        return _rank_backward(dout, x, w, geometry)
-    dx = np.empty(x.shape, dtype=x.dtype)
-    sums: list[tuple[np.ndarray, np.ndarray]] = [(w, w), (w, w)]
-
-    def half(index: int, batch: slice) -> None:
-        dx[batch], dw, db = _rank_backward(dout[batch], x[batch], w, _halves.part(geometry, batch))
-        sums[index] = dw, db
-
-    _halves.run(half, halves)
-    (dw_first, db_first), (dw_second, db_second) = sums
-    return dx, dw_first + dw_second, db_first + db_second
+    layout = (geometry.x_shape, None, None)
+    result = _by_halves(_backward_any_rank, geometry, (dout, x), (w,), layout)
+    return cast(tuple[np.ndarray, np.ndarray, np.ndarray], result)
 
 
 def _core_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    layout = (geometry.x_shape,)
+    return cast(np.ndarray, _by_halves(_input_gradient_any_rank, geometry, (dout,), (w,), layout))
+
+
+def _core_weight_gradient(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
+) -> np.ndarray:
+    layout = (None,)
+    return cast(
+        np.ndarray, _by_halves(_weight_gradient_any_rank, geometry, (dout, x), (w,), layout)
+    )
+
+
+Result = np.ndarray | tuple[np.ndarray, ...]
+
+
+def _by_halves(
+    compute: Callable[..., Result],
+    geometry: ConvGeometry,
+    batched: tuple[np.ndarray, ...],
+    shared: tuple[np.ndarray | None, ...],
+    layout: tuple[tuple[int, ...] | None, ...],
+) -> Result:
+    """``compute(*batched, *shared, geometry)``, on the whole batch or on its two halves at
+    once (see ``_halves``).
+
+    layout: per output of ``compute``, its shape for the whole batch where the halves'
+    outputs are its two halves (each half writes its own, in its own thread), or None where
+    they are added (dw, db: the first half's plus the second's).
+    """
     halves = _halves.split(geometry)
     if halves is None:
-        return _rank_backward_input(dout, w, geometry)
-    dx = np.empty(geometry.x_shape, dtype=dout.dtype)
+        return compute(*batched, *shared, geometry)
+    whole = [None if shape is None else np.empty(shape, batched[0].dtype) for shape in layout]
+    addends: list[list[np.ndarray]] = [[], []]
 
-    def half(_: int, batch: slice) -> None:
-        dx[batch] = _rank_backward_input(dout[batch], w, _halves.part(geometry, batch))
+    def half(index: int, batch: slice) -> None:
+        result = compute(*(a[batch] for a in batched), *shared, _halves.part(geometry, batch))
+        outputs = result if isinstance(result, tuple) else (result,)
+        for target, output in zip(whole, outputs, strict=True):
+            if target is None:
+                addends[index].append(output)
+            else:
+                target[batch] = output
 
     _halves.run(half, halves)
-    return dx
+    sums = iter([first + second for first, second in zip(*addends, strict=True)])
+    results = tuple(next(sums) if target is None else target for target in whole)
+    return results if len(results) > 1 else results[0]
 
 
-def _rank_forward(
+def _by_rank(
+    planar: Callable[..., Result],
+    volume: Callable[..., Result],
+    geometry: ConvGeometry,
+    *arrays: np.ndarray | None,
+) -> Result:
+    """``planar(*arrays, geometry)`` for planes, ``volume(...)`` for volumes, and for a line
+    the planar pass on a plane one pixel high, its (N, ., 1, L) results back to (N, ., L)."""
+    if geometry.rank == 2:
+        return planar(*arrays, geometry)
+    if geometry.rank == 3:
+        return volume(*arrays, geometry)
+    lifted = [a[:, :, None] if a is not None and a.ndim == 3 else a for a in arrays]
+    result = planar(*lifted, geometry.planar())
+    outputs = result if isinstance(result, tuple) else (result,)
+    lines = tuple(a[:, :, 0] if a.ndim == 4 else a for a in outputs)
+    return lines if isinstance(result, tuple) else lines[0]
+
+
+def _forward_any_rank(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
-) -> np.ndarray:
-    if geometry.rank == 2:
-        return _forward(x, w, b, geometry)
-    if geometry.rank == 1:
-        return _forward(x[:, :, None], w[:, :, None], b, geometry.planar())[:, :, 0]
-    return volume_forward(x, w, b, geometry)
+) -> Result:
+    return _by_rank(_forward, volume_forward, geometry, x, w, b)
 
 
-def _rank_backward(
+def _backward_any_rank(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if geometry.rank == 2:
-        return _backward(dout, x, w, geometry)
-    if geometry.rank == 1:
-        dx, dw, db = _backward(dout[:, :, None], x[:, :, None], w[:, :, None], geometry.planar())
-        return dx[:, :, 0], dw[:, :, 0], db
-    return volume_backward(dout, x, w, geometry)
+) -> Result:
+    return _by_rank(_backward, volume_backward, geometry, dout, x, w)
 
 
-def _rank_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+def _input_gradient_any_rank(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> Result:
+    return _by_rank(_planar_input_gradient, volume_backward_input, geometry, dout, w)
+
+
+def _weight_gradient_any_rank(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
+) -> Result:
+    return _by_rank(_weight_gradient, _volume_weight_gradient, geometry, dout, x, w)
+
+
+def _planar_input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     if _phases.supports(geometry):
         return _phases.input_gradient(dout, w, geometry)
-    if geometry.rank == 2:
-        return _backward_input(dout, w, geometry)
-    if geometry.rank == 1:
-        return _backward_input(dout[:, :, None], w[:, :, None], geometry.planar())[:, :, 0]
-    return volume_backward_input(dout, w, geometry)
+    return _backward_input(dout, w, geometry)
+
+
+def _volume_weight_gradient(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
+) -> np.ndarray:
+    return volume_backward(dout, x, w, geometry)[1]
 
 
 def _input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
@@ -310,6 +356,18 @@ def _input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> 
     if 0 in core.size:
         return np.zeros(geometry.x_shape, dtype=dout.dtype)
     return _full_dx(_core_backward_input(dout, w, core), geometry, crop)
+
+
+def _weight_gradient_of(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
+) -> np.ndarray:
+    """dw alone of a convolution, for arrays checked against its geometry."""
+    if geometry.is_core:
+        return _core_weight_gradient(dout, x, w, geometry)
+    core, crop = geometry.core()
+    if 0 in core.size:
+        return np.zeros_like(w)
+    return _core_weight_gradient(dout, _core_input(x, geometry, crop), w, core)
 
 
 def _core_input(x: np.ndarray, geometry: ConvGeometry, crop: tuple[int, ...]) -> np.ndarray:
@@ -421,5 +479,5 @@ def transposed_backward(
     conv_geometry = geometry.conv
     geometry.check_dout(dout.shape)
     dx = forward(dout, w, None, conv_geometry)  # the convolution's own forward pass
-    _, dw, _ = backward(x, dout, w, conv_geometry)  # its weight gradient, roles exchanged
+    dw = _weight_gradient_of(x, dout, w, conv_geometry)  # its weight gradient, roles exchanged
     return dx, dw, dout.sum(axis=(0, *range(2, dout.ndim)))

@@ -47,9 +47,14 @@ CORES = _cores()
 
 
 def split(geometry: ConvGeometry) -> tuple[slice, slice] | None:
-    """The two halves of the batch, or None where one thread does better."""
+    """The two halves of the batch, or None where one thread does better.
+
+    Only where BLAS itself may use two threads or more: a process told to keep to one
+    (``OPENBLAS_NUM_THREADS=1``, as the service sets with several workers per machine) is not
+    split either.
+    """
     g = geometry
-    if CORES < 2 or g.n < 2 or g.flops() < MIN_SPLIT_FLOPS:
+    if g.n < 2 or g.flops() < MIN_SPLIT_FLOPS or CORES < 2 or _one_blas_thread.threads() < 2:
         return None
     middle = g.n // 2
     return slice(0, middle), slice(middle, g.n)
@@ -84,32 +89,56 @@ def _pool() -> ThreadPoolExecutor:
 
 
 class _OneBlasThread:
-    """Holds BLAS to one thread while any split computation runs."""
+    """Holds BLAS to one thread while any split computation runs.
+
+    OpenBLAS ignores a change of its thread count asked for by a thread that has itself made
+    BLAS calls (0.3.31, measured: the call returns, the count stays), and every computing
+    thread has. The changes are therefore made by a thread of their own that never computes.
+    The count to give back is read once, before the first split.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running = 0
-        self._limiter: Any = None
-        self._blas: ThreadpoolController | None = None
+        self._libraries: list[Any] | None = None
+        self._threads: list[int] = []
+        self._setter: ThreadPoolExecutor | None = None
+
+    def threads(self) -> int:
+        """The BLAS thread count the process runs with outside split computations."""
+        with self._lock:
+            return max(self._found(), default=1)
 
     def __enter__(self) -> None:
         with self._lock:
             if self._running == 0:
-                self._limiter = self._controller().limit(limits=1)
+                self._set([1] * len(self._found()))
             self._running += 1
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._running -= 1
             if self._running == 0:
-                self._limiter.restore_original_limits()
-                self._limiter = None
+                self._set(self._threads)
 
-    def _controller(self) -> ThreadpoolController:
+    def _set(self, counts: list[int]) -> None:
+        if self._setter is None:
+            self._setter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convengine-blas")
+        libraries = self._libraries or []
+
+        def set_counts() -> None:
+            for library, count in zip(libraries, counts, strict=True):
+                library.set_num_threads(count)
+
+        self._setter.submit(set_counts).result()
+
+    def _found(self) -> list[int]:
         # Found on first use, when the BLAS libraries a process uses are loaded.
-        if self._blas is None:
-            self._blas = ThreadpoolController().select(user_api="blas")
-        return self._blas
+        if self._libraries is None:
+            controller = ThreadpoolController().select(user_api="blas")
+            self._libraries = list(controller.lib_controllers)
+            self._threads = [library.num_threads for library in self._libraries]
+        return self._threads
 
 
 _one_blas_thread = _OneBlasThread()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -109,6 +110,21 @@ def test_blas_runs_one_thread_per_half_and_gets_its_threads_back(always_split):
 
     _halves.run(work, (slice(0, 1), slice(1, 2)))
     assert seen == [[1] * len(before)] * 2
+    assert _blas_threads() == before
+
+
+def test_splits_from_computing_threads_still_hold_blas_to_one(rng, always_split):
+    """OpenBLAS ignores a thread count set by a thread that made BLAS calls itself (seen when
+    the service's computation threads split requests at once): BLAS must still be held to one
+    thread in every split, and given its threads back, after such callers."""
+    before = _blas_threads()
+    x, w = rng.standard_normal((4, 8, 64, 64)), rng.standard_normal((16, 8, 3, 3))
+    with ThreadPoolExecutor(2) as callers:
+        list(callers.map(lambda _: conv(x, w), range(4)))
+        seen = []
+        record = lambda index, batch: seen.append(_blas_threads())  # noqa: E731
+        callers.submit(_halves.run, record, (slice(0, 1), slice(1, 2))).result()
+        assert seen == [[1] * len(before)] * 2
     assert _blas_threads() == before
 
 
