@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,16 +12,15 @@ import pytest
 from threadpoolctl import ThreadpoolController
 
 from convengine import (
-    ConvGeometry,
     _halves,
-    _im2col,
     conv,
     conv_backward,
     conv_transpose,
     conv_transpose_backward,
 )
 
-from .oracle import naive_conv, naive_conv_backward, naive_conv_transpose
+from .oracle import naive_conv, naive_conv_transpose
+from .test_fast_paths import check_any_rank_against_oracle, check_work_bound
 from .test_ranks_and_transposed import CONV, TRANSPOSED
 
 LAYERS = {
@@ -59,15 +57,8 @@ def _blas_threads() -> list[int]:
 
 @pytest.mark.parametrize("name", LAYERS)
 def test_split_batches_match_oracle(name, rng, always_split):
-    x_shape, w_shape, hyper = LAYERS[name]
-    x, w, b = (rng.standard_normal(s) for s in (x_shape, w_shape, w_shape[0]))
-    out = conv(x, w, b, **hyper)
-    np.testing.assert_allclose(out, naive_conv(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
-    dout = rng.standard_normal(out.shape)
-    got, want = conv_backward(dout, x, w, **hyper), naive_conv_backward(dout, x, w, **hyper)
-    for g, expected, label in zip(got, want, ["dx", "dw", "db"]):
-        np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-12, err_msg=label)
-    assert len(always_split) == (2 if x_shape[0] > 1 else 0)
+    check_any_rank_against_oracle(rng, *LAYERS[name])
+    assert len(always_split) == (2 if LAYERS[name][0][0] > 1 else 0)
 
 
 @pytest.mark.parametrize("name", TRANSPOSED)
@@ -200,19 +191,5 @@ def test_a_forked_child_splits_without_the_parents_worker(always_split, rng):
     ids=["3x3", "7x7-s2", "depthwise", "volume", "line"],
 )
 def test_work_elements_bounds_split_passes(x_shape, w_shape, hyper, rng, always_split):
-    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
-    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-    dout = rng.standard_normal(geometry.out_shape)
-    # Every work buffer allocated afresh, in both threads: the other half's thread keeps its own.
-    _im2col._local.__dict__.get("buffers", {}).clear()
-    _halves._pool().submit(lambda: _im2col._local.__dict__.get("buffers", {}).clear()).result()
-    tracemalloc.start()
-    try:
-        conv(x, w, rng.standard_normal(w_shape[0]), **hyper)
-        conv_backward(dout, x, w, **hyper)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    check_work_bound(rng, x_shape, w_shape, hyper)
     assert always_split
-    bound = geometry.work_elements() * x.itemsize
-    assert peak <= bound + (64 << 10), f"peak {peak} bytes, work_elements() allows {bound}"
