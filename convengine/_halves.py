@@ -31,9 +31,11 @@ from ._geometry import ConvGeometry
 
 __all__ = ["part", "run", "split"]
 
-# Multiply-adds (counted as two operations) below which a pass is not split: the hand-off to
-# the other thread costs tens of microseconds, which layers this small feel.
-MIN_SPLIT_FLOPS = 1 << 25
+# Multiply-adds (counted as two operations) below which a pass is not split. A split costs
+# about 80 us (the other thread, and BLAS's thread count changed and given back, each a hand-off
+# to another thread), which a layer of a millisecond or less does not win back: 8x64x56x56
+# depthwise (29 MFLOP) took 3.1 ms whole and 4.1 split, 4x16x32x32 3x3 (19 MFLOP) 0.49 and 0.66.
+MIN_SPLIT_FLOPS = 1 << 27
 
 
 def _cores() -> int:
