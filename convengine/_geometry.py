@@ -637,11 +637,13 @@ class ConvGeometry:
         )
 
     def _depthwise_elements(self) -> int:
-        """The flat-plane depthwise path's extras, at most.
+        """The depthwise path's extras, at most.
 
-        dx summed over the filters of a channel, dw per plane, and five work buffers of at most
-        every plane each; the largest plane is the padded dout of the input gradient, padded
-        by the kernel's reach beyond the input's own padding.
+        dx summed over the filters of a channel, dw per plane, and its work buffers (KW
+        shifted copies and KH kernel-row sums of each plane of a group of at most 1 MiB),
+        counted as five planes per plane of the batch, of the largest plane: the padded dout of
+        the input gradient, padded by the kernel's reach beyond the input's own padding. The
+        work-bound tests check it with the rest of the bound, kernels up to 9x9 included.
         """
         h_pad, w_pad = self.padded_hw
         reach_h = self.dilation[0] * (self.kernel[0] - 1)

@@ -132,6 +132,8 @@ def test_strided_depthwise_keeps_its_own_path(rng, monkeypatch):
         ((5000, 1, 13, 13), (1, 1, 1, 1), dict(stride=2)),
         ((2, 16, 40, 40), (8, 16, 3, 3), dict(padding=1)),
         ((2, 3, 31, 31), (4, 3, 7, 7), dict(stride=2, padding=3)),
+        ((2, 4, 12, 12), (4, 1, 7, 7), dict(groups=4, padding=3)),
+        ((3, 8, 20, 20), (8, 1, 9, 9), dict(groups=8, padding=4)),
     ],
     ids=[
         "many-small-planes",
@@ -141,6 +143,8 @@ def test_strided_depthwise_keeps_its_own_path(rng, monkeypatch):
         "chunks-of-one-channel",
         "3x3",
         "7x7-s2",
+        "depthwise-7x7-one-group",
+        "depthwise-9x9",
     ],
 )
 def test_work_elements_bounds_what_the_engine_allocates(x_shape, w_shape, hyper, rng):
