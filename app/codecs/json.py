@@ -8,6 +8,7 @@ lists.
 from __future__ import annotations
 
 import binascii
+import io
 import json as stdlib_json
 import math
 import re
@@ -94,6 +95,9 @@ def _decoded(
 
 _B64_VALUE = re.compile(rb'"b64"[ \t\n\r]*:[ \t\n\r]*"')
 _MAX_SET_ASIDE = 16  # occurrences of "b64" looked at: a request holds a few tensors
+# Bytes of an answer's array encoded at a time: a multiple of 3, so that the pieces' base64
+# joins without padding in between.
+_B64_CHUNK = 3 << 18
 
 
 def _set_aside(body: bytes) -> tuple[bytes, dict[str, bytes]] | None:
@@ -275,16 +279,17 @@ def _from_b64(
 def encode(outputs: dict[str, np.ndarray], style: TensorStyle) -> bytes:
     """The outputs as a JSON object, each tensor in ``style`` (binary requests: nested)."""
     document: dict[str, Any] = {}
+    payloads: dict[str, np.ndarray] = {}
+    nonce = secrets.token_hex(8)
     for name, array in outputs.items():
-        array = np.ascontiguousarray(array)
         if style == "b64":
-            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-            document[name] = {
-                "shape": list(array.shape),
-                "dtype": array.dtype.name,
-                "b64": pybase64.b64encode_as_string(raw),
-            }
+            # A marker stands in for the base64 until orjson has written the rest, so that
+            # it does not copy and escape-scan megabytes it would write out unchanged.
+            marker = f"{nonce}{len(payloads)}"
+            payloads[marker] = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            document[name] = {"shape": list(array.shape), "dtype": array.dtype.name, "b64": marker}
             continue
+        array = np.ascontiguousarray(array)
         if not np.isfinite(array).all():
             raise InvalidInput(
                 f"the result {name} holds NaN or Infinity, which JSON numbers cannot carry: "
@@ -302,7 +307,33 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle) -> bytes:
             document[name] = array
     if style in ("nested", "file"):
         document["dtype"] = next(iter(outputs.values())).dtype.name
-    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    return _put_back(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), payloads)
+
+
+def _put_back(text: bytes, payloads: dict[str, np.ndarray]) -> bytes:
+    """``text`` with each marker replaced by its array's base64, which JSON carries as it is.
+
+    Encoded a piece at a time into one buffer of the answer's size, made at once and handed
+    out without a copy (BytesIO.getvalue): a whole payload encoded first and then joined is
+    one more buffer of that size, and fresh memory is slow to touch here (mid forward, in the
+    server: 13.6 ms joined, 10 ms so; growing the buffer instead copies it as it grows).
+    """
+    if not payloads:
+        return text
+    answer, kept = io.BytesIO(), 0
+    size = len(text) + sum((a.nbytes + 2) // 3 * 4 - len(m) for m, a in payloads.items())
+    answer.seek(size - 1)
+    answer.write(b"\0")  # the buffer made whole at once, never grown
+    answer.seek(0)
+    for marker, array in payloads.items():
+        at = text.index(marker.encode(), kept)
+        answer.write(text[kept:at])
+        raw = array.reshape(-1).view(np.uint8).data
+        for start in range(0, len(raw), _B64_CHUNK):
+            answer.write(pybase64.b64encode(raw[start : start + _B64_CHUNK]))
+        kept = at + len(marker)
+    answer.write(text[kept:])
+    return answer.getvalue()
 
 
 # --- the OpenAPI document ------------------------------------------------------------------

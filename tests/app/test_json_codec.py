@@ -104,3 +104,45 @@ def test_the_budget_is_charged_as_before(monkeypatch):
     with pytest.raises(ServiceError) as refused:
         json_codec.decode(body, FORWARD, {}, budget, {})
     assert refused.value.status == 413 and refused.value.detail[0]["loc"] == ["body", "w"]
+
+
+def _encoded_whole(outputs: dict[str, np.ndarray]) -> bytes:
+    """The b64 answer as orjson wrote it whole, before the base64 was set aside."""
+    document = {
+        name: {
+            "shape": list(a.shape),
+            "dtype": a.dtype.name,
+            "b64": base64.b64encode(
+                np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"))
+            ).decode(),
+        }
+        for name, a in outputs.items()
+    }
+    return orjson.dumps(document)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", ">f8"])
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [(1,)],
+        [(2, 3, 5, 7)],
+        [(1, 1, 0, 4)],
+        [(3, 4, 5, 6), (7, 4, 3, 3), (7,)],
+        [(1, 1, 1, 5)],
+        [(1, 3, 333, 337), (2,)],  # written in several pieces, the last one short
+    ],
+    ids=["one", "odd", "empty", "backward", "padded", "pieces"],
+)
+def test_b64_answers_are_the_bytes_orjson_wrote(rng, dtype, shapes):
+    outputs = {
+        name: rng.standard_normal(shape).astype(dtype)
+        for name, shape in zip(["dx", "dw", "db"], shapes)
+    }
+    outputs["dx"] = outputs["dx"][..., ::-1]  # not contiguous
+    encoded = json_codec.encode(outputs, "b64")
+    assert encoded == _encoded_whole(outputs)
+    for name, value in orjson.loads(encoded).items():
+        raw = base64.b64decode(value["b64"])
+        back = np.frombuffer(raw, np.dtype(value["dtype"]).newbyteorder("<"))
+        np.testing.assert_array_equal(back.reshape(value["shape"]), outputs[name])
