@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +17,16 @@ from app.errors import BadRequest, InvalidInput, NotAcceptable
 from app.schemas import Hyperparameters
 from convengine import Operation
 
-from .base import Budget, Codec, Decoded, TensorStyle, check_known, check_names, read_npy
+from .base import (
+    Budget,
+    Codec,
+    Decoded,
+    TensorStyle,
+    check_known,
+    check_names,
+    npy_parts,
+    read_npy,
+)
 
 __all__ = ["MULTIPART", "NPY", "decode_multipart", "encode"]
 
@@ -122,9 +130,8 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes
             f"{', '.join(outputs)}: accept application/x-npz or application/json",
             loc=("header", "accept"),
         )
-    stream = io.BytesIO()
-    np.save(stream, next(iter(outputs.values())), allow_pickle=False)
-    return stream.getvalue()
+    header, data = npy_parts(next(iter(outputs.values())))
+    return b"".join((header, data))
 
 
 def _multipart_doc(operation: Operation) -> dict[str, Any]:
