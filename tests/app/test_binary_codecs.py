@@ -6,11 +6,13 @@ import io
 import struct
 import zipfile
 
+import httpx
 import numpy as np
 import pytest
 
 from app.codecs import Budget, npy, npz
 from app.errors import ServiceError
+from benchmarks.payloads import npy_bytes
 from convengine import OPERATIONS
 from convengine.npy_header import load_npz
 
@@ -127,3 +129,20 @@ def test_stored_npz_members_are_read_only_views_of_the_body(rng, how):
         np.testing.assert_array_equal(array, expected)
         assert not array.flags.writeable
         assert np.shares_memory(array, np.frombuffer(body, np.uint8))
+
+
+def test_multipart_files_are_read_only_views_of_the_body(rng):
+    x, w = rng.standard_normal((2, 3, 9, 7)), rng.standard_normal((4, 3, 3, 3)).astype(">f4")
+    files = {name: (f"{name}.npy", npy_bytes(a)) for name, a in {"x": x, "w": w}.items()}
+    sent = httpx.Request("POST", "http://convengine/", files=files, data={"padding": "1"})
+    body, boundary = sent.read(), sent.headers["content-type"].split("boundary=")[1]
+    decoded = npy.decode_multipart(
+        body, OPERATIONS["forward"], {}, Budget(1 << 30), {"boundary": boundary}
+    )
+    assert decoded.params == {"padding": "1"}
+    np.testing.assert_array_equal(decoded.arrays["w"], w)
+    assert decoded.arrays["w"].dtype == np.float32  # made native: a copy
+    x_read = decoded.arrays["x"]
+    np.testing.assert_array_equal(x_read, x)
+    assert not x_read.flags.writeable
+    assert np.shares_memory(x_read, np.frombuffer(body, np.uint8))
