@@ -43,7 +43,7 @@ def decode(
     budget: Budget,
     options: Mapping[str, str],
 ) -> Decoded:
-    set_aside = _set_aside(body)
+    set_aside = _set_aside(body, budget.remaining)
     if set_aside is not None:
         skeleton, payloads = set_aside
         try:
@@ -100,8 +100,12 @@ _MAX_SET_ASIDE = 16  # occurrences of "b64" looked at: a request holds a few ten
 _B64_CHUNK = 3 << 18
 
 
-def _set_aside(body: bytes) -> tuple[bytes, dict[str, bytes]] | None:
-    """The body with each "b64" string's text swapped for a marker, and each marker's bytes."""
+def _set_aside(body: bytes, budget: int) -> tuple[bytes, dict[str, bytes]] | None:
+    """The body with each "b64" string's text swapped for a marker, and each marker's bytes.
+
+    Decoded before the tensors are charged to the budget, so never beyond ``budget`` bytes
+    in all: a body whose base64 would exceed it is parsed as is, and refused as before.
+    """
     view, nonce = memoryview(body), secrets.token_hex(8)
     pieces: list[bytes | memoryview] = []
     payloads: dict[str, bytes] = {}
@@ -114,7 +118,8 @@ def _set_aside(body: bytes) -> tuple[bytes, dict[str, bytes]] | None:
             found = body.find(b'"b64"', found + 1)
             continue
         end = body.find(b'"', value.end())
-        if end < 0:
+        budget -= (end - value.end()) // 4 * 3
+        if end < 0 or budget < 0:
             return None
         try:
             payload = pybase64.b64decode(view[value.end() : end], validate=True)

@@ -26,13 +26,15 @@ def _tensor(array: np.ndarray) -> dict[str, object]:
     return {"shape": list(array.shape), "dtype": array.dtype.name, "b64": _b64(array)}
 
 
-def _outcome(body: bytes, set_aside: bool, monkeypatch: pytest.MonkeyPatch) -> object:
+def _outcome(
+    body: bytes, set_aside: bool, monkeypatch: pytest.MonkeyPatch, budget: int = 1 << 30
+) -> object:
     """What decoding ``body`` gives: its arrays and parameters, or its error's status and detail."""
     with monkeypatch.context() as patch:
         if not set_aside:
-            patch.setattr(json_codec, "_set_aside", lambda body: None)
+            patch.setattr(json_codec, "_set_aside", lambda body, budget: None)
         try:
-            decoded = json_codec.decode(body, FORWARD, {}, Budget(1 << 30), {})
+            decoded = json_codec.decode(body, FORWARD, {}, Budget(budget), {})
         except ServiceError as exc:
             return exc.status, exc.detail
     arrays = {name: (a.dtype.name, a.shape, a.tobytes()) for name, a in decoded.arrays.items()}
@@ -97,13 +99,22 @@ def test_random_arrays_come_back_through_the_shortcut(rng, dtype, shape, monkeyp
     assert _outcome(body, True, monkeypatch) == _outcome(body, False, monkeypatch)
 
 
-def test_the_budget_is_charged_as_before(monkeypatch):
+@pytest.mark.parametrize("room", [0, 4, 63, 64, 67, 68])
+def test_the_budget_is_charged_as_before(room, monkeypatch):
+    x = np.zeros((1, 1, 4, 4), np.float32)  # 64 bytes, and w 4
+    body = orjson.dumps({"x": _tensor(x), "w": W})
+    outcome = _outcome(body, True, monkeypatch, room)
+    assert outcome == _outcome(body, False, monkeypatch, room)
+    if room < 68:
+        assert outcome[0] == 413 and outcome[1][0]["loc"] == ["body", "x" if room < 64 else "w"]
+
+
+def test_nothing_is_decoded_beyond_the_budget():
     x = np.zeros((1, 1, 4, 4), np.float32)
     body = orjson.dumps({"x": _tensor(x), "w": W})
-    budget = Budget(x.nbytes + 3)
-    with pytest.raises(ServiceError) as refused:
-        json_codec.decode(body, FORWARD, {}, budget, {})
-    assert refused.value.status == 413 and refused.value.detail[0]["loc"] == ["body", "w"]
+    # 88 and 8 characters of base64: at most 66 and 6 bytes, before their padding is known
+    assert json_codec._set_aside(body, 71) is None
+    assert json_codec._set_aside(body, 72) is not None
 
 
 def _encoded_whole(outputs: dict[str, np.ndarray]) -> bytes:
