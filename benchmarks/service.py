@@ -1,6 +1,6 @@
 """Service benchmark: the real service under a bounded load, against three floors.
 
-    python -m benchmarks.service [--quick] [--out FILE]
+    python -m benchmarks.service [--quick] [--forms b64,npz] [--sizes mid] [--out FILE]
 
 Starts uvicorn on 127.0.0.1 with the production app plus floor endpoints that exist only
 here, drives it with async httpx at a fixed concurrency and request count, and reports
@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -185,7 +186,13 @@ def _counts(size: str, form: str, quick: bool) -> int:
     return 6 if form == "nested" else 12 if form == "typed" else 24
 
 
-async def run(base: str, quick: bool, concurrency: int) -> list[str]:
+async def run(
+    base: str,
+    quick: bool,
+    concurrency: int,
+    forms: tuple[str, ...] = tuple(REQUEST_FORMS),
+    sizes: tuple[str, ...] = tuple(SIZES),
+) -> list[str]:
     lines = [
         f"concurrency {concurrency}; p50/p95/p99 in ms; floors measured in the same run",
         "",
@@ -199,7 +206,7 @@ async def run(base: str, quick: bool, concurrency: int) -> list[str]:
         f"framework floor (GET /floor/trivial): {trivial.rps:.0f} req/s, p50 {trivial.pct(0.5):.2f} ms"
     ]
     for pass_ in ("forward", "backward"):
-        for size in ("small",) if quick else SIZES:
+        for size in ("small",) if quick else sizes:
             data = arrays(size, pass_)
             compute = compute_floor(size, pass_, 2 if quick else 10)
             accept = "application/x-npz"
@@ -238,7 +245,7 @@ async def run(base: str, quick: bool, concurrency: int) -> list[str]:
                 f"{len(answer.content) / 1e6:.1f} MB out)"
             )
             results = {}
-            for form in REQUEST_FORMS:
+            for form in forms:
                 kwargs = request(
                     form,
                     data,
@@ -253,16 +260,34 @@ async def run(base: str, quick: bool, concurrency: int) -> list[str]:
                     f"| {pass_} | {size} | {form} | {result.count} | {result.rps:.1f} | {result.pct(0.5):.1f} | "
                     f"{result.pct(0.95):.1f} | {result.pct(0.99):.1f} | {result.pct(0.5) / floor:.2f}x |"
                 )
-            summary.append(
-                f"{pass_} {size}: JSON b64 / npz p50 = {results['b64'].pct(0.5) / results['npz'].pct(0.5):.2f}x; "
-                f"nested lists / npz = {results['nested'].pct(0.5) / results['npz'].pct(0.5):.1f}x; "
-                + (
-                    f"npz throughput / trivial = {results['npz'].rps / trivial.rps:.0%}"
-                    if size == "small"
-                    else ""
-                )
-            )
+            summary.append(f"{pass_} {size}: " + _against_npz(results, trivial, size))
     return [*lines, "", *summary]
+
+
+def _against_npz(results: dict[str, Result], trivial: Result, size: str) -> str:
+    """p50 of each form / p50 of npz, and (small) npz throughput / the framework's."""
+    if "npz" not in results:
+        return "npz not run"
+    npz = results["npz"]
+    ratios = [
+        f"{form} / npz p50 = {result.pct(0.5) / npz.pct(0.5):.2f}x"
+        for form, result in results.items()
+        if form != "npz"
+    ]
+    if size == "small":
+        ratios.append(f"npz throughput / trivial = {npz.rps / trivial.rps:.0%}")
+    return "; ".join(ratios)
+
+
+def _choices(allowed: list[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(item.strip() for item in text.split(",") if item.strip())
+        unknown = [item for item in chosen if item not in allowed]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}")
+        return chosen
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,6 +298,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument(
+        "--forms",
+        type=_choices(REQUEST_FORMS),
+        default=tuple(REQUEST_FORMS),
+        help=f"comma-separated payload forms to run (default: {','.join(REQUEST_FORMS)})",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_choices(list(SIZES)),
+        default=tuple(SIZES),
+        help=f"comma-separated workload sizes to run (default: {','.join(SIZES)})",
+    )
     args = parser.parse_args(argv)
     env = {**os.environ, "CONVENGINE_LOG_LEVEL": "warning"}
     server = subprocess.Popen(
@@ -299,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        report = "\n".join(anyio.run(run, base, args.quick, args.concurrency))
+        lines = anyio.run(run, base, args.quick, args.concurrency, args.forms, args.sizes)
+        report = "\n".join(lines)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -3,6 +3,7 @@ the array-name checks and .npy reading."""
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 from collections.abc import Callable, Mapping
@@ -10,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge
 from convengine import Operation
-from convengine.npy_header import parse_header
+from convengine.npy_header import MAX_HEADER, parse_header
 
 __all__ = [
     "MAX_NDIM",
@@ -26,6 +28,7 @@ __all__ = [
     "check_known",
     "check_names",
     "float_dtype",
+    "npy_parts",
     "read_npy",
     "shape_of",
 ]
@@ -34,6 +37,8 @@ __all__ = [
 # protocol's binary data) are answered as nested lists.
 TensorStyle = Literal["nested", "typed", "b64", "file"]
 MAX_NDIM = 8
+# A .npy header's bytes at most: magic, version, length field and the longest header read.
+_HEADER_BYTES = 12 + MAX_HEADER
 
 
 @dataclass
@@ -156,15 +161,16 @@ def float_dtype(value: object, name: str, loc: tuple[str, ...]) -> np.dtype:
     )
 
 
-def read_npy(data: bytes, name: str, budget: Budget | None) -> np.ndarray:
+def read_npy(data: bytes | memoryview, name: str, budget: Budget | None) -> np.ndarray:
     """A .npy file's array, checked from its header before any data is read.
 
-    ``budget`` is charged for the array unless the caller already charged for ``data``.
+    ``budget`` is charged for the array unless the caller already charged for ``data``. The
+    array is a read-only view of ``data`` when its byte order is native and its order C.
 
     Only float32 and float64 (either byte order) are accepted; never pickles.
     """
     try:
-        header = parse_header(data)
+        header = parse_header(bytes(data[:_HEADER_BYTES]))
     except (ValueError, UnicodeDecodeError, struct.error) as exc:
         raise BadRequest(f"{name} is not a valid .npy file: {exc}", loc=("body", name)) from exc
     shape, fortran_order, dtype = header.shape, header.fortran_order, header.dtype
@@ -188,6 +194,15 @@ def read_npy(data: bytes, name: str, budget: Budget | None) -> np.ndarray:
     array = np.frombuffer(data, dtype=dtype, count=count, offset=header.data_offset)
     array = array.reshape(shape, order="F" if fortran_order else "C")
     return np.ascontiguousarray(array, dtype=dtype.newbyteorder("="))
+
+
+def npy_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """A .npy file of ``array`` in two parts: its header, and its data (C order, no copy when
+    the array already is)."""
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    npy_format.write_array_header_1_0(header, npy_format.header_data_from_array_1_0(array))
+    return header.getvalue(), array.reshape(-1).view(np.uint8).data
 
 
 def _dtype_name(dtype: np.dtype | None) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +17,16 @@ from app.errors import BadRequest, InvalidInput, NotAcceptable
 from app.schemas import Hyperparameters
 from convengine import Operation
 
-from .base import Budget, Codec, Decoded, TensorStyle, check_known, check_names, read_npy
+from .base import (
+    Budget,
+    Codec,
+    Decoded,
+    TensorStyle,
+    check_known,
+    check_names,
+    npy_parts,
+    read_npy,
+)
 
 __all__ = ["MULTIPART", "NPY", "decode_multipart", "encode"]
 
@@ -29,7 +37,7 @@ MAX_BOUNDARY = MAX_BOUNDARY_LENGTH  # the parser's own bound, refused here by na
 class _Part:
     def __init__(self) -> None:
         self.headers: dict[bytes, bytes] = {}
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes | memoryview] = []
         self.name = ""
         self.filename: str | None = None
 
@@ -55,7 +63,9 @@ def _parse_parts(body: bytes, boundary: bytes) -> list[_Part]:
         value.clear()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1].chunks.append(data[start:end])
+        # A view of the body, not a copy: bytes never change under it.
+        piece = memoryview(data)[start:end] if isinstance(data, bytes) else data[start:end]
+        parts[-1].chunks.append(piece)
 
     parser = MultipartParser(
         boundary,
@@ -102,14 +112,14 @@ def decode_multipart(
     arrays: dict[str, np.ndarray] = {}
     params: dict[str, Any] = {}
     for part in _parse_parts(body, boundary.encode("latin-1")):
-        data = b"".join(part.chunks)
+        data = part.chunks[0] if len(part.chunks) == 1 else b"".join(part.chunks)
         if part.name in arrays or part.name in params:
             raise InvalidInput(f"{part.name!r} is sent twice", loc=("body", part.name))
         if part.filename is not None or part.name in operation.inputs:
             check_known(part.name, operation)
             arrays[part.name] = read_npy(data, part.name, budget)
         else:
-            params[part.name] = data.decode("utf-8", "replace")
+            params[part.name] = bytes(data).decode("utf-8", "replace")
     check_names(arrays, operation)
     return Decoded(arrays, params, "file", params_as_text=True)
 
@@ -122,9 +132,8 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes
             f"{', '.join(outputs)}: accept application/x-npz or application/json",
             loc=("header", "accept"),
         )
-    stream = io.BytesIO()
-    np.save(stream, next(iter(outputs.values())), allow_pickle=False)
-    return stream.getvalue()
+    header, data = npy_parts(next(iter(outputs.values())))
+    return b"".join((header, data))
 
 
 def _multipart_doc(operation: Operation) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,16 @@ import numpy as np
 from app.errors import BadRequest, InvalidInput
 from convengine import Operation
 
-from .base import Budget, Codec, Decoded, TensorStyle, check_known, check_names, read_npy
+from .base import (
+    Budget,
+    Codec,
+    Decoded,
+    TensorStyle,
+    check_known,
+    check_names,
+    npy_parts,
+    read_npy,
+)
 
 __all__ = ["CODEC", "decode", "encode"]
 
@@ -29,6 +39,23 @@ MAX_DIRECTORY_BYTES = 64 * 1024
 _EOCD = b"PK\x05\x06"  # end of central directory record: 22 bytes and a comment
 _ZIP64_LOCATOR = b"PK\x06\x07"  # 20 bytes, just before the end record
 _ZIP64_EOCD = b"PK\x06\x06"  # 56 bytes and an extensible data sector
+# What encode writes: stored members dated 1980-01-01 00:00 (as np.savez dates them), made
+# on Unix, readable by the owner only; beyond 4 GiB the archive needs zip64 and NumPy.
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+_CENTRAL_SIGNATURE = b"PK\x01\x02"
+_LOCAL = struct.Struct("<4s5H3L2H")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_EOCD_STRUCT = struct.Struct("<4s4H2LH")
+_DOS_1980 = (0, (0 << 9) | (1 << 5) | 1)  # time, date
+_MADE_BY = (3 << 8) | 20
+_EXTERNAL_ATTR = 0o600 << 16
+_ZIP32_LIMIT = 0xFFFFFFFF
+# Read in place: general purpose flags (after the signature and version) and the name's
+# and extra field's lengths of a local header; members encrypted (bit 0), patched (5) or
+# strongly encrypted (6) are left to zipfile, which refuses them.
+_LOCAL_TAIL = struct.Struct("<H18xHH")
+_UNREAD_FLAGS = 0x1 | 0x20 | 0x40
+_UTF8_NAME = 0x800
 
 
 def decode(
@@ -57,7 +84,10 @@ def decode(
             check_known(name, operation)
             budget.take(member.file_size, name)
             # Charged above, from the directory, before inflating.
-            arrays[name] = read_npy(_read_member(archive, member, name), name, None)
+            data: bytes | memoryview | None = _stored(body, member)
+            if data is None:
+                data = _read_member(archive, member, name)
+            arrays[name] = read_npy(data, name, None)
     check_names(arrays, operation)
     return Decoded(arrays, dict(query), "file", param_location="query", params_as_text=True)
 
@@ -98,6 +128,32 @@ def _zip64_directory(body: bytes, eocd: int) -> tuple[int, int]:
     return int(entries), int(size)
 
 
+def _stored(body: bytes, member: zipfile.ZipInfo) -> memoryview | None:
+    """A stored member's bytes as a view of the body (no copy), when its local header and
+    CRC agree with the directory; otherwise None, and zipfile reads it (and names the fault).
+    """
+    start = member.header_offset
+    if (
+        member.compress_type != zipfile.ZIP_STORED
+        or member.flag_bits & _UNREAD_FLAGS
+        or member.compress_size != member.file_size
+        or body[start : start + 4] != _LOCAL_SIGNATURE
+        or start + 30 > len(body)
+    ):
+        return None
+    flags, name_length, extra_length = _LOCAL_TAIL.unpack_from(body, start + 6)
+    name = body[start + 30 : start + 30 + name_length]
+    data_start = start + 30 + name_length + extra_length
+    data = memoryview(body)[data_start : data_start + member.file_size]
+    try:
+        named = name.decode("utf-8" if flags & _UTF8_NAME else "cp437") == member.orig_filename
+    except UnicodeDecodeError:
+        return None
+    if not named or len(data) != member.file_size or zlib.crc32(data) != member.CRC:
+        return None
+    return data
+
+
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -> bytes:
     try:
         with archive.open(member) as stream:
@@ -116,9 +172,46 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -
 
 
 def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes:
-    stream = io.BytesIO()
-    np.savez(stream, allow_pickle=False, **outputs)
-    return stream.getvalue()
+    """The outputs as an uncompressed .npz, written in one pass (np.savez copies each array
+    three times through zipfile and a growing buffer)."""
+    files = [(f"{name}.npy".encode(), *npy_parts(array)) for name, array in outputs.items()]
+    pieces: list[bytes | memoryview] = []
+    directory = []
+    offset = 0
+    for name, header, data in files:
+        size = len(header) + data.nbytes
+        if offset + size + 128 >= _ZIP32_LIMIT:  # zip64 territory: left to NumPy
+            stream = io.BytesIO()
+            np.savez(stream, allow_pickle=False, **outputs)
+            return stream.getvalue()
+        crc = zlib.crc32(data, zlib.crc32(header))
+        local = _LOCAL.pack(_LOCAL_SIGNATURE, 20, 0, 0, *_DOS_1980, crc, size, size, len(name), 0)
+        directory.append(
+            _CENTRAL.pack(
+                _CENTRAL_SIGNATURE,
+                _MADE_BY,
+                20,
+                0,
+                0,
+                *_DOS_1980,
+                crc,
+                size,
+                size,
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                _EXTERNAL_ATTR,
+                offset,
+            )
+            + name
+        )
+        pieces += (local, name, header, data)
+        offset += len(local) + len(name) + size
+    central = b"".join(directory)
+    end = _EOCD_STRUCT.pack(_EOCD, 0, 0, len(files), len(files), len(central), offset, 0)
+    return b"".join([*pieces, central, end])
 
 
 def _request_doc(operation: Operation) -> dict[str, Any]:
