@@ -10,11 +10,11 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from isal.isal_zlib import crc32
 
 from app.errors import BadRequest, InvalidInput
 from convengine import Operation
@@ -149,7 +149,7 @@ def _stored(body: bytes, member: zipfile.ZipInfo) -> memoryview | None:
         named = name.decode("utf-8" if flags & _UTF8_NAME else "cp437") == member.orig_filename
     except UnicodeDecodeError:
         return None
-    if not named or len(data) != member.file_size or zlib.crc32(data) != member.CRC:
+    if not named or len(data) != member.file_size or crc32(data) != member.CRC:
         return None
     return data
 
@@ -184,7 +184,7 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes
             stream = io.BytesIO()
             np.savez(stream, allow_pickle=False, **outputs)
             return stream.getvalue()
-        crc = zlib.crc32(data, zlib.crc32(header))
+        crc = crc32(data, crc32(header))
         local = _LOCAL.pack(_LOCAL_SIGNATURE, 20, 0, 0, *_DOS_1980, crc, size, size, len(name), 0)
         directory.append(
             _CENTRAL.pack(
