@@ -93,10 +93,12 @@ def _pool() -> ThreadPoolExecutor:
 class _OneBlasThread:
     """Holds BLAS to one thread while any split computation runs.
 
-    OpenBLAS ignores a change of its thread count asked for by a thread that has itself made
-    BLAS calls (0.3.31, measured: the call returns, the count stays), and every computing
-    thread has. The changes are therefore made by a thread of their own that never computes.
-    The count to give back is read once, before the first split.
+    threadpoolctl lets only one thread change OpenBLAS's process-wide thread count: the first
+    that sets it, for as long as it lives; from any other thread the change silently does
+    nothing (its ``OpenBLASController``, pthreads builds). The computing threads all split, so
+    the changes are made by one thread of their own, which takes the role for each change and
+    hands it back. A caller's own ``threadpool_limits`` holds the role while it lasts, and the
+    halves then run with what it set. The count to give back is read once, before the first split.
     """
 
     def __init__(self) -> None:
@@ -131,6 +133,10 @@ class _OneBlasThread:
         def set_counts() -> None:
             for library, count in zip(libraries, counts, strict=True):
                 library.set_num_threads(count)
+                # Hand the role back, so that a caller's own threadpool_limits still works.
+                release = getattr(type(library), "clear_controlling_thread", None)
+                if release is not None:
+                    release()
 
         self._setter.submit(set_counts).result()
 

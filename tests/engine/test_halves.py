@@ -104,18 +104,42 @@ def test_blas_runs_one_thread_per_half_and_gets_its_threads_back(always_split):
     assert _blas_threads() == before
 
 
-def test_splits_from_computing_threads_still_hold_blas_to_one(rng, always_split):
-    """OpenBLAS ignores a thread count set by a thread that made BLAS calls itself (seen when
-    the service's computation threads split requests at once): BLAS must still be held to one
-    thread in every split, and given its threads back, after such callers."""
+def test_splits_from_any_thread_hold_blas_to_one(always_split):
+    """threadpoolctl lets only the first thread that sets OpenBLAS's thread count change it,
+    while that thread lives: splits started from two different live threads must both run
+    on one BLAS thread (as the service's computation threads do), and give the count back."""
     before = _blas_threads()
-    x, w = rng.standard_normal((4, 8, 64, 64)), rng.standard_normal((16, 8, 3, 3))
-    with ThreadPoolExecutor(2) as callers:
-        list(callers.map(lambda _: conv(x, w), range(4)))
-        seen = []
-        record = lambda index, batch: seen.append(_blas_threads())  # noqa: E731
-        callers.submit(_halves.run, record, (slice(0, 1), slice(1, 2))).result()
-        assert seen == [[1] * len(before)] * 2
+    with ThreadPoolExecutor(1) as first, ThreadPoolExecutor(1) as second:
+        for caller in (first, second):
+            seen: list[list[int]] = []
+            caller.submit(_halves.run, _recorder(seen), (slice(0, 1), slice(1, 2))).result()
+            assert seen == [[1] * len(before)] * 2
+            assert _blas_threads() == before
+
+
+def _recorder(seen):
+    """A half's work that records the BLAS thread counts it runs with."""
+
+    def record(index, batch):
+        seen.append(_blas_threads())
+
+    return record
+
+
+def test_a_callers_own_limits_still_work_after_splits(always_split, rng):
+    """The engine hands threadpoolctl's role back after each change: a caller's
+    threadpool_limits, in any thread, still sets BLAS's thread count."""
+    from threadpoolctl import threadpool_limits
+
+    conv(rng.standard_normal((2, 3, 16, 16)), rng.standard_normal((4, 3, 3, 3)))  # a split
+    before = _blas_threads()
+    with ThreadPoolExecutor(1) as caller:
+
+        def limited() -> list[int]:
+            with threadpool_limits(1):
+                return _blas_threads()
+
+        assert caller.submit(limited).result() == [1] * len(before)
     assert _blas_threads() == before
 
 
