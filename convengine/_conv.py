@@ -18,7 +18,7 @@ from ._errors import DTypeError, ShapeError
 from ._geometry import ConvGeometry
 from ._im2col import Canvas, FieldRuns, batch_chunks, row_width, workspace
 
-__all__ = ["as_float_array"]
+__all__ = ["as_float_array", "exchange_channels"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DEPTHWISE_CHUNK_BYTES = 1 << 20
@@ -245,6 +245,16 @@ def _weight_gradient(
     x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
     width = row_width(geometry, wide=bool(np.isfinite(x).all()))
     return _gemm_backward(dout, x, w, geometry, width, input_gradient=False)[1]
+
+
+def exchange_channels(w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """w (F, C/groups, *taps) -> (C, F/groups, *taps): the kernel that maps the F output
+    channels back onto the C input channels, group by group, as an input gradient gathered as a
+    convolution needs. The taps stay as given (callers pick and flip them).
+    """
+    g, taps = geometry, w.shape[2:]
+    per_group = w.reshape(g.groups, g.f_per_group, g.c_per_group, *taps)
+    return np.ascontiguousarray(per_group.swapaxes(1, 2)).reshape(g.c, g.f_per_group, *taps)
 
 
 def _as_depthwise(x: np.ndarray, geometry: ConvGeometry) -> tuple[np.ndarray, ConvGeometry]:

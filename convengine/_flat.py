@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ._conv import exchange_channels
 from ._geometry import FLAT_BLOCK_BYTES, ConvGeometry, Sides
 from ._im2col import workspace
 
@@ -85,7 +86,8 @@ def backward(
 def backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     """dx alone, gathered as a convolution: dout (N, F, *out), w -> dx (N, C, *size)."""
     gradient, dout = _input_gradient(geometry, dout)
-    return forward(dout, _flipped_transposed(w, geometry), None, gradient)
+    flipped = w[(slice(None), slice(None), *(slice(None, None, -1),) * geometry.rank)]
+    return forward(dout, exchange_channels(flipped, geometry), None, gradient)
 
 
 def _grid(g: ConvGeometry) -> tuple[int, ...]:
@@ -179,10 +181,3 @@ def _input_gradient(g: ConvGeometry, dout: np.ndarray) -> tuple[ConvGeometry, np
         out=g.size,
     )
     return gradient, dout
-
-
-def _flipped_transposed(w: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    """w (F, C/groups, *kernel) -> (C, F/groups, *kernel), each kernel reversed in every axis."""
-    per_group = w.reshape(g.groups, g.f_per_group, g.c_per_group, *g.kernel)
-    flipped = per_group[(slice(None),) * 3 + (slice(None, None, -1),) * g.rank]
-    return np.ascontiguousarray(flipped.swapaxes(1, 2)).reshape(g.c, g.f_per_group, *g.kernel)

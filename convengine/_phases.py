@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ._conv import _forward
+from ._conv import _forward, exchange_channels
 from ._geometry import ConvGeometry
 
 __all__ = ["input_gradient", "supports"]
@@ -55,7 +55,7 @@ def input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> n
                 target[...] = 0
                 continue
             sub_dout = dout[:, :, rows.kept, columns.kept]
-            sub_w = _sub_kernel(w, g, rows.taps, columns.taps)
+            sub_w = exchange_channels(w[:, :, rows.taps][:, :, :, columns.taps], g)
             phase = replace(
                 g,
                 n=g.n,
@@ -115,12 +115,3 @@ def _phase_axis(g: ConvGeometry, axis: int, residue: int) -> _PhaseAxis:
     after = length - before - out
     kept = slice(max(0, -before), out + min(0, after))
     return _PhaseAxis(first, count, taps[::-1], spacing, kept, (max(0, before), max(0, after)))
-
-
-def _sub_kernel(w: np.ndarray, g: ConvGeometry, rows: list[int], columns: list[int]) -> np.ndarray:
-    """w (F, C/groups, KH, KW) at the given offsets, in that order -> (C, F/groups, len, len)."""
-    picked = w[:, :, rows][:, :, :, columns]
-    per_group = picked.reshape(g.groups, g.f_per_group, g.c_per_group, len(rows), len(columns))
-    return np.ascontiguousarray(per_group.swapaxes(1, 2)).reshape(
-        g.c, g.f_per_group, len(rows), len(columns)
-    )
