@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,9 +27,10 @@ from app.head import HeadAsGet
 from app.limits import BodyLimit, Gate
 from app.limits.memory import MemoryBudget
 from app.observe import Observe
-from app.routes import explain, health, limits, operations, playground, protocol
+from app.routes import explain, health, limits, playground, protocol
+from app.routes import operations as routes
 from app.schemas import ErrorResponse
-from convengine import OPERATIONS
+from convengine import OPERATIONS, Operation
 
 __all__ = ["app", "create_app"]
 
@@ -55,21 +56,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.ready = False
 
 
-_OPENAPI_MODELS: tuple[type[BaseModel], ...] = (
-    *(json_codec.wire_model(operation) for operation in OPERATIONS.values()),
-    ErrorResponse,
-    *protocol.OPENAPI_MODELS,
-)
-
-
-def _openapi_with_models(app: FastAPI) -> dict[str, Any]:
+def _openapi_with_models(app: FastAPI, operations: Mapping[str, Operation]) -> dict[str, Any]:
     """The generated schema plus the models that the codecs' entries reference."""
     if app.openapi_schema is None:
+        models: list[type[BaseModel]] = [
+            *(json_codec.wire_model(operation) for operation in operations.values()),
+            ErrorResponse,
+            *protocol.OPENAPI_MODELS,
+        ]
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         _, definitions = models_json_schema(
-            [(model, "validation") for model in _OPENAPI_MODELS],
+            [(model, "validation") for model in models],
             ref_template="#/components/schemas/{model}",
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
@@ -77,7 +76,10 @@ def _openapi_with_models(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, operations: Mapping[str, Operation] = OPERATIONS
+) -> FastAPI:
+    """The service for ``settings`` (else the environment's), serving a table of operations."""
     settings = settings or get_settings()
     app: FastAPI = FastAPIOffline(
         title="convengine",
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
+    app.state.operations = operations
     memory = MemoryBudget(settings.memory_budget(), settings.max_waiting, settings.memory_wait)
     app.state.gate = Gate(settings.max_concurrent, settings.max_waiting, memory)
     app.state.ready = False
@@ -109,12 +112,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(limits.router)
-    app.include_router(operations.router)
-    app.include_router(explain.router)
-    protocol.install(app)
+    app.include_router(routes.router(operations))
+    app.include_router(explain.router(operations))
+    protocol.install(app, operations)
     app.include_router(playground.router)
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
-    app.openapi = lambda: _openapi_with_models(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi_with_models(app, operations)  # type: ignore[method-assign]
     if settings.api_keys_file is not None:
         app.openapi = with_key_security(app.openapi)  # type: ignore[method-assign]
     return app

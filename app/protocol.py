@@ -2,7 +2,7 @@
 
 ``conv2d`` is the planar forward pass (inputs x, w, optional b; output out),
 ``conv2d_backward`` its backward pass (inputs dout, x, w; outputs dx, dw, db), and so on for
-``conv1d``, ``conv3d`` and ``conv_transpose{1,2,3}d``: whatever :data:`OPERATIONS` holds.
+``conv1d``, ``conv3d`` and ``conv_transpose{1,2,3}d``: whatever the table of operations holds.
 The same validation, limits and engine as the REST routes; only the wire differs
 (:mod:`app.codecs.protocol`), and so does the error shape: ``{"error": "<message>"}``, with
 a 422 becoming the protocol's 400.
@@ -10,6 +10,7 @@ a 422 becoming the protocol's 400.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,28 +26,34 @@ from app.config import Settings
 from app.errors import BadRequest, NotFound
 from app.limits.memory import Reservation
 from app.schemas import ConvRequest, Hyperparameters
-from convengine import OPERATIONS, RANKS, Operation
+from convengine import RANKS, Operation
 
 __all__ = [
-    "MODELS",
     "VERSION",
     "InferResponse",
     "ModelMetadata",
+    "Models",
     "PreparedInference",
     "ProtocolError",
     "ServerMetadata",
     "metadata",
     "model",
+    "models",
     "prepare",
     "render_error",
 ]
 
 VERSION = "1"
-MODELS: dict[str, tuple[Operation, int]] = {
-    operation.model_name(rank): (operation, rank)
-    for operation in OPERATIONS.values()
-    for rank in RANKS
-}
+Models = Mapping[str, tuple[Operation, int]]
+
+
+def models(operations: Mapping[str, Operation]) -> Models:
+    """The models served for a table of operations: one per operation and rank."""
+    return {
+        operation.model_name(rank): (operation, rank)
+        for operation in operations.values()
+        for rank in RANKS
+    }
 
 
 class ProtocolError(BaseModel):
@@ -89,11 +96,11 @@ class InferResponse(BaseModel):
     outputs: list[OutputTensor]
 
 
-def model(name: str, version: str | None = None) -> tuple[Operation, int]:
+def model(served_models: Models, name: str, version: str | None = None) -> tuple[Operation, int]:
     """The operation and rank served as model ``name`` (and ``version``), or 404."""
-    served = MODELS.get(name)
+    served = served_models.get(name)
     if served is None:
-        raise NotFound(f"unknown model {name[:60]!r}: this server has {', '.join(MODELS)}")
+        raise NotFound(f"unknown model {name[:60]!r}: this server has {', '.join(served_models)}")
     if version is not None and version != VERSION:
         raise NotFound(f"model {name!r} has only version {VERSION}, not {version[:20]!r}")
     return served

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -16,9 +17,7 @@ from app.codecs.base import check_names, float_dtype, shape_of
 from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge
 from app.schemas import TensorSpec
-from convengine import OPERATIONS, Operation
-
-router = APIRouter(tags=["convolution"])
+from convengine import Operation
 
 # A dry run names shapes, not numbers: far less than any real one needs.
 MAX_BODY_BYTES = 64 * 1024
@@ -59,46 +58,54 @@ def _example(operation: Operation) -> dict[str, Any]:
     return {"operation": operation.name, "dtype": "float32", **shapes, **example}
 
 
-_EXAMPLE = _example(next(iter(OPERATIONS.values())))
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["operation"],
-                    "properties": {
-                        "operation": {"enum": list(OPERATIONS)},
-                        "dtype": {
-                            "enum": ["float32", "float64"],
-                            "default": "float64",
-                            "description": "the dtype of inputs given without one",
+def _body(operations: Mapping[str, Operation]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["operation"],
+                        "properties": {
+                            "operation": {"enum": list(operations)},
+                            "dtype": {
+                                "enum": ["float32", "float64"],
+                                "default": "float64",
+                                "description": "the dtype of inputs given without one",
+                            },
                         },
+                        "additionalProperties": True,
+                        "description": "the operation, each of its input arrays as {shape, dtype} "
+                        "under its name (x, w, b, dout), and its hyperparameters at top level, as "
+                        "in a JSON request to its route",
                     },
-                    "additionalProperties": True,
-                    "description": "the operation, each of its input arrays as {shape, dtype} "
-                    "under its name (x, w, b, dout), and its hyperparameters at top level, as "
-                    "in a JSON request to its route",
-                },
-                "example": _EXAMPLE,
-            }
-        },
+                    "example": _example(next(iter(operations.values()))),
+                }
+            },
+        }
     }
-}
 
 
-@router.post(
-    "/explain",
-    operation_id="explain",
-    response_model=Explanation,
-    openapi_extra=_BODY,
-    responses={
-        400: {"description": "a body that is not JSON", **_ERROR},
-        413: {"description": f"a body over {MAX_BODY_BYTES} bytes", **_ERROR},
-        422: {"description": "what the real request would be refused with", **_ERROR},
-    },
-)
+def router(operations: Mapping[str, Operation]) -> APIRouter:
+    """POST /explain for a table of operations."""
+    routes = APIRouter(tags=["convolution"])
+    routes.add_api_route(
+        "/explain",
+        explain,
+        methods=["POST"],
+        operation_id="explain",
+        response_model=Explanation,
+        openapi_extra=_body(operations),
+        responses={
+            400: {"description": "a body that is not JSON", **_ERROR},
+            413: {"description": f"a body over {MAX_BODY_BYTES} bytes", **_ERROR},
+            422: {"description": "what the real request would be refused with", **_ERROR},
+        },
+    )
+    return routes
+
+
 async def explain(request: Request) -> dict[str, Any]:
     """What a request would answer (each output's shape and dtype), cost and hold, from its
     arrays' shapes alone; refused exactly as the real request would be."""
@@ -110,14 +117,17 @@ async def explain(request: Request) -> dict[str, Any]:
                 f"a dry run's body is at most {MAX_BODY_BYTES} bytes: send shapes, not arrays",
                 loc=("body",),
             )
-    settings: Settings = request.app.state.settings
-    return await anyio.to_thread.run_sync(partial(explanation, bytes(body), settings))
+    state = request.app.state
+    work = partial(explanation, bytes(body), state.operations, state.settings)
+    return await anyio.to_thread.run_sync(work)
 
 
-def explanation(body: bytes, settings: Settings) -> dict[str, Any]:
+def explanation(
+    body: bytes, operations: Mapping[str, Operation], settings: Settings
+) -> dict[str, Any]:
     """The dry run of the request ``body`` describes (in a worker thread)."""
     document = json_codec.parse_object(body)
-    operation = _operation(document.pop("operation", None))
+    operation = _operation(document.pop("operation", None), operations)
     default = json_codec.default_dtype_of(document)
     given = {name: document.pop(name) for name in operation.inputs if name in document}
     for name in operation.optional:  # an explicit null is an optional array left out
@@ -129,11 +139,11 @@ def explanation(body: bytes, settings: Settings) -> dict[str, Any]:
     return operation.explain(request.geometry, specs["x"].dtype).to_dict()
 
 
-def _operation(name: object) -> Operation:
-    operation = OPERATIONS.get(name) if isinstance(name, str) else None
+def _operation(name: object, operations: Mapping[str, Operation]) -> Operation:
+    operation = operations.get(name) if isinstance(name, str) else None
     if operation is None:
         raise InvalidInput(
-            f"operation must be one of {', '.join(OPERATIONS)}, got {str(name)[:40]!r}",
+            f"operation must be one of {', '.join(operations)}, got {str(name)[:40]!r}",
             loc=("body", "operation"),
             type="literal_error" if name is not None else "missing",
         )

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from app import codecs, pipeline
 from app.schemas import Hyperparameters
-from convengine import OPERATIONS, Operation
-
-router = APIRouter(tags=["convolution"])
+from convengine import Operation
 
 _ERROR = {
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
@@ -66,12 +64,16 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-for _operation in OPERATIONS.values():
-    router.add_api_route(
-        _operation.path,
-        _endpoint(_operation),
-        methods=["POST"],
-        openapi_extra=_openapi(_operation),
-        responses=_responses(_operation),
-        response_class=Response,
-    )
+def router(operations: Mapping[str, Operation]) -> APIRouter:
+    """One POST route per operation of the table."""
+    routes = APIRouter(tags=["convolution"])
+    for operation in operations.values():
+        routes.add_api_route(
+            operation.path,
+            _endpoint(operation),
+            methods=["POST"],
+            openapi_extra=_openapi(operation),
+            responses=_responses(operation),
+            response_class=Response,
+        )
+    return routes

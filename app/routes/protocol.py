@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -13,14 +14,17 @@ from app.codecs.protocol import InferRequest
 from app.errors import register_error_shape
 from app.limits.body import declared_length, reading_cost
 from app.routes import health
+from convengine import Operation
 
 PREFIX = "/v2"
 router = APIRouter(prefix=PREFIX, tags=["inference protocol"])
 OPENAPI_MODELS = (InferRequest, protocol.InferResponse, protocol.ProtocolError)
 
 
-def install(app: FastAPI) -> None:
-    """Serve the protocol on ``app``, errors under /v2 in the protocol's own shape."""
+def install(app: FastAPI, operations: Mapping[str, Operation]) -> None:
+    """Serve the protocol on ``app`` for a table of operations, errors under /v2 in the
+    protocol's own shape."""
+    app.state.models = protocol.models(operations)
     app.include_router(router)
     register_error_shape(app, PREFIX, protocol.render_error)
 
@@ -71,9 +75,11 @@ async def ready(request: Request) -> Response:
     response_model=protocol.ModelMetadata,
     responses=_UNKNOWN_MODEL,
 )
-async def model_metadata(name: str, version: str | None = None) -> dict[str, object]:
+async def model_metadata(
+    request: Request, name: str, version: str | None = None
+) -> dict[str, object]:
     """Inputs and outputs of a model: conv2d, conv2d_backward, conv_transpose3d, ..."""
-    return protocol.metadata(*protocol.model(name, version))
+    return protocol.metadata(*protocol.model(request.app.state.models, name, version))
 
 
 _READY: dict[int | str, dict[str, Any]] = {
@@ -87,7 +93,7 @@ _READY: dict[int | str, dict[str, Any]] = {
 @router.get("/models/{name}/versions/{version}/ready", response_class=Response, responses=_READY)
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """200 when the model can serve."""
-    protocol.model(name, version)
+    protocol.model(request.app.state.models, name, version)
     return await ready(request)
 
 
@@ -136,7 +142,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run a model: JSON tensors, or a JSON header followed by binary tensor data."""
-    served = protocol.model(name, version)
+    served = protocol.model(request.app.state.models, name, version)
     state = request.app.state
     header_length = request.headers.get("inference-header-content-length")
     prepare = partial(
