@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.limits.work import WorkLimits, check_cost
-from convengine import ConvError, Cost, DTypeError, Geometry, Operation
+from convengine import ConvError, Cost, DTypeError, Geometry, Operation, PaddingMode, Rounding
 
 __all__ = [
     "HYPERPARAMETERS",
@@ -171,14 +171,14 @@ class Hyperparameters(_TextForms):
         description="channel groups; must divide C and F",
         json_schema_extra={"text": "an int dividing C and F"},
     )
-    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = Field(
+    padding_mode: PaddingMode = Field(
         "zeros",
         description="convolutions: what the padding holds, as PyTorch's padding_mode: zeros, "
         "or the input reflected about its edge pixel, its edge pixel repeated, or the input "
         "wrapped around",
         json_schema_extra={"text": "zeros, reflect, replicate or circular"},
     )
-    rounding: Literal["exact", "floor"] = Field(
+    rounding: Rounding = Field(
         "exact",
         description='convolutions: "exact" refuses an output size that is not whole, naming a '
         'padding that fits; "floor" drops the last partial window, as PyTorch, ONNX and '

@@ -15,7 +15,8 @@ from ._functional import (
     transposed_backward,
     transposed_forward,
 )
-from ._geometry import ConvGeometry, TransposedGeometry
+from ._geometry import ConvGeometry, PaddingMode, Rounding, TransposedGeometry
+from ._hyperparameters import ConvOptions, LayerOptions, TransposedOptions
 from ._layer import Conv
 from ._operations import (
     OPERATIONS,
@@ -36,13 +37,18 @@ __all__ = [
     "Conv",
     "ConvError",
     "ConvGeometry",
+    "ConvOptions",
     "Cost",
     "DTypeError",
     "Explanation",
     "Geometry",
+    "LayerOptions",
     "Operation",
+    "PaddingMode",
+    "Rounding",
     "ShapeError",
     "TransposedGeometry",
+    "TransposedOptions",
     "backward",
     "conv",
     "conv2d",

@@ -10,7 +10,7 @@ A line (1-D) is a plane one pixel high; a volume (3-D) is computed by ``_volume`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Unpack, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -19,6 +19,7 @@ from . import _halves, _phases
 from ._conv import _backward, _backward_input, _forward, _weight_gradient, as_float_array
 from ._errors import ShapeError
 from ._geometry import ConvGeometry, TransposedGeometry
+from ._hyperparameters import ConvOptions, TransposedOptions
 from ._padding import fold, pad
 from ._volume import volume_backward, volume_backward_input, volume_forward
 
@@ -40,13 +41,7 @@ def conv(
     x: ArrayLike,
     w: ArrayLike,
     b: ArrayLike | None = None,
-    *,
-    stride: object = 1,
-    padding: object = 0,
-    dilation: object = 1,
-    groups: object = 1,
-    padding_mode: object = "zeros",
-    rounding: object = "exact",
+    **options: Unpack[ConvOptions],
 ) -> np.ndarray:
     """The convolution (cross-correlation, as in deep-learning frameworks) of x with w.
 
@@ -61,16 +56,7 @@ def conv(
     """
     x = as_float_array(x, "x")
     w = as_float_array(w, "w", x.dtype)
-    geometry = ConvGeometry.build(
-        x.shape,
-        w.shape,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        padding_mode=padding_mode,
-        rounding=rounding,
-    )
+    geometry = ConvGeometry.build(x.shape, w.shape, **options)
     return forward(x, w, b, geometry)
 
 
@@ -78,13 +64,7 @@ def conv_backward(
     dout: ArrayLike,
     x: ArrayLike,
     w: ArrayLike,
-    *,
-    stride: object = 1,
-    padding: object = 0,
-    dilation: object = 1,
-    groups: object = 1,
-    padding_mode: object = "zeros",
-    rounding: object = "exact",
+    **options: Unpack[ConvOptions],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of a loss with respect to x, w and b, given its gradient dout w.r.t. the output.
 
@@ -97,16 +77,7 @@ def conv_backward(
     x = as_float_array(x, "x")
     w = as_float_array(w, "w", x.dtype)
     dout = as_float_array(dout, "dout", x.dtype)
-    geometry = ConvGeometry.build(
-        x.shape,
-        w.shape,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        padding_mode=padding_mode,
-        rounding=rounding,
-    )
+    geometry = ConvGeometry.build(x.shape, w.shape, **options)
     return backward(dout, x, w, geometry)
 
 
@@ -114,56 +85,24 @@ def conv2d(
     x: ArrayLike,
     w: ArrayLike,
     b: ArrayLike | None = None,
-    *,
-    stride: object = 1,
-    padding: object = 0,
-    dilation: object = 1,
-    groups: object = 1,
-    padding_mode: object = "zeros",
-    rounding: object = "exact",
+    **options: Unpack[ConvOptions],
 ) -> np.ndarray:
     """:func:`conv` of planes: x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None
     -> out (N, F, H_out, W_out). Hyperparameters as in :func:`conv`."""
     x = _planar(x)
-    return conv(
-        x,
-        w,
-        b,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        padding_mode=padding_mode,
-        rounding=rounding,
-    )
+    return conv(x, w, b, **options)
 
 
 def conv2d_backward(
     dout: ArrayLike,
     x: ArrayLike,
     w: ArrayLike,
-    *,
-    stride: object = 1,
-    padding: object = 0,
-    dilation: object = 1,
-    groups: object = 1,
-    padding_mode: object = "zeros",
-    rounding: object = "exact",
+    **options: Unpack[ConvOptions],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`conv_backward` of planes: dout (N, F, H_out, W_out), x (N, C, H, W),
     w (F, C/groups, KH, KW) -> dx (N, C, H, W), dw (F, C/groups, KH, KW), db (F,)."""
     x = _planar(x)
-    return conv_backward(
-        dout,
-        x,
-        w,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        padding_mode=padding_mode,
-        rounding=rounding,
-    )
+    return conv_backward(dout, x, w, **options)
 
 
 def _planar(x: ArrayLike) -> np.ndarray:
@@ -397,12 +336,7 @@ def conv_transpose(
     x: ArrayLike,
     w: ArrayLike,
     b: ArrayLike | None = None,
-    *,
-    stride: object = 1,
-    padding: object = 0,
-    output_padding: object = 0,
-    dilation: object = 1,
-    groups: object = 1,
+    **options: Unpack[TransposedOptions],
 ) -> np.ndarray:
     """The transposed convolution of x with w, as PyTorch's ``conv_transpose{1,2,3}d``.
 
@@ -413,15 +347,7 @@ def conv_transpose(
     """
     x = as_float_array(x, "x")
     w = as_float_array(w, "w", x.dtype)
-    geometry = ConvGeometry.transposed(
-        x.shape,
-        w.shape,
-        stride=stride,
-        padding=padding,
-        output_padding=output_padding,
-        dilation=dilation,
-        groups=groups,
-    )
+    geometry = ConvGeometry.transposed(x.shape, w.shape, **options)
     return transposed_forward(x, w, b, geometry)
 
 
@@ -429,12 +355,7 @@ def conv_transpose_backward(
     dout: ArrayLike,
     x: ArrayLike,
     w: ArrayLike,
-    *,
-    stride: object = 1,
-    padding: object = 0,
-    output_padding: object = 0,
-    dilation: object = 1,
-    groups: object = 1,
+    **options: Unpack[TransposedOptions],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of a loss w.r.t. x, w and b of :func:`conv_transpose`, given dout w.r.t. out.
 
@@ -444,15 +365,7 @@ def conv_transpose_backward(
     x = as_float_array(x, "x")
     w = as_float_array(w, "w", x.dtype)
     dout = as_float_array(dout, "dout", x.dtype)
-    geometry = ConvGeometry.transposed(
-        x.shape,
-        w.shape,
-        stride=stride,
-        padding=padding,
-        output_padding=output_padding,
-        dilation=dilation,
-        groups=groups,
-    )
+    geometry = ConvGeometry.transposed(x.shape, w.shape, **options)
     return transposed_backward(dout, x, w, geometry)
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from ._conv import as_float_array
 from ._errors import ShapeError
 from ._functional import backward, forward
-from ._geometry import ConvGeometry
+from ._geometry import ConvGeometry, IntOrTuple, Padding
+from ._hyperparameters import ConvOptions, LayerOptions
 
 __all__ = ["Conv"]
 
@@ -35,28 +38,19 @@ class Conv:
         n_filter: int,
         h_filter: int,
         w_filter: int,
-        stride: object = 1,
-        padding: object = 0,
+        stride: IntOrTuple = 1,
+        padding: Padding = 0,
         *,
-        dilation: object = 1,
-        groups: int = 1,
-        padding_mode: str = "zeros",
-        rounding: str = "exact",
         rng: np.random.Generator | int | None = None,
         dtype: DTypeLike = np.float64,
+        **options: Unpack[LayerOptions],
     ) -> None:
         self.d_X, self.h_X, self.w_X = (int(d) for d in X_dim)
         self.n_filter, self.h_filter, self.w_filter = int(n_filter), int(h_filter), int(w_filter)
         self.stride, self.padding = stride, padding
-        self._hyper = {
-            "stride": stride,
-            "padding": padding,
-            "dilation": dilation,
-            "groups": groups,
-            "padding_mode": padding_mode,
-            "rounding": rounding,
-        }
-        w_shape = (self.n_filter, self.d_X // max(int(groups), 1), self.h_filter, self.w_filter)
+        self._hyper: ConvOptions = {"stride": stride, "padding": padding, **options}
+        groups = max(int(options.get("groups", 1)), 1)
+        w_shape = (self.n_filter, self.d_X // groups, self.h_filter, self.w_filter)
         self._geometry = ConvGeometry.build(
             (1, self.d_X, self.h_X, self.w_X), w_shape, **self._hyper
         )

@@ -19,6 +19,7 @@ from numpy.typing import DTypeLike
 from ._conv import as_float_dtype
 from ._functional import backward, forward, transposed_backward, transposed_forward
 from ._geometry import ConvGeometry, TransposedGeometry
+from ._hyperparameters import CONV_HYPERPARAMETERS, TRANSPOSED_HYPERPARAMETERS
 
 __all__ = [
     "OPERATIONS",
@@ -266,12 +267,6 @@ _TRANSPOSED = {
     "dw": ArrayDoc("gradient of the loss w.r.t. w", "C_in, C_out/groups, *kernel"),
     "db": ArrayDoc("gradient of the loss w.r.t. b", "C_out"),
 }
-_CONV_HYPERPARAMETERS = frozenset(
-    {"stride", "padding", "dilation", "groups", "padding_mode", "rounding"}
-)
-_TRANSPOSED_HYPERPARAMETERS = frozenset(
-    {"stride", "padding", "output_padding", "dilation", "groups"}
-)
 
 
 def _described(docs: Mapping[str, ArrayDoc], *names: str) -> Mapping[str, ArrayDoc]:
@@ -293,7 +288,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 outputs=("out",),
                 batched=frozenset({"x", "out"}),
                 summed=frozenset(),
-                hyperparameters=_CONV_HYPERPARAMETERS,
+                hyperparameters=CONV_HYPERPARAMETERS,
                 arrays=_described(_CONV, "x", "w", "b", "out"),
                 plan=_plan_forward,
                 run=_run_forward,
@@ -317,7 +312,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 outputs=("dx", "dw", "db"),
                 batched=frozenset({"dout", "x", "dx"}),
                 summed=frozenset({"dw", "db"}),
-                hyperparameters=_CONV_HYPERPARAMETERS,
+                hyperparameters=CONV_HYPERPARAMETERS,
                 arrays=_described(_CONV, "dout", "x", "w", "dx", "dw", "db"),
                 plan=_plan_backward,
                 run=_run_backward,
@@ -339,7 +334,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 outputs=("out",),
                 batched=frozenset({"x", "out"}),
                 summed=frozenset(),
-                hyperparameters=_TRANSPOSED_HYPERPARAMETERS,
+                hyperparameters=TRANSPOSED_HYPERPARAMETERS,
                 arrays=_described(_TRANSPOSED, "x", "w", "b", "out"),
                 plan=_plan_transposed,
                 run=_run_transposed,
@@ -361,7 +356,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 outputs=("dx", "dw", "db"),
                 batched=frozenset({"dout", "x", "dx"}),
                 summed=frozenset({"dw", "db"}),
-                hyperparameters=_TRANSPOSED_HYPERPARAMETERS,
+                hyperparameters=TRANSPOSED_HYPERPARAMETERS,
                 arrays=_described(_TRANSPOSED, "dout", "x", "w", "dx", "dw", "db"),
                 plan=_plan_transposed_backward,
                 run=_run_transposed_backward,

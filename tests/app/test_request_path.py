@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import ast
 import pathlib
+from typing import get_args
 
 import numpy as np
 import pydantic
 import pytest
 
+import convengine
 from app.config import Settings
 from app.limits import WorkLimits
 from app.schemas import HYPERPARAMETERS, Hyperparameters, parse_text, request_model
@@ -248,3 +250,16 @@ def test_no_module_imports_a_private_name_of_another_package():
                 ]
                 if private:
                     assert tuple(parts[: len(own)]) == own, f"{path} imports {module}.{names}"
+
+
+def test_the_service_s_hyperparameters_are_the_engine_s():
+    """The one list of the service is the union of the engine's records, with their choices."""
+    engine = set(convengine.ConvOptions.__optional_keys__) | set(
+        convengine.TransposedOptions.__optional_keys__
+    )
+    assert set(Hyperparameters.model_fields) == engine
+    for name, literal in (
+        ("padding_mode", convengine.PaddingMode),
+        ("rounding", convengine.Rounding),
+    ):
+        assert get_args(Hyperparameters.model_fields[name].annotation) == get_args(literal)

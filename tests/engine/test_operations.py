@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import convengine
 from convengine import (
     OPERATIONS,
     ConvGeometry,
@@ -105,3 +106,39 @@ def test_the_table_announces_the_shape_of_every_array_the_engine_answers(
         assert announced[key] == array.shape, key
     if "b" in announced:
         assert operation.run(geometry, {**arrays, "b": np.ones(announced["b"])})
+
+
+def test_the_hyperparameters_are_one_typed_record_per_kind_of_layer():
+    """The table, the public functions and the layer read them from ConvOptions and
+    TransposedOptions; a function called with every one of them at its default computes."""
+    conv_names = set(convengine.ConvOptions.__optional_keys__)
+    transposed_names = set(convengine.TransposedOptions.__optional_keys__)
+    for operation in OPERATIONS.values():
+        assert operation.hyperparameters in (conv_names, transposed_names), operation.name
+    defaults = dict(
+        stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", rounding="exact"
+    )
+    x, w = np.ones((1, 2, 4, 4)), np.ones((2, 2, 3, 3))
+    assert set(defaults) == conv_names
+    np.testing.assert_array_equal(convengine.conv(x, w, **defaults), convengine.conv(x, w))
+    transposed = dict(stride=1, padding=0, output_padding=0, dilation=1, groups=1)
+    assert set(transposed) == transposed_names
+    np.testing.assert_array_equal(
+        convengine.conv_transpose(x, w, **transposed), convengine.conv_transpose(x, w)
+    )
+    layer = convengine.Conv(
+        (2, 4, 4),
+        2,
+        3,
+        3,
+        1,
+        1,
+        dilation=1,
+        groups=2,
+        padding_mode="reflect",
+        rounding="floor",
+        rng=0,
+    )
+    assert layer.forward(x).shape == (1, 2, 4, 4)
+    with pytest.raises(TypeError):
+        convengine.conv(x, w, output_padding=1)
