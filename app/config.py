@@ -126,7 +126,9 @@ class Settings(BaseSettings):
     compress_min_bytes: int = Field(
         1024, ge=0, description="smallest answer gzipped for a client that accepts gzip"
     )
-    compress_level: int = Field(1, ge=1, le=9, description="gzip level of answers")
+    compress_level: int = Field(
+        1, ge=0, le=3, description="gzip level of answers, ISA-L's: 0 (fastest) to 3"
+    )
     api_keys_file: FilePath | None = Field(
         None, description="keys (or their SHA-256 in hex), one a line; unset: no keys needed"
     )

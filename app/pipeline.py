@@ -22,7 +22,9 @@ from starlette.responses import Response
 
 from app import metrics
 from app.codecs import Budget, Codec, Decoded, choose_decoder, choose_encoder
+from app.codecs import json as json_codec
 from app.config import Settings
+from app.encoding import gzip_answer
 from app.errors import InvalidInput, validation_errors
 from app.limits import Gate, WorkLimits
 from app.limits.admission import Answer
@@ -51,6 +53,10 @@ class Preparing(Protocol):
     def need(self) -> int:
         """Bytes it holds from now to its answer: decoded arrays, work and encoded answer."""
 
+    @property
+    def text(self) -> bool:
+        """Whether its answer writes numbers out as text (worth gzipping for any client)."""
+
     def finish(self) -> tuple[bytes, dict[str, str]]:
         """Compute and encode: the answer's body and headers."""
 
@@ -77,13 +83,27 @@ async def serve(
             prepared = await gate.run(partial(prepare, body, reservation))  # decode, validate
             await gate.hold(reservation, len(body) + prepared.need)
             reservation.settle()  # from here on it only gives back
-            content, headers = await gate.run(prepared.finish)  # compute, encode
+            content, headers = await gate.run(partial(_finish, prepared, request))
         del prepared  # its arrays: only the answer and the body remain
         await gate.hold(reservation, len(body) + len(content))  # shrinks
         return Answer(content, headers, reservation)
     except BaseException:
         reservation.release()
         raise
+
+
+def _finish(prepared: Preparing, request: Request) -> tuple[bytes, dict[str, str]]:
+    """Compute, encode and code (gzip) the answer, in the computation thread."""
+    content, headers = prepared.finish()
+    settings: Settings = request.app.state.settings
+    content, coding = gzip_answer(
+        content,
+        request.headers.get("accept-encoding", ""),
+        prepared.text,
+        settings.compress_min_bytes,
+        settings.compress_level,
+    )
+    return content, {**headers, **coding}
 
 
 async def answer(request: Request, operation: Operation) -> Response:
@@ -111,6 +131,11 @@ class Prepared:
     decoded: Decoded
     encoder: Codec
     need: int
+
+    @property
+    def text(self) -> bool:
+        # A JSON answer imitates x: base64 stays base64, anything else becomes numbers.
+        return self.encoder.media_type == json_codec.MEDIA_TYPE and self.decoded.style != "b64"
 
     def finish(self) -> tuple[bytes, dict[str, str]]:
         outputs = compute(self.request, self.decoded.arrays)

@@ -139,6 +139,7 @@ class PreparedInference:
     validated: ConvRequest
     decoded: Decoded
     need: int
+    text: bool  # no output asked for as binary data: numbers written out in the JSON
 
     def finish(self) -> tuple[bytes, dict[str, str]]:
         outputs = pipeline.compute(self.validated, self.decoded.arrays)
@@ -175,7 +176,8 @@ def prepare(
     # Answered as raw bytes or as JSON numbers: the same sizes as .npz and JSON answers.
     encoding = npz_codec.CODEC if binary else json_codec.CODEC
     need = pipeline.memory_need(validated, decoded.arrays, encoding.answer_bytes)
-    return PreparedInference(name, request, validated, decoded, need)
+    text = not any(wire.wants_binary(request, output) for output in wanted)
+    return PreparedInference(name, request, validated, decoded, need, text)
 
 
 def render_error(status: int, detail: list[dict[str, Any]]) -> tuple[int, bytes]:

@@ -3,8 +3,9 @@
     python -m benchmarks.compression [--rounds 5]
 
 Starts ``python -m app`` on 127.0.0.1 (the production settings), then sends x 16x32x56x56 and
-w 64x32x3x3 (float32, padding 1) in each form, plain and gzipped both ways (the body at level
-1, as ``ConvClient(compress=True)`` does; the answer at the service's level 1). The variants
+w 64x32x3x3 (float32, padding 1) in each form: as a default httpx client does (its own
+Accept-Encoding, which offers gzip among others), plain (identity) and gzipped both ways (the
+body at level 1, as ``ConvClient(compress=True)`` does; the answer at the service's level). The variants
 take turns within each round, so drift hits all alike; the table has medians. Latency is
 measured on loopback, where bytes cost almost nothing: the last column adds what the bytes
 would take on a 100 Mbit/s link, computed, not measured.
@@ -58,6 +59,7 @@ def variants() -> dict[str, tuple[dict[str, Any], float]]:
         plain = request(form, arrays, {"padding": 1}, accept)
         body = plain["content"].encode() if isinstance(plain["content"], str) else plain["content"]
         plain["content"] = body
+        out[f"{label}, default headers"] = ({**plain, "headers": dict(plain["headers"])}, 0.0)
         plain["headers"] = {**plain["headers"], "accept-encoding": "identity"}
         out[f"{label}, plain"] = (plain, 0.0)
         started = time.perf_counter()
@@ -88,17 +90,20 @@ def measure(url: str, rounds: int) -> list[str]:
     lines = [
         f"mid forward, medians of {rounds} interleaved rounds; MB = 10^6 bytes",
         "",
-        "| form | request MB | answer MB | client gzip ms | p50 ms (loopback) "
-        "| p50 + client gzip + bytes at 100 Mbit/s, ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| form | request MB | answer MB | client gzip ms | p50 ms (loopback) | spread ms "
+        "| vs .npz, default headers | p50 + client gzip + bytes at 100 Mbit/s, ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    baseline = statistics.median(times[".npz, default headers"])
     for label, (_, gzip_seconds) in cases.items():
         sent, received = wire[label]
         p50 = statistics.median(times[label]) * 1e3
+        spread = (max(times[label]) - min(times[label])) * 1e3
         link = (sent + received) * 8 / LINK_BITS_PER_SECOND * 1e3
         lines.append(
             f"| {label} | {sent / 1e6:.1f} | {received / 1e6:.1f} | {gzip_seconds * 1e3:.0f} "
-            f"| {p50:.0f} | {p50 + gzip_seconds * 1e3 + link:.0f} |"
+            f"| {p50:.0f} | {spread:.0f} | {p50 / baseline / 1e3:.2f}x "
+            f"| {p50 + gzip_seconds * 1e3 + link:.0f} |"
         )
     return lines
 

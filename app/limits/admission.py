@@ -33,6 +33,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app import metrics
+from app.encoding import CODED
 from app.errors import InvalidInput, Overloaded, PayloadTooLarge
 
 from .memory import MemoryBudget, MiB, Reservation
@@ -56,7 +57,15 @@ class Answer(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            # Coded (gzip or not) where it was made: the gzip middleware passes it on as it is.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": self.raw_headers,
+                    CODED: True,
+                }
+            )
             body = self.body
             for start in range(0, max(len(body), 1), CHUNK):
                 more = start + CHUNK < len(body)

@@ -18,7 +18,7 @@ import pytest
 from app.config import Settings
 from app.encoding import accepted_codings
 from benchmarks.payloads import REQUEST_FORMS, read, request
-from convengine import conv2d, conv2d_backward
+from convengine import conv, conv2d, conv2d_backward
 from convengine.client import ConvClient
 
 from ..servers import Service, start_service
@@ -219,6 +219,61 @@ async def test_answers_are_gzipped_when_accepted_and_binary_only_when_asked(
     if gzipped:
         assert int(response.headers["content-length"]) < len(response.content)
     np.testing.assert_array_equal(read(response, ["out"])["out"], np.ones((1, 1, 40, 40)))
+
+
+@pytest.mark.parametrize(
+    ("form", "accept_encoding", "gzipped"),
+    [
+        ("nested", "gzip, deflate", True),  # numbers written out: half their size gzipped
+        ("typed", "gzip, deflate, br, zstd", True),
+        ("b64", "gzip, deflate", False),  # base64 of floats: a quarter off at best
+        ("b64", "gzip, deflate, br, zstd", False),
+        ("b64", "gzip", True),  # asked for by itself: a slow link
+        ("npz", "gzip, deflate", True),  # an .npz request answered in JSON: numbers
+    ],
+)
+async def test_json_answers_are_gzipped_by_what_they_hold(
+    client, form, accept_encoding, gzipped, rng
+):
+    x = rng.standard_normal((1, 2, 24, 24)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    kwargs = request(form, {"x": x, "w": w}, {"padding": 1}, "application/json")
+    kwargs["headers"] = {**kwargs["headers"], "accept-encoding": accept_encoding}
+    response = await client.post("/forward", **kwargs)
+    assert response.status_code == 200, response.text
+    assert (response.headers.get("content-encoding") == "gzip") is gzipped
+    assert response.headers["vary"] == "Accept-Encoding"
+    np.testing.assert_allclose(
+        read(response, ["out"])["out"], conv(x, w, padding=1), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(("binary", "gzipped"), [(False, True), (True, False)])
+async def test_protocol_answers_are_gzipped_by_what_they_hold(client, binary, gzipped):
+    x = np.arange(2 * 40 * 40, dtype=np.float32).reshape(1, 2, 40, 40)
+    body = {
+        "inputs": [
+            {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
+            {"name": "w", "shape": [1, 2, 1, 1], "datatype": "FP32", "data": [1.0, 1.0]},
+        ],
+        "outputs": [{"name": "out", "parameters": {"binary_data": binary}}],
+    }
+    response = await client.post(
+        "/v2/models/conv2d/infer", json=body, headers={"accept-encoding": "gzip, deflate"}
+    )
+    assert response.status_code == 200, response.text
+    assert (response.headers.get("content-encoding") == "gzip") is gzipped
+
+
+async def test_documents_and_refusals_are_gzipped_as_they_stream(client):
+    document = await client.get("/openapi.json", headers={"accept-encoding": "gzip, deflate"})
+    assert document.headers["content-encoding"] == "gzip"
+    assert int(document.headers["content-length"]) < len(document.content) / 3
+    assert document.json()["openapi"]
+    refusal = await client.post(
+        "/forward", json={"x": [[[[1.0]]]] * 200, "w": 7}, headers={"accept-encoding": "gzip"}
+    )
+    assert refusal.status_code == 422 and refusal.json()["detail"]
 
 
 async def test_small_answers_stay_as_they_are(client):
