@@ -30,7 +30,7 @@ protocol registers ``{"error": "<message>"}`` for ``/v2``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -55,6 +55,7 @@ __all__ = [
     "ServiceError",
     "Unauthorized",
     "UnsupportedMediaType",
+    "brief",
     "error_response",
     "install_error_handlers",
     "internal_error_response",
@@ -156,8 +157,63 @@ def validation_errors(
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return brief(value, 80)
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """``repr(value)``, at most ``limit`` characters of it, made without formatting more.
+
+    A refused value may be a thousand lists deep, megabytes long or an integer of
+    thousands of digits: ``repr`` of it recurses, takes long or raises. This walks lists,
+    tuples and dicts with a stack of its own and stops once ``limit`` characters are out.
+    """
+    pieces: list[str] = []
+    size = 0
+    stack: list[Iterator[object]] = [iter((value,))]
+    while stack and size <= limit:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+            continue
+        piece, inner = _opening(item)
+        pieces.append(piece)
+        size += len(piece)
+        if inner is not None:
+            stack.append(inner)
+    text = "".join(pieces)
+    return text if len(text) <= limit and not stack else text[: limit - 3] + "..."
+
+
+_END = object()
+
+
+class _Text(str):
+    """A piece of punctuation already written out."""
+
+
+def _opening(item: object) -> tuple[str, Iterator[object] | None]:
+    """How ``item`` starts, and what follows it (None: nothing, it is whole)."""
+    if isinstance(item, _Text):
+        return item, None
+    if isinstance(item, list | tuple):
+        close = "]" if isinstance(item, list) else ")"
+        return ("[" if isinstance(item, list) else "("), _joined(item, close)
+    if isinstance(item, dict):
+        entries = ((key, _Text(": "), entry) for key, entry in item.items())
+        return "{", _joined(entries, "}", flatten=True)
+    if isinstance(item, str | bytes):
+        return repr(item[:64]) + ("..." if len(item) > 64 else ""), None
+    if isinstance(item, int) and item.bit_length() > 64:
+        return f"<an integer of {item.bit_length()} bits>", None
+    return repr(item)[:64], None
+
+
+def _joined(items: Iterable[Any], close: str, flatten: bool = False) -> Iterator[object]:
+    for index, item in enumerate(items):
+        if index:
+            yield _Text(", ")
+        yield from (item if flatten else (item,))
+    yield _Text(close)
 
 
 Render = Callable[[int, list[dict[str, Any]]], tuple[int, bytes]]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.errors import NotAcceptable, UnsupportedMediaType
+from app.errors import NotAcceptable, UnsupportedMediaType, brief
 from convengine import Operation
 
 from . import json, npy, npz
@@ -72,7 +72,7 @@ def choose_encoder(accept: str | None, operation: Operation) -> Codec:
             offers.append((-quality, position, kind))
     if not offers:
         raise NotAcceptable(
-            f"cannot answer in {accept!r}: accept one of {', '.join(_ENCODERS)}",
+            f"cannot answer in {brief(accept, 80)}: accept one of {', '.join(_ENCODERS)}",
             loc=("header", "accept"),
         )
     codec = _ENCODERS[min(offers)[2]]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.lib import format as npy_format
 
-from app.errors import BadRequest, InvalidInput, PayloadTooLarge
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge, brief
 from convengine import Cost, Operation
 from convengine.npy_header import MAX_HEADER, parse_header
 
@@ -156,7 +156,7 @@ def shape_of(value: object, name: str) -> tuple[int, ...]:
     ):
         raise InvalidInput(
             f"{name}.shape must be a list of at most {MAX_NDIM} non-negative integers, "
-            f"got {str(value)[:100]}",
+            f"got {brief(value, 100)}",
             loc=("body", name, "shape"),
         )
     return tuple(value)
@@ -168,7 +168,7 @@ def float_dtype(value: object, name: str, loc: tuple[str, ...]) -> np.dtype:
     if isinstance(value, str) and value.lower() in names:
         return np.dtype(names[value.lower()])
     raise InvalidInput(
-        f"{name} has dtype {str(value)[:40]!r}; the service computes in float32 or float64",
+        f"{name} has dtype {brief(value, 40)}; the service computes in float32 or float64",
         loc=loc,
         type="dtype_error",
     )

@@ -22,7 +22,7 @@ import orjson
 import pybase64
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from app.errors import BadRequest, InvalidInput
+from app.errors import BadRequest, InvalidInput, brief
 from app.schemas import DType, Hyperparameters, camel
 from convengine import Cost, Operation
 
@@ -178,7 +178,7 @@ def _default_dtype(declared: object) -> np.dtype:
     if declared not in ("float32", "float64"):
         raise InvalidInput(
             f"dtype must be 'float32' or 'float64' (the dtype of arrays sent as nested lists), "
-            f"got {str(declared)[:40]!r}",
+            f"got {brief(declared, 40)}",
             loc=("body", "dtype"),
             type="literal_error",
         )

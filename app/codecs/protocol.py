@@ -17,7 +17,7 @@ import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import BadRequest, InvalidInput, PayloadTooLarge
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge, brief
 from app.schemas import HYPERPARAMETERS, Hyperparameters
 from convengine import Operation
 
@@ -177,7 +177,7 @@ def _binary(
 ) -> np.ndarray:
     if binary_size != nbytes or isinstance(binary_size, bool):
         raise BadRequest(
-            f"input {tensor.name}: binary_data_size {binary_size!r} does not match shape "
+            f"input {tensor.name}: binary_data_size {brief(binary_size)} does not match shape "
             f"{tensor.shape} of {tensor.datatype} ({nbytes} bytes)"
         )
     if len(rest) < nbytes:

@@ -15,7 +15,7 @@ from app import pipeline
 from app.codecs import json as json_codec
 from app.codecs.base import check_names, float_dtype, shape_of
 from app.config import Settings
-from app.errors import InvalidInput, PayloadTooLarge
+from app.errors import InvalidInput, PayloadTooLarge, brief
 from app.schemas import TensorSpec
 from convengine import Operation
 
@@ -143,7 +143,7 @@ def _operation(name: object, operations: Mapping[str, Operation]) -> Operation:
     operation = operations.get(name) if isinstance(name, str) else None
     if operation is None:
         raise InvalidInput(
-            f"operation must be one of {', '.join(operations)}, got {str(name)[:40]!r}",
+            f"operation must be one of {', '.join(operations)}, got {brief(name, 40)}",
             loc=("body", "operation"),
             type="literal_error" if name is not None else "missing",
         )
@@ -155,7 +155,7 @@ def _spec(value: object, name: str, default: Any) -> TensorSpec:
     if not isinstance(value, dict) or "shape" not in value or set(value) - {"shape", "dtype"}:
         raise InvalidInput(
             f'{name} must be {{"shape": [...], "dtype": "float32" | "float64"}} in a dry run '
-            f"(dtype optional), got {str(value)[:60]}",
+            f"(dtype optional), got {brief(value, 60)}",
             loc=("body", name),
         )
     shape = shape_of(value["shape"], name)

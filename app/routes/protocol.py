@@ -153,6 +153,6 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     length = declared_length(request, state.settings, "application/octet-stream")
     json_part = length
     if header_length and header_length.isascii() and header_length.isdigit():
-        json_part = int(header_length)
+        json_part = min(int(header_length[:19]), length)  # 19 digits: more than any body
     least, expected = reading_cost(length, json_part)
     return await pipeline.serve(request, state.gate, least, expected, prepare)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from app.codecs.npz import MAX_DIRECTORY_BYTES, MAX_MEMBERS
 from app.config import Settings
+from app.errors import brief
 from benchmarks.payloads import npy_bytes, npz_bytes, request
 
 from .conftest import serve
@@ -327,3 +328,138 @@ async def test_text_that_is_not_an_ascii_number_is_refused_by_name(value):
             content=b"{}",
             headers=header,
         )
+
+
+# --- values nested a thousand lists deep: refused by name, never a 500 ----------------------
+
+DEEP = "[" * 1000 + "1" + "]" * 1000  # 2 kB; Python's repr recursion limit is 1,000
+_ONE = "[[[[1.0]]]]"
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "content_type", "status", "loc"),
+    [
+        (
+            "/forward",
+            f'{{"x": {_ONE}, "w": {_ONE}, "padding": {DEEP}}}',
+            "application/json",
+            422,
+            ["body", "padding", 0, 0],
+        ),
+        (
+            "/forward",
+            f'{{"x": {_ONE}, "w": {_ONE}, "dtype": {DEEP}}}',
+            "application/json",
+            422,
+            ["body", "dtype"],
+        ),
+        (
+            "/forward",
+            f'{{"x": {{"shape": {DEEP}, "dtype": "float32", "data": [1]}}, "w": {_ONE}}}',
+            "application/json",
+            422,
+            ["body", "x", "shape"],
+        ),
+        (
+            "/forward",
+            f'{{"x": {{"shape": [1, 1, 1, 1], "dtype": {DEEP}, "data": [1]}}, "w": {_ONE}}}',
+            "application/json",
+            422,
+            ["body", "x", "dtype"],
+        ),
+        (
+            "/explain",
+            f'{{"operation": "forward", "x": {{"shape": {DEEP}}}, "w": {{"shape": [1, 1, 1, 1]}}}}',
+            "application/json",
+            422,
+            ["body", "x", "shape"],
+        ),
+        ("/explain", f'{{"operation": {DEEP}}}', "application/json", 422, ["body", "operation"]),
+    ],
+    ids=[
+        "json-padding",
+        "json-dtype",
+        "typed-shape",
+        "typed-dtype",
+        "explain-shape",
+        "explain-operation",
+    ],
+)
+async def test_deep_nesting_in_a_json_body_is_refused_by_name(
+    client, path, content, content_type, status, loc
+):
+    response = await client.post(path, content=content, headers={"content-type": content_type})
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == loc
+    assert len(detail["msg"]) < 400 and "[[[[" in detail["msg"]
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_deep_nesting_in_the_query_and_form_fields_is_refused_by_name(client):
+    one = np.ones((1, 1, 1, 1), np.float32)
+    kwargs = request("npz", {"x": one, "w": one}, {})
+    response = await client.post("/forward", **{**kwargs, "params": {"padding": DEEP}})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][:2] == ["query", "padding"]
+    kwargs = request("multipart", {"x": one, "w": one}, {})
+    kwargs["data"] = {"stride": DEEP}
+    response = await client.post("/forward", **kwargs)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][1] == "stride"
+
+
+async def test_deep_nesting_in_the_protocol_is_refused_by_name(client):
+    tensor = '{{"name": "x", "shape": {shape}, "datatype": "FP32", "data": [1]}}'
+    weights = '{"name": "w", "shape": [1, 1, 1, 1], "datatype": "FP32", "data": [1]}'
+    bodies = [
+        f'{{"inputs": [{tensor.format(shape="[1, 1, 1, 1]")}, {weights}], "parameters": {{"padding": {DEEP}}}}}',
+        f'{{"inputs": [{tensor.format(shape=DEEP)}, {weights}]}}',
+    ]
+    for body in bodies:
+        response = await client.post(
+            "/v2/models/conv2d/infer", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert len(response.json()["error"]) < 600
+
+
+async def test_an_inference_header_length_of_thousands_of_digits_is_refused(client):
+    response = await client.post(
+        "/v2/models/conv2d/infer",
+        content=b"{}",
+        headers={"inference-header-content-length": "9" * 5000},
+    )
+    assert response.status_code == 400
+    assert "Inference-Header-Content-Length" in response.json()["error"]
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_JSON_VALUES, st.integers(8, 200))
+def test_brief_is_repr_cut_to_its_limit(value, limit):
+    text = brief(value, limit)
+    assert len(text) <= limit
+    whole = repr(value)
+    if len(whole) <= limit and "..." not in text:
+        assert text == whole
+    else:
+        assert text.endswith("...")
+
+
+def test_brief_never_formats_more_than_its_limit():
+    deep: list = []
+    inner = deep
+    for _ in range(100_000):
+        inner.append([])
+        inner = inner[0]
+    assert brief(deep, 20) == "[" * 17 + "..."
+    assert brief(10**5000) == "<an integer of 16610 bits>"
+    assert brief(list(range(10**6)), 30) == "[0, 1, 2, 3, 4, 5, 6, 7, 8,..."
