@@ -61,7 +61,7 @@ def accepts(field: FieldInfo) -> str:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
         annotation, optional = kinds[0], len(kinds) < len(typing.get_args(annotation))
-    words = {int: "an integer", float: "a number", str: "text"}.get(annotation)  # type: ignore[call-overload]
+    words = {int: "an integer", float: "a number", str: "text"}.get(annotation)  # type: ignore[arg-type]
     if typing.get_origin(annotation) is typing.Literal:
         words = "one of " + ", ".join(typing.get_args(annotation)) + " (any case)"
     elif typing.get_origin(annotation) is list:
@@ -114,7 +114,8 @@ def settings_from(flags: Mapping[str, str]) -> Settings:
         where = flag(name) if name in flags else variable(name)
         given = flags.get(name, os.environ.get(variable(name), ""))
         why = error["msg"].removeprefix("Value error, ")
-        raise BadSetting(f"{where}={given!r} is refused: it takes {accepts(field)} ({why})") from None
+        problem = f"{where}={given!r} is refused: it takes {accepts(field)} ({why})"
+        raise BadSetting(problem) from None
     except SettingsError as exc:
         raise BadSetting(str(exc)) from None
 

@@ -17,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.middleware.cors import CORSMiddleware
 
 import convengine
+from app import metrics
 from app.auth import ApiKeys, with_key_security
 from app.codecs import json as json_codec
 from app.config import Settings, get_settings
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     memory = MemoryBudget(settings.memory_budget(), settings.max_waiting, settings.memory_wait)
+    metrics.MEMORY_BUDGET.set(memory.total)
     app.state.gate = Gate(settings.max_concurrent, settings.max_waiting, memory)
     app.state.ready = False
     app.add_middleware(

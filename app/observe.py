@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +23,7 @@ error_log = logging.getLogger("app.errors")
 _MAX_ID = 128
 # A metric label per method a client invents would grow the metrics without bound.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
@@ -95,12 +97,15 @@ class Observe:
     def _record(self, scope: Scope, request_id: str, seen: dict[str, int], seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
         method = scope["method"] if scope["method"] in _METHODS else "other"
-        metrics.REQUESTS.labels(route, method, str(seen["status"])).inc()
-        metrics.REQUEST_SECONDS.labels(route, method).observe(seconds)
+        state = scope.get("state", {})
+        # Set by the route once it knows the operation (a known /v2 model only): bounded.
+        operation = state.get("operation", "")
+        metrics.REQUESTS.labels(route, operation, method, str(seen["status"])).inc()
+        metrics.REQUEST_SECONDS.labels(route, operation, method).observe(seconds)
         metrics.REQUEST_BYTES.labels(route).observe(seen["in"])
         metrics.RESPONSE_BYTES.labels(route).observe(seen["out"])
         client = scope.get("client")
-        key = scope.get("state", {}).get("api_key")  # the key's id (app.auth), never the key
+        key = state.get("api_key")  # the key's id (app.auth), never the key
         if key is not None:
             metrics.KEY_REQUESTS.labels(key, str(seen["status"])).inc()
         line = {
@@ -108,6 +113,7 @@ class Observe:
             "replica": self.replica,
             "method": scope["method"][:16],
             "route": route,
+            "operation": operation or None,
             "path": scope["path"],
             "status": seen["status"],
             "duration_ms": round(seconds * 1000, 3),

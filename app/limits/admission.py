@@ -21,6 +21,8 @@ computes the second half of a large batch (``convengine._halves``), shared by al
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -120,10 +122,16 @@ class Gate:
             self.admitted -= 1
             metrics.ADMITTED.dec()
 
-    async def run(self, work: Callable[[], T]) -> T:
-        """``work()`` in a computation thread, once a computation slot is free."""
+    async def run(self, work: Callable[[], T], waited: list[float] | None = None) -> T:
+        """``work()`` in a computation thread, once a computation slot is free; the time it
+        waited for the slot is appended to ``waited``."""
+        asked = time.perf_counter()
         async with self.limiter:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+            if waited is not None:
+                waited.append(time.perf_counter() - asked)
+            context = contextvars.copy_context()  # the request id reaches the thread's logs
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, context.run, work)
 
     async def serve(
         self,
@@ -147,12 +155,14 @@ class Gate:
             body = await request.body()
             # One place from decoding to the answer, so that work decoded is never refused;
             # a thread only while decoding and while computing.
+            waited: list[float] = []
             async with self.admit():
-                prepared = await self.run(partial(prepare, body, reservation))
+                prepared = await self.run(partial(prepare, body, reservation), waited)
                 need = len(body) + prepared.need
                 await reservation.resize(need, self._work_too_big)
                 reservation.settle()  # from here on it only gives back
-                content, headers = await self.run(prepared.finish)
+                content, headers = await self.run(prepared.finish, waited)
+            metrics.QUEUE_SECONDS.observe(sum(waited))
             del prepared  # its arrays: only the answer and the body remain
             await reservation.resize(len(body) + len(content), self._work_too_big)  # shrinks
             return Answer(content, headers, reservation)

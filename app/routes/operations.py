@@ -62,6 +62,7 @@ def _responses(operation: Operation) -> dict[int | str, dict[str, Any]]:
 
 def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        request.state.operation = operation.name  # the metrics' operation label
         state = request.app.state
         content_type = request.headers.get("content-type")
         prepare = partial(

@@ -138,6 +138,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run a model: JSON tensors, or a JSON header followed by binary tensor data."""
     served = protocol.model(name, version)
+    request.state.operation = name  # a known model's name: the metrics' operation label
     state = request.app.state
     header_length = request.headers.get("inference-header-content-length")
     prepare = partial(
