@@ -82,7 +82,7 @@ def prepare(
     settings: Settings,
 ) -> Prepared:
     """Decode and validate one request to ``operation``'s route (in a worker thread)."""
-    encoder = choose_encoder(accept, operation)
+    encoder = choose_encoder(accept, operation, content_type)
     decoder, options = choose_decoder(content_type)
     assert decoder.decode is not None and encoder.encode is not None
     budget = Budget(
