@@ -95,7 +95,7 @@ def test_every_python_snippet_runs_as_written(service: Service, snippet: str):
     code = code.replace("127.0.0.1:8000", f"127.0.0.1:{service.port}")
     assert code != snippet or "8000" not in snippet
     namespace: dict[str, object] = {"__name__": "readme"}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    exec(compile(code, "README.md", "exec"), namespace)  # the README's own code
     if "ConvClient" in snippet and "conv_transpose_backward" in snippet:
         assert namespace["out"].shape == (2, 4, 5, 5)  # type: ignore[attr-defined]
         assert namespace["up"].shape == (2, 8, 17, 17)  # type: ignore[attr-defined]
