@@ -7,6 +7,7 @@ import json
 import logging
 import logging.config
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -86,11 +87,15 @@ def test_every_line_of_a_real_process_is_json_with_a_level(tmp_path: Path, worke
         time.sleep(0.05)  # a new mtime even on coarse clocks; size and inode change anyway
         response = httpx.get(f"{service.url}/version", headers=bearer, timeout=10)
         assert response.status_code == 200
+        with socket.create_connection((service.host, service.port), timeout=10) as raw:
+            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")  # uvicorn's own warning
+            assert raw.recv(1024).startswith(b"HTTP/1.1 400")
     finally:
         lines = _lines(service.stop())
     messages = [(line["logger"], line["msg"]) for line in lines]
     assert ("uvicorn.error", "Application startup complete.") in messages
     assert ("uvicorn.error", "Application shutdown complete.") in messages
+    assert ("uvicorn.error", "Invalid HTTP request received.") in messages
     # The README's promise: the ids of all keys logged each time the file is read.
     ids = [hashlib.sha256(k.encode()).hexdigest()[:8] for k in ("first-key", "second-key")]
     reloads = [line for line in lines if line["logger"] == "app.auth"]
