@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from app.__main__ import variable
+from app.config import Settings
+
 from ..servers import Service, start_service
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -70,6 +73,8 @@ def test_the_readme_has_what_these_tests_read():
     table = TEXT[TEXT.index("| `CONVENGINE_HOST`") : TEXT.index("### Memory")]
     rows = table.strip().splitlines()
     assert all(row.startswith("| `CONVENGINE_") for row in rows), rows
+    named = {row.split("`")[1] for row in rows}
+    assert named == {variable(name) for name in Settings.model_fields}  # every setting, once
 
 
 def test_every_shell_line_prints_what_the_readme_shows(service: Service, tmp_path: Path):
