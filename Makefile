@@ -17,11 +17,11 @@ $(RUNTIME): pyproject.toml requirements.lock
 	$(PIP) --no-deps -e .
 	touch $(RUNTIME)
 
-# Everything the checks and benchmarks use besides: test, lint, browser and client tools.
+# Everything the checks use besides: test, lint, browser and client tools (no PyTorch).
 install: $(TOOLS)
 
 $(TOOLS): $(RUNTIME)
-	$(PIP) -e '.[dev,bench,client]'
+	$(PIP) -e '.[dev,client]'
 	touch $(TOOLS)
 
 # Settings come from CONVENGINE_* variables (see README): CONVENGINE_PORT=9000 make serve
@@ -48,6 +48,7 @@ test: lint system-deps
 
 # The engine, then the service under load (see BENCHMARKS.md).
 bench: install
+	$(PIP) -e '.[bench]'
 	$(BIN)/python -m convengine.bench
 	$(BIN)/python -m benchmarks.service
 	$(BIN)/python -m benchmarks.compression

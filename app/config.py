@@ -51,10 +51,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CONVENGINE_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64)
-    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every one)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    workers: int = Field(
+        1, ge=1, le=64, description="worker processes; the CPUs are shared out between them"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="least severe level logged (the access log is always written)"
+    )
     replica: str = Field(
         default_factory=socket.gethostname,
         description="this process's name in the X-Replica header and the logs",
@@ -136,7 +140,12 @@ class Settings(BaseSettings):
         default_factory=list, description="origins that browsers may call from, comma-separated"
     )
 
-    @field_validator("api_keys_file", mode="before")
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_keys_file", "memory_budget_mb", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value

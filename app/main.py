@@ -10,6 +10,7 @@ import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
@@ -17,6 +18,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.middleware.cors import CORSMiddleware
 
 import convengine
+from app import metrics
 from app.auth import ApiKeys, with_key_security
 from app.codecs import json as json_codec
 from app.config import Settings, get_settings
@@ -34,12 +36,23 @@ from convengine import OPERATIONS, Operation
 
 __all__ = ["app", "create_app"]
 
-DESCRIPTION = """Forward and backward passes of convolution layers (NCHW, weights
-(F, C/groups, KH, KW)), computed by a vectorised NumPy engine.
+DESCRIPTION = """Forward and backward passes of convolution layers with 1, 2 or 3 spatial axes,
+and of transposed convolutions, computed by a vectorised NumPy engine. The rank of `x` says
+which: `x (N, C, *spatial)`, `w (F, C/groups, *kernel)` for a convolution and
+`w (C_in, C_out/groups, *kernel)` for a transposed one (PyTorch's layouts).
 
 Send arrays as JSON (nested lists, typed tensors or base64 tensors), as multipart `.npy`
-files, or as one `.npz` archive; answers follow the Accept header (JSON, `.npz`, `.npy`).
-Every refusal is `{"detail": [{"loc", "msg", "type"}]}`."""
+files, or as one `.npz` archive. Answers follow the Accept header (JSON, `.npz`, `.npy`);
+with none, or `*/*`, they take the request's form: `.npz` for a binary request, JSON for a
+JSON one. A multipart field sent empty counts as absent. Every refusal is
+`{"detail": [{"loc", "msg", "type"}]}`; the Open Inference Protocol (`/v2`) answers its own
+way."""
+
+
+def _route_name(route: APIRoute) -> str:
+    # operationIds are the routes' names (the table's operation names, healthz, ...), as
+    # generated clients name their methods by them; routes served at two paths set theirs.
+    return route.name
 
 
 def _warm_up() -> None:
@@ -86,10 +99,12 @@ def create_app(
         version=convengine.__version__,
         description=DESCRIPTION,
         lifespan=_lifespan,
+        generate_unique_id_function=_route_name,
     )
     app.state.settings = settings
     app.state.operations = operations
     memory = MemoryBudget(settings.memory_budget(), settings.max_waiting, settings.memory_wait)
+    metrics.MEMORY_BUDGET.set(memory.total)
     app.state.gate = Gate(settings.max_concurrent, settings.max_waiting, memory)
     app.state.ready = False
     app.add_middleware(

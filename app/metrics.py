@@ -1,13 +1,20 @@
 """Prometheus metrics of the service, correct with several worker processes.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (``python -m app`` sets it when it starts several
-workers), every worker writes its samples there and ``/metrics`` adds them up.
+workers), every worker writes its samples there and ``/metrics`` adds them up; the workers'
+``process_*`` figures (CPU, memory, open files) are added up too (:class:`WorkerProcesses`).
+No ``_created`` series: they double the series count and nobody graphs them.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -15,34 +22,53 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from threadpoolctl import threadpool_info
+
+import convengine
 
 __all__ = [
     "ADMITTED",
+    "BUILD_INFO",
     "COMPUTING",
     "CONTENT_TYPE_LATEST",
     "ENGINE_SECONDS",
     "KEY_REQUESTS",
+    "MEMORY_BUDGET",
+    "MEMORY_RESERVED",
+    "QUEUE_SECONDS",
     "REFUSALS",
     "REQUESTS",
     "REQUEST_BYTES",
     "REQUEST_SECONDS",
     "RESPONSE_BYTES",
+    "WorkerProcesses",
     "render",
 ]
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _BYTES = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
+# operation: the table's operation name (/forward, ...), the model's name under /v2, or
+# empty for the routes that compute nothing (/healthz, /metrics, ...).
 REQUESTS = Counter(
-    "convengine_requests_total", "HTTP requests answered", ["route", "method", "status"]
+    "convengine_requests_total",
+    "HTTP requests answered",
+    ["route", "operation", "method", "status"],
 )
 REQUEST_SECONDS = Histogram(
     "convengine_request_duration_seconds",
     "Time from the request's arrival to the end of its response",
-    ["route", "method"],
+    ["route", "operation", "method"],
     buckets=_SECONDS,
 )
 REQUEST_BYTES = Histogram(
@@ -52,7 +78,15 @@ RESPONSE_BYTES = Histogram(
     "convengine_response_size_bytes", "Response body sizes", ["route"], buckets=_BYTES
 )
 ENGINE_SECONDS = Histogram(
-    "convengine_engine_seconds", "Time in the convolution engine", ["pass"], buckets=_SECONDS
+    "convengine_compute_seconds",
+    "Time in the convolution engine, by the table's operation",
+    ["operation"],
+    buckets=_SECONDS,
+)
+QUEUE_SECONDS = Histogram(
+    "convengine_queue_wait_seconds",
+    "Time a request waited for computation slots (to decode, then to compute), in total",
+    buckets=_SECONDS,
 )
 COMPUTING = Gauge(
     "convengine_computations_in_flight",
@@ -69,6 +103,31 @@ REFUSALS = Counter(
     "convengine_refusals_total", "Requests refused, by status and reason", ["status", "reason"]
 )
 
+MEMORY_BUDGET = Gauge(
+    "convengine_memory_budget_bytes",
+    "Memory that requests may reserve at once (CONVENGINE_MEMORY_BUDGET_MB or the container's)",
+    multiprocess_mode="livesum",
+)
+MEMORY_RESERVED = Gauge(
+    "convengine_memory_reserved_bytes",
+    "Memory reserved now by requests: bodies, decoded arrays, work and answers",
+    multiprocess_mode="livesum",
+)
+
+
+def _blas() -> str:
+    found = [f"{pool['internal_api']} {pool['version']}" for pool in threadpool_info()]
+    return ", ".join(sorted(set(found))) or "none"
+
+
+BUILD_INFO = Gauge(
+    "convengine_build_info",
+    "Always 1: the versions this replica runs",
+    ["version", "python", "numpy", "blas"],
+    multiprocess_mode="max",
+)
+BUILD_INFO.labels(convengine.__version__, platform.python_version(), np.__version__, _blas()).set(1)
+
 KEY_REQUESTS = Counter(
     "convengine_key_requests_total",
     "Requests with a valid API key, by the key's id (the first 8 hex digits of its SHA-256)",
@@ -76,10 +135,42 @@ KEY_REQUESTS = Counter(
 )
 
 
+class WorkerProcesses(Collector):
+    """The ``process_*`` metrics of every live worker that writes to ``folder``, added up
+    (CPU seconds, memory, open files) or the earliest (start time)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def pids(self) -> list[int]:
+        found = {path.stem.rsplit("_", 1)[-1] for path in self.folder.glob("*.db")}
+        return sorted(int(pid) for pid in found if pid.isdigit() and Path(f"/proc/{pid}").exists())
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in self.pids():
+            for family in ProcessCollector(pid=partial(int, pid), registry=None).collect():
+                _add(families.setdefault(family.name, family), family)
+        yield from families.values()
+
+
+def _add(total: Metric, family: Metric) -> None:
+    if total is family:
+        return
+    combine = min if total.name in ("process_start_time_seconds", "process_max_fds") else sum
+    total.samples = [
+        one._replace(value=combine((one.value, other.value)))
+        for one, other in zip(total.samples, family.samples, strict=False)  # a worker gone mid-read
+    ]
+
+
 def render() -> bytes:
     """The exposition text of every metric, summed over worker processes if there are several."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(WorkerProcesses(Path(folder)))
+        PlatformCollector(registry)
         return generate_latest(registry)
     return generate_latest(REGISTRY)

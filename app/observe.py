@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
-import orjson
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.errors import Overloaded, error_response, internal_error_response
+from app.logs import REQUEST_ID
 
-__all__ = ["CONNECTIONS_FULL", "LOG_CONFIG", "Observe"]
+__all__ = ["CONNECTIONS_FULL", "Observe"]
 
 # A scope extension set by app.server's protocol when every connection place is taken.
 CONNECTIONS_FULL = "convengine.connections_full"
@@ -24,33 +23,6 @@ error_log = logging.getLogger("app.errors")
 _MAX_ID = 128
 # A metric label per method a client invents would grow the metrics without bound.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-# uvicorn's logging, plus the access logger writing bare JSON lines to stdout.
-LOG_CONFIG: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "default": {"()": "uvicorn.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s"},
-        "json": {"format": "%(message)s"},
-    },
-    "handlers": {
-        "default": {
-            "formatter": "default",
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stderr",
-        },
-        "json": {
-            "formatter": "json",
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stdout",
-        },
-    },
-    "loggers": {
-        "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
-        "uvicorn.error": {"level": "INFO"},
-        "convengine.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
-    },
-}
 
 
 def _request_id(scope: Scope) -> str:
@@ -91,6 +63,7 @@ class Observe:
                 seen["out"] += len(message.get("body", b""))
             await send(message)
 
+        token = REQUEST_ID.set(request_id)  # every record logged from here on names it
         try:
             full = scope.get("extensions", {}).get(CONNECTIONS_FULL)
             if full is not None:
@@ -110,6 +83,7 @@ class Observe:
                 await internal_error_response(scope, request_id)(scope, receive, observing_send)
         finally:
             self._record(scope, request_id, seen, time.perf_counter() - started)
+            REQUEST_ID.reset(token)
 
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
@@ -123,20 +97,23 @@ class Observe:
     def _record(self, scope: Scope, request_id: str, seen: dict[str, int], seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
         method = scope["method"] if scope["method"] in _METHODS else "other"
-        metrics.REQUESTS.labels(route, method, str(seen["status"])).inc()
-        metrics.REQUEST_SECONDS.labels(route, method).observe(seconds)
+        state = scope.get("state", {})
+        # Set by the route once it knows the operation (a known /v2 model only): bounded.
+        operation = state.get("operation", "")
+        metrics.REQUESTS.labels(route, operation, method, str(seen["status"])).inc()
+        metrics.REQUEST_SECONDS.labels(route, operation, method).observe(seconds)
         metrics.REQUEST_BYTES.labels(route).observe(seen["in"])
         metrics.RESPONSE_BYTES.labels(route).observe(seen["out"])
         client = scope.get("client")
-        key = scope.get("state", {}).get("api_key")  # the key's id (app.auth), never the key
+        key = state.get("api_key")  # the key's id (app.auth), never the key
         if key is not None:
             metrics.KEY_REQUESTS.labels(key, str(seen["status"])).inc()
         line = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "request_id": request_id,
             "replica": self.replica,
             "method": scope["method"][:16],
             "route": route,
+            "operation": operation or None,
             "path": scope["path"],
             "status": seen["status"],
             "duration_ms": round(seconds * 1000, 3),
@@ -145,4 +122,7 @@ class Observe:
             "client": client[0] if client else None,
             "key": key,
         }
-        access_log.info(orjson.dumps(line).decode())
+        # app.logs writes the fields beside ts, level, logger and msg.
+        access_log.info(
+            "%s %s %d", line["method"], line["path"], seen["status"], extra={"fields": line}
+        )

@@ -79,11 +79,14 @@ async def serve(
         await gate.reserve_body(reservation, least, expected)
         body = await request.body()  # holding memory, but no computation place
         # One place from decoding to the answer, so that work decoded is never refused.
+        waited: list[float] = []  # for a computation slot
         async with gate.admit():
-            prepared = await gate.run(partial(prepare, body, reservation))  # decode, validate
+            decoding = partial(prepare, body, reservation)
+            prepared = await gate.run(decoding, waited)  # decode, validate
             await gate.hold(reservation, len(body) + prepared.need)
             reservation.settle()  # from here on it only gives back
-            content, headers = await gate.run(partial(_finish, prepared, request))
+            content, headers = await gate.run(partial(_finish, prepared, request), waited)
+        metrics.QUEUE_SECONDS.observe(sum(waited))
         del prepared  # its arrays: only the answer and the body remain
         await gate.hold(reservation, len(body) + len(content))  # shrinks
         return Answer(content, headers, reservation)
@@ -164,7 +167,7 @@ def prepare(
     settings: Settings,
 ) -> Prepared:
     """Decode and validate one request to ``operation``'s route (in a worker thread)."""
-    encoder = choose_encoder(accept, operation)
+    encoder = choose_encoder(accept, operation, content_type)
     decoder, options = choose_decoder(content_type)
     assert decoder.decode is not None and encoder.encode is not None
     budget = Budget(

@@ -187,6 +187,11 @@ class Hyperparameters(_TextForms):
     )
 
     @classmethod
+    def default_texts(cls) -> dict[str, str]:
+        """Each hyperparameter's default, as text."""
+        return {name: str(field.default) for name, field in cls.model_fields.items()}
+
+    @classmethod
     def text_forms(cls) -> dict[str, str]:
         """Each hyperparameter's text form, for documentation."""
         forms = {}

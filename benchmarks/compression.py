@@ -116,7 +116,9 @@ def main() -> None:
     env = {**os.environ, "CONVENGINE_PORT": str(port), "CONVENGINE_LOG_LEVEL": "warning"}
     log = Path(tempfile.mkdtemp(prefix="convengine-bench-")) / "service.log"
     with log.open("wb") as sink:
-        service = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=sink)
+        service = subprocess.Popen(
+            [sys.executable, "-m", "app"], env=env, stdout=sink, stderr=sink
+        )  # the log is on stderr
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

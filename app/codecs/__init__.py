@@ -1,6 +1,7 @@
 """Wire formats: one module per format, each declaring one :class:`Codec`, chosen here.
 
-Requests are read by Content-Type, answers written by Accept. A new format is one module
+Requests are read by Content-Type, answers written by Accept, or in the request's form when
+Accept allows anything. A new format is one module
 and one entry in ``CODECS``; its OpenAPI entries come with it.
 """
 
@@ -32,6 +33,8 @@ __all__ = [
 CODECS: tuple[Codec, ...] = (json.CODEC, npz.CODEC, npy.NPY, npy.MULTIPART)
 _DECODERS = {codec.media_type: codec for codec in CODECS if codec.decode is not None}
 _ENCODERS = {codec.media_type: codec for codec in CODECS if codec.encode is not None}
+# Requests in these forms are answered as .npz unless Accept names a form.
+_BINARY_REQUESTS = frozenset(_DECODERS) - {json.MEDIA_TYPE}
 
 
 def _media_type(header: str) -> tuple[str, dict[str, str]]:
@@ -57,8 +60,14 @@ def choose_decoder(content_type: str | None) -> tuple[Codec, dict[str, str]]:
     return codec, options
 
 
-def choose_encoder(accept: str | None, operation: Operation) -> Codec:
-    """The best answer format the Accept header allows (JSON when it allows anything)."""
+def choose_encoder(
+    accept: str | None, operation: Operation, content_type: str | None = None
+) -> Codec:
+    """The best answer format the Accept header allows; when it allows anything (no header,
+    ``*/*``, ``application/*``), the request's own form: ``.npz`` for a binary request
+    (``.npz``, ``.npy``, multipart), JSON for a JSON one."""
+    binary = _media_type(content_type or "")[0] in _BINARY_REQUESTS
+    anything = npz.CODEC.media_type if binary else json.MEDIA_TYPE
     offers: list[tuple[float, int, str]] = []
     for position, entry in enumerate((accept or "*/*").split(",")):
         kind, params = _media_type(entry)
@@ -67,7 +76,7 @@ def choose_encoder(accept: str | None, operation: Operation) -> Codec:
         except ValueError:
             quality = 0.0
         if kind in ("*/*", "application/*"):
-            kind = json.MEDIA_TYPE
+            kind = anything
         if kind in _ENCODERS and quality > 0:
             offers.append((-quality, position, kind))
     if not offers:

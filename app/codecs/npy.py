@@ -113,6 +113,11 @@ def decode_multipart(
     params: dict[str, Any] = {}
     for part in _parse_parts(body, boundary.encode("latin-1")):
         data = part.chunks[0] if len(part.chunks) == 1 else b"".join(part.chunks)
+        if not data:
+            # A form field left blank (Swagger UI and browsers send one for an empty file
+            # input or text box) is absent: an optional array or hyperparameter is then
+            # its default, a required one is reported missing.
+            continue
         if part.name in arrays or part.name in params:
             raise InvalidInput(f"{part.name!r} is sent twice", loc=("body", part.name))
         if part.filename is not None or part.name in operation.inputs:
@@ -142,8 +147,11 @@ def _multipart_doc(operation: Operation) -> dict[str, Any]:
         for name, doc in operation.arrays.items()
         if name in operation.inputs
     }
+    # Each text field shows the operation's example (or the default) so that a form built
+    # from this document (Swagger UI's "Try it out") sends a value that is accepted.
+    examples = {**Hyperparameters.default_texts(), **operation.example}
     fields = {
-        name: {"type": "string", "description": text}
+        name: {"type": "string", "description": text, "example": str(examples[name])}
         for name, text in Hyperparameters.text_forms().items()
         if name in operation.hyperparameters
     }

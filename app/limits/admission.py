@@ -23,6 +23,8 @@ computes the second half of a large batch (``convengine._halves``), shared by al
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -118,10 +120,16 @@ class Gate:
             self.admitted -= 1
             metrics.ADMITTED.dec()
 
-    async def run(self, work: Callable[[], T]) -> T:
-        """``work()`` in a computation thread, once a computation slot is free."""
+    async def run(self, work: Callable[[], T], waited: list[float] | None = None) -> T:
+        """``work()`` in a computation thread, once a computation slot is free; the time it
+        waited for the slot is appended to ``waited``."""
+        asked = time.perf_counter()
         async with self.limiter:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+            if waited is not None:
+                waited.append(time.perf_counter() - asked)
+            context = contextvars.copy_context()  # the request id reaches the thread's logs
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, context.run, work)
 
     def reservation(self) -> Reservation:
         """A new, empty reservation from this gate's memory budget."""

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import anyio
 
+from app import metrics
 from app.errors import Overloaded, PayloadTooLarge, ServiceError
 
 __all__ = ["MemoryBudget", "Reservation", "give_back", "keep_heap_small"]
@@ -70,6 +71,7 @@ class MemoryBudget:
             if self.used + nbytes > self.total:
                 return False
             self.used += nbytes
+            metrics.MEMORY_RESERVED.set(self.used)
             return True
 
     async def take(self, nbytes: int, holding: int, too_big: Callable[[int], ServiceError]) -> None:
@@ -106,6 +108,7 @@ class MemoryBudget:
         """Give back ``nbytes`` (event loop) and let waiting reservations in."""
         with self._lock:
             self.used -= nbytes
+            metrics.MEMORY_RESERVED.set(self.used)
             if settled:
                 self.settled -= nbytes
         self._grant()

@@ -57,6 +57,7 @@ def _responses(operation: Operation) -> dict[int | str, dict[str, Any]]:
 
 def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        request.state.operation = operation.name  # the metrics' operation label
         return await pipeline.answer(request, operation)
 
     endpoint.__name__ = operation.name

@@ -38,7 +38,7 @@ _UNKNOWN_MODEL: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("", response_model=protocol.ServerMetadata)
+@router.get("", response_model=protocol.ServerMetadata, operation_id="server_metadata")
 async def server_metadata() -> dict[str, object]:
     """Server name, version and protocol extensions."""
     return {
@@ -49,7 +49,10 @@ async def server_metadata() -> dict[str, object]:
 
 
 @router.get(
-    "/health/live", response_class=Response, responses={200: {"description": "live", **_NO_BODY}}
+    "/health/live",
+    response_class=Response,
+    responses={200: {"description": "live", **_NO_BODY}},
+    operation_id="server_live",
 )
 async def live() -> Response:
     """200 while the process answers."""
@@ -58,6 +61,7 @@ async def live() -> Response:
 
 @router.get(
     "/health/ready",
+    operation_id="server_ready",
     response_class=Response,
     responses={
         200: {"description": "ready", **_NO_BODY},
@@ -69,11 +73,17 @@ async def ready(request: Request) -> Response:
     return Response(status_code=200 if health.readiness(request.app.state) == "ready" else 400)
 
 
-@router.get("/models/{name}", response_model=protocol.ModelMetadata, responses=_UNKNOWN_MODEL)
+@router.get(
+    "/models/{name}",
+    response_model=protocol.ModelMetadata,
+    responses=_UNKNOWN_MODEL,
+    operation_id="model_metadata",
+)
 @router.get(
     "/models/{name}/versions/{version}",
     response_model=protocol.ModelMetadata,
     responses=_UNKNOWN_MODEL,
+    operation_id="model_version_metadata",
 )
 async def model_metadata(
     request: Request, name: str, version: str | None = None
@@ -89,8 +99,15 @@ _READY: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/models/{name}/ready", response_class=Response, responses=_READY)
-@router.get("/models/{name}/versions/{version}/ready", response_class=Response, responses=_READY)
+@router.get(
+    "/models/{name}/ready", response_class=Response, responses=_READY, operation_id="model_ready"
+)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    response_class=Response,
+    responses=_READY,
+    operation_id="model_version_ready",
+)
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """200 when the model can serve."""
     protocol.model(request.app.state.models, name, version)
@@ -130,12 +147,14 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post(
     "/models/{name}/infer",
+    operation_id="model_infer",
     response_class=Response,
     openapi_extra=_INFER_BODY,
     responses=_INFER_RESPONSES,
 )
 @router.post(
     "/models/{name}/versions/{version}/infer",
+    operation_id="model_version_infer",
     response_class=Response,
     openapi_extra=_INFER_BODY,
     responses=_INFER_RESPONSES,
@@ -143,6 +162,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run a model: JSON tensors, or a JSON header followed by binary tensor data."""
     served = protocol.model(request.app.state.models, name, version)
+    request.state.operation = name  # a known model's name: the metrics' operation label
     state = request.app.state
     header_length = request.headers.get("inference-header-content-length")
     prepare = partial(

@@ -362,7 +362,7 @@ def test_compressed_bodies_through_uvicorn(service, form, coding):
         want = client.post("/forward", **plain)
         got = client.post("/forward", **compressed(plain, coding))
     assert want.status_code == got.status_code == 200, got.text
-    assert got.json() == want.json()
+    assert got.content == want.content  # answered in the request's form, compressed or not
     np.testing.assert_array_equal(read(got, ["out"])["out"], conv2d(x, w, padding="same"))
 
 

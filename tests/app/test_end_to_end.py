@@ -122,6 +122,7 @@ def test_curl_style_multipart(server):
         f"{server}/forward",
         files={"x": ("x.npy", npy(x)), "w": ("w.npy", npy(w))},
         data={"stride": "2"},
+        headers={"accept": "application/json"},
     )
     assert response.status_code == 200
     assert response.json() == {"out": [[[[9.0, 9.0], [9.0, 9.0]]]], "dtype": "float64"}

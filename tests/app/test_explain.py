@@ -165,7 +165,7 @@ async def test_the_dtype_of_the_answer_is_x_s(client):
         (
             {"x": {"shape": [1, 1, 4, 4]}},
             ["body", "operation"],
-            "operation must be one of forward, backward, conv_transpose, conv_transpose_backward, got 'None'",
+            "operation must be one of forward, backward, conv_transpose, conv_transpose_backward, got None",
         ),
         (
             {"operation": "fwd"},

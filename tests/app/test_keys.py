@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from app.auth import KeyFile
 from app.config import Settings
+from app.logs import JsonFormatter
 from convengine import conv2d
 from convengine.client import AsyncConvClient, ConvClient, ConvServiceError
 
@@ -160,7 +161,7 @@ async def test_logs_and_metrics_name_the_key_by_its_id_only(keys_file, caplog):
         await client.post("/forward", json=FORWARD, headers=bearer(KEY))
         await client.post("/forward", json=FORWARD, headers=bearer("a-wrong-key"))
         metrics = (await client.get("/metrics", headers={"x-api-key": HASHED})).text
-    text = caplog.text
+    text = "\n".join(JsonFormatter().format(record) for record in caplog.records)
     assert f'"key":"{sha256(KEY)[:8]}"' in text
     assert f"{sha256(KEY)[:8]}, {sha256(HASHED)[:8]}" in text  # the reload message
     for secret in (KEY, HASHED, "a-wrong-key"):

@@ -6,10 +6,13 @@ import json
 import logging
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import convengine
 from app.config import Settings
+from app.logs import JsonFormatter
 
 from ..servers import start_service
 from .conftest import serve
@@ -43,7 +46,7 @@ async def test_request_id_is_echoed_or_made_and_replica_named():
     assert given.headers["x-replica"] == "replica-7"
 
 
-async def test_one_json_log_line_per_request(caplog):
+async def test_one_access_log_line_per_request(caplog):
     async with serve(Settings(replica="r1")) as client:
         with caplog.at_level(logging.INFO, logger="convengine.access"):
             await client.post(
@@ -51,9 +54,15 @@ async def test_one_json_log_line_per_request(caplog):
                 content=json.dumps(BODY),
                 headers={"x-request-id": "log-me", "content-type": "application/json"},
             )
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "convengine.access"]
-    assert len(lines) == 1
-    line = lines[0]
+    records = [r for r in caplog.records if r.name == "convengine.access"]
+    assert len(records) == 1
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert (line["level"], line["logger"], line["msg"]) == (
+        "info",
+        "convengine.access",
+        "POST /forward 200",
+    )
+    assert line["operation"] == "forward"
     assert line["request_id"] == "log-me" and line["replica"] == "r1"
     assert (line["method"], line["route"], line["status"]) == ("POST", "/forward", 200)
     assert line["bytes_in"] == len(json.dumps(BODY)) and line["bytes_out"] > 10
@@ -66,24 +75,50 @@ async def test_metrics_count_requests_bytes_engine_time_and_refusals(client):
     await client.post("/backward", json={**BODY, "dout": BODY["x"]})
     await client.post("/forward", content=b"x", headers={"content-type": "text/plain"})
     await client.post("/forward", json={**BODY, "stride": 0})
-    after = _samples((await client.get("/metrics")).text)
+    await client.post("/conv_transpose/forward", json=BODY)
+    await client.post("/v2/models/conv_transpose2d/infer", json={"inputs": []})
+    text = (await client.get("/metrics")).text
+    after = _samples(text)
 
     def delta(name, **labels):
         return _value(after, name, **labels) - _value(before, name, **labels)
 
-    assert delta("convengine_requests_total", route="/forward", method="POST", status="200") == 1
-    assert delta("convengine_requests_total", route="/backward", method="POST", status="200") == 1
-    assert delta("convengine_requests_total", route="/forward", method="POST", status="415") == 1
+    def requests(route, operation, status):
+        labels = {"route": route, "operation": operation, "method": "POST", "status": status}
+        return delta("convengine_requests_total", **labels)
+
+    assert requests("/forward", "forward", "200") == 1
+    assert requests("/backward", "backward", "200") == 1
+    assert requests("/forward", "forward", "415") == 1
+    assert requests("/conv_transpose/forward", "conv_transpose", "200") == 1
+    assert requests("/v2/models/{name}/infer", "conv_transpose2d", "400") == 1
     assert delta("convengine_refusals_total", status="415", reason="unsupported_media_type") == 1
     assert delta("convengine_refusals_total", status="422", reason="greater_than_equal") == 1
-    assert delta("convengine_engine_seconds_count", **{"pass": "forward"}) == 1
-    assert delta("convengine_engine_seconds_count", **{"pass": "backward"}) == 1
+    assert delta("convengine_compute_seconds_count", operation="forward") == 1
+    assert delta("convengine_compute_seconds_count", operation="backward") == 1
+    assert delta("convengine_compute_seconds_count", operation="conv_transpose") == 1
+    assert delta("convengine_queue_wait_seconds_count") == 3  # once per computed request
     assert delta("convengine_request_size_bytes_sum", route="/forward") > 0
-    assert delta("convengine_request_duration_seconds_count", route="/forward", method="POST") == 3
+    labels = {"route": "/forward", "operation": "forward", "method": "POST"}
+    assert delta("convengine_request_duration_seconds_count", **labels) == 3
     assert _value(after, "convengine_computations_in_flight") == 0
+    assert "_created" not in text
 
 
-def test_metrics_add_up_over_worker_processes(tmp_path):
+async def test_metrics_name_the_build_and_the_memory_budget():
+    async with serve(Settings(memory_budget_mb=300)) as client:
+        await client.post("/forward", json=BODY)
+        samples = _samples((await client.get("/metrics")).text)
+    (build,) = [dict(labels) for name, labels in samples if name == "convengine_build_info"]
+    assert build["version"] == convengine.__version__ and build["python"].startswith("3.")
+    assert build["numpy"] == np.__version__ and build["blas"] not in ("", "none")
+    assert _value(samples, "convengine_memory_budget_bytes") == 300 << 20
+    # The answer has been sent: everything reserved went back.
+    assert _value(samples, "convengine_memory_reserved_bytes") == 0
+
+
+def test_metrics_add_up_over_worker_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the service makes its metrics folder
     service = start_service(tmp_path, workers="2", log_level="warning")
     try:
         service.wait_ready(streak=5)  # several answers in a row: both workers are up
@@ -91,10 +126,15 @@ def test_metrics_add_up_over_worker_processes(tmp_path):
             response = httpx.post(f"{service.url}/forward", json=BODY, timeout=10)
             assert response.status_code == 200
         samples = _samples(httpx.get(f"{service.url}/metrics", timeout=10).text)
-        labels = {"route": "/forward", "method": "POST", "status": "200"}
+        labels = {"route": "/forward", "operation": "forward", "method": "POST", "status": "200"}
         assert _value(samples, "convengine_requests_total", **labels) == 20
+        # Both workers' resident memory, added up: more than one process's baseline.
+        assert _value(samples, "process_resident_memory_bytes") > 2 * 40e6
+        assert _value(samples, "process_open_fds") > 0
+        assert len(list(tmp_path.glob("convengine-metrics-*"))) == 1
     finally:
         service.stop()
+    assert list(tmp_path.glob("convengine-metrics-*")) == []  # removed at shutdown
 
 
 @pytest.mark.parametrize(

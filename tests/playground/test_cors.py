@@ -78,7 +78,10 @@ def test_an_allowed_origin_passes_the_preflight_and_reads_the_answer(browser, or
                       "replica": result["replica"]}  # fmt: skip
     assert result["replica"]  # an exposed header
     log = service.log()
-    assert '"method":"OPTIONS","route":"unmatched","path":"/forward","status":200' in log
+    assert (
+        '"method":"OPTIONS","route":"unmatched","operation":null,"path":"/forward","status":200'
+        in log
+    )
 
 
 def test_a_refused_origin_fails_the_preflight_and_sends_nothing(browser, origins):
@@ -86,5 +89,8 @@ def test_a_refused_origin_fails_the_preflight_and_sends_nothing(browser, origins
     before = service.log().count('"method":"POST"')
     result = _call_from(browser, refused.origin, service.url)
     assert result == {"error": "TypeError: Failed to fetch"}
-    assert '"method":"OPTIONS","route":"unmatched","path":"/forward","status":400' in service.log()
+    assert (
+        '"method":"OPTIONS","route":"unmatched","operation":null,"path":"/forward","status":400'
+        in service.log()
+    )
     assert service.log().count('"method":"POST"') == before  # the POST itself never came
