@@ -28,7 +28,7 @@ from app.encoding import gzip_answer
 from app.errors import InvalidInput, validation_errors
 from app.limits import Gate, WorkLimits
 from app.limits.admission import Answer
-from app.limits.body import declared_length, is_json, reading_cost
+from app.limits.body import declared, holding, is_json
 from app.limits.memory import Reservation
 from app.schemas import HYPERPARAMETERS, UNION_TAGS, ConvRequest, TensorSpec, request_model
 from convengine import Cost, Operation
@@ -44,6 +44,10 @@ __all__ = [
     "serve",
     "validate",
 ]
+
+
+# Body bytes a reservation grows ahead of what has arrived, so that it grows in steps.
+_READ_AHEAD = 256 << 10
 
 
 class Preparing(Protocol):
@@ -64,20 +68,21 @@ class Preparing(Protocol):
 async def serve(
     request: Request,
     gate: Gate,
-    least: int,
-    expected: int,
+    holding: Callable[[int], int],
     prepare: Callable[[bytes, Reservation], Preparing],
 ) -> Response:
     """The answer to ``request``, whose body ``prepare`` decodes and validates (in a thread).
 
-    ``least``: what reading and decoding the body holds for sure; ``expected``: what the
-    whole request is expected to hold (:func:`app.limits.body.reading_cost`).
+    ``holding(n)``: what reading and decoding the body holds once ``n`` of its bytes have
+    arrived (:func:`app.limits.body.holding`).
     """
     reservation = gate.reservation()
     try:
         gate.check_places()  # no upload, nor memory, for a request that would be refused
-        await gate.reserve_body(reservation, least, expected)
-        body = await request.body()  # holding memory, but no computation place
+        length = declared(request)
+        if length is not None:
+            gate.check_body(holding(length))  # a 413 before a byte is read
+        body = await _read(request, gate, reservation, holding)  # no computation place
         # One place from decoding to the answer, so that work decoded is never refused.
         waited: list[float] = []  # for a computation slot
         async with gate.admit():
@@ -93,6 +98,21 @@ async def serve(
     except BaseException:
         reservation.release()
         raise
+
+
+async def _read(
+    request: Request, gate: Gate, reservation: Reservation, holding: Callable[[int], int]
+) -> bytes:
+    """The body, its reservation grown as its bytes arrive (and a step ahead): a body that
+    has not arrived holds no memory, so a stalled upload keeps no one else waiting."""
+    pieces: list[bytes] = []
+    received = 0
+    async for piece in request.stream():
+        pieces.append(piece)
+        received += len(piece)
+        if holding(received) > reservation.held:
+            await gate.grow(reservation, holding(received + _READ_AHEAD))
+    return b"".join(pieces)
 
 
 def _finish(prepared: Preparing, request: Request) -> tuple[bytes, dict[str, str]]:
@@ -113,8 +133,6 @@ async def answer(request: Request, operation: Operation) -> Response:
     """The answer to a request to ``operation``'s own route (/forward, /backward, ...)."""
     state = request.app.state
     content_type = request.headers.get("content-type")
-    length = declared_length(request, state.settings, content_type)
-    least, expected = reading_cost(length, length if is_json(content_type) else 0)
     preparing = partial(
         prepare,
         operation,
@@ -123,7 +141,8 @@ async def answer(request: Request, operation: Operation) -> Response:
         query=dict(request.query_params),
         settings=state.settings,
     )
-    return await serve(request, state.gate, least, expected, preparing)
+    held = holding(None if is_json(content_type) else 0)
+    return await serve(request, state.gate, held, preparing)
 
 
 @dataclass

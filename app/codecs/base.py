@@ -102,7 +102,7 @@ class Budget:
     """The decoded bytes a request may still claim, checked before anything is allocated.
 
     Each claim is also memory: ``allowance`` bytes were reserved for the arrays with the body
-    (app.limits.body.reading_cost); beyond them ``reserve(nbytes, name)`` takes more from the
+    (app.limits.body.holding); beyond them ``reserve(nbytes, name)`` takes more from the
     process's memory budget, or refuses.
     """
 

@@ -3,16 +3,16 @@
 :class:`Gate` only admits; :func:`app.pipeline.serve` uses it in this order, top to bottom:
 
 1. :meth:`Gate.check_places` refuses at once with 503 if every computation and waiting place
-   is taken, before the request uploads anything;
-2. :meth:`Gate.reserve_body` reserves what the request is expected to hold from the memory
-   budget (its declared length times the format's expansion,
-   :func:`app.limits.body.reading_cost`), waiting in a bounded line for room; the body is
-   read holding those bytes but no computation place, so a stalled upload holds memory
-   (bounded by the body timeout) and never a computation;
+   is taken, before the request uploads anything, and :meth:`Gate.check_body` with 413 a
+   body whose declared length could never be read within the whole budget;
+2. :meth:`Gate.grow` reserves memory as the body arrives: what reading and decoding the
+   bytes received so far holds (:func:`app.limits.body.holding`), a step ahead, its first
+   bytes waiting in a bounded line for room; a body that has not arrived holds no memory and
+   no computation place, so a stalled upload keeps no one else waiting;
 3. inside :meth:`Gate.admit` (a place from decoding to the answer), :meth:`Gate.run` decodes
    and validates in a computation thread, :meth:`Gate.hold` resizes the reservation to the
-   arrays, work and answer (waiting again if need be), and :meth:`Gate.run` computes and
-   encodes;
+   arrays, work and answer (waiting again if need be; a request that could never fit the
+   budget is a 422 naming it), and :meth:`Gate.run` computes and encodes;
 4. the answer's bytes stay reserved until the answer has been sent (:class:`Answer`).
 
 Computations run in a pool of ``slots`` threads of their own, so that the engine's per-thread
@@ -44,6 +44,7 @@ __all__ = ["Answer", "Gate"]
 
 T = TypeVar("T")
 CHUNK = 1 * MiB  # an answer is sent in pieces, so that a client that reads slowly waits on it
+READY_ROOM = 1 * MiB  # ready while this much of the memory budget is free
 
 
 class Answer(Response):
@@ -98,7 +99,8 @@ class Gate:
     @property
     def can_admit(self) -> bool:
         """Whether a new request would be let in line (for readiness)."""
-        return self.admitted < self.capacity and not self.memory.line_full
+        room = self.memory.total - self.memory.used >= READY_ROOM
+        return self.admitted < self.capacity and not self.memory.line_full and room
 
     def check_places(self) -> None:
         """503 if every computation and waiting place is taken."""
@@ -135,14 +137,15 @@ class Gate:
         """A new, empty reservation from this gate's memory budget."""
         return Reservation(self.memory)
 
-    async def reserve_body(self, reservation: Reservation, least: int, expected: int) -> None:
-        """Reserve for reading a body: ``least``, what reading and decoding it holds for sure
-        (more than the whole budget is a 413), and up front, up to the whole budget,
-        ``expected``, what the whole request is expected to hold, so that it rarely needs
-        more once decoded."""
-        if least > self.memory.total:
-            raise self._body_too_big(least)
-        await reservation.resize(min(expected, self.memory.total), self._body_too_big)
+    def check_body(self, nbytes: int) -> None:
+        """413 for a body that would hold ``nbytes`` while read, more than the whole budget."""
+        if nbytes > self.memory.total:
+            raise self._body_too_big(nbytes)
+
+    async def grow(self, reservation: Reservation, nbytes: int) -> None:
+        """Grow ``reservation`` to ``nbytes`` as a body arrives (waiting in line for its first
+        bytes); 413 beyond the whole budget."""
+        await reservation.resize(max(nbytes, reservation.held), self._body_too_big)
 
     async def hold(self, reservation: Reservation, nbytes: int) -> None:
         """Resize ``reservation`` to what a validated request holds; 422 beyond the budget."""

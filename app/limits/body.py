@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import Settings
 from app.errors import BadRequest, PayloadTooLarge, RequestTimeout, error_response
 
 __all__ = [
     "BINARY_EXPANSION",
-    "BINARY_EXPECTED",
     "JSON_EXPANSION",
     "BodyLimit",
-    "declared_length",
+    "declared",
+    "holding",
     "is_json",
-    "reading_cost",
+    "reading_bytes",
 ]
 
 # What reading and decoding a body holds, per byte of it. JSON: the parsed document, measured
@@ -26,11 +27,6 @@ __all__ = [
 # when it declares it, app.codecs.base.Budget).
 JSON_EXPANSION = 32
 BINARY_EXPANSION = 2
-# What a binary request holds in all, per byte of body, before its geometry is known: body,
-# arrays, work and answer of a layer whose output is as large as its input (measured: 8x for
-# a 60 MiB forward pass by the estimate of app.pipeline.memory_need). Reserving it up front
-# means a request rarely has to wait for more once decoded.
-BINARY_EXPECTED = 8
 
 
 def is_json(content_type: str | bytes | None) -> bool:
@@ -40,21 +36,30 @@ def is_json(content_type: str | bytes | None) -> bool:
     return kind == "application/json" or kind.endswith("+json")
 
 
-def declared_length(request: Request, settings: Settings, content_type: str | None) -> int:
-    """The body's declared length; without one (chunked), the largest its type may send."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit():
-        return int(declared)
-    return settings.max_json_bytes if is_json(content_type) else settings.max_body_bytes
+def holding(json_bytes: int | None) -> Callable[[int], int]:
+    """What a body holds while it is read and decoded once ``n`` of its bytes have arrived:
+    the first ``json_bytes`` of them parsed as JSON (all of them for None), the rest binary."""
+
+    def held(n: int) -> int:
+        return reading_bytes(n, n if json_bytes is None else json_bytes)
+
+    return held
 
 
-def reading_cost(length: int, json_bytes: int) -> tuple[int, int]:
+def declared(request: Request) -> int | None:
+    """The body's declared length, if it has one (not chunked, not compressed)."""
+    length = request.headers.get("content-length", "")
+    # A compressed body reaches the routes inflated, without one (app.encoding.Inflate).
+    if length.isascii() and length.isdigit() and len(length) < 19:
+        return int(length)
+    return None
+
+
+def reading_bytes(length: int, json_bytes: int) -> int:
     """What a body of ``length`` bytes, ``json_bytes`` of them JSON, holds while it is read and
-    decoded (at least), and what its whole request is expected to hold."""
+    decoded."""
     json_bytes = min(json_bytes, length)
-    binary = length - json_bytes
-    least = JSON_EXPANSION * json_bytes + BINARY_EXPANSION * binary
-    return least, max(least, JSON_EXPANSION * json_bytes + BINARY_EXPECTED * binary)
+    return JSON_EXPANSION * json_bytes + BINARY_EXPANSION * (length - json_bytes)
 
 
 class BodyLimit:

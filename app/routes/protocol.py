@@ -12,7 +12,7 @@ import convengine
 from app import pipeline, protocol
 from app.codecs.protocol import InferRequest
 from app.errors import register_error_shape
-from app.limits.body import declared_length, reading_cost
+from app.limits.body import holding
 from app.routes import health
 from convengine import Operation
 
@@ -170,9 +170,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     )
     # The protocol's JSON is parsed whatever the Content-Type: all of the body, or the part
     # Inference-Header-Content-Length gives.
-    length = declared_length(request, state.settings, "application/octet-stream")
-    json_part = length
+    json_part = None  # all of the body
     if header_length and header_length.isascii() and header_length.isdigit():
-        json_part = min(int(header_length[:19]), length)  # 19 digits: more than any body
-    least, expected = reading_cost(length, json_part)
-    return await pipeline.serve(request, state.gate, least, expected, prepare)
+        json_part = int(header_length[:19])  # 19 digits: more than any body
+    return await pipeline.serve(request, state.gate, holding(json_part), prepare)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import re
+import socket
+import time
+
 import anyio
+import httpx
 import numpy as np
 import pytest
 
@@ -13,7 +19,10 @@ from app.limits.memory import MemoryBudget, Reservation
 from benchmarks.payloads import read, request
 from convengine import OPERATIONS
 
+from ..servers import start_service
 from .conftest import serve
+
+MiB = 1 << 20
 
 pytestmark = pytest.mark.anyio
 SMALL = Settings(max_body_bytes=4096, max_json_bytes=2048)
@@ -241,3 +250,98 @@ async def test_the_smallest_answer_fits_its_reservation(client, operation, accep
     response = await client.post(path, **request("npz", {"x": one, "w": one}, {}, accept))
     assert response.status_code == 200, response.text
     assert read(response, ["out"])["out"].shape == (1, 1, 1, 1)
+
+
+# --- admission that streams: memory reserved as the body arrives -----------------------------
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory):
+    """A real service on the README's 1,536 MiB budget, with a 20 s body timeout."""
+    service = start_service(
+        tmp_path_factory.mktemp("budget"), memory_budget_mb="1536", body_timeout="20"
+    )
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+
+
+def _stall(port: int, path: str, content_type: str) -> socket.socket:
+    """A chunked upload that sends four bytes, then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\n"
+        'transfer-encoding: chunked\r\n\r\n4\r\n{"x"\r\n'.encode()
+    )
+    return sock
+
+
+def test_a_stalled_upload_keeps_no_one_waiting(budgeted):
+    stalled = [
+        _stall(budgeted.port, "/forward", ct) for ct in ("application/json", "application/x-npz")
+    ] * 3
+    try:
+        time.sleep(0.5)  # the stalled uploads are in
+        assert httpx.get(f"{budgeted.url}/readyz").status_code == 200
+        started = time.monotonic()
+        response = httpx.post(
+            f"{budgeted.url}/forward", json={"x": [[[[1.0, 2.0]]]], "w": [[[[3.0]]]]}
+        )
+        elapsed = time.monotonic() - started
+        assert response.status_code == 200, response.text
+        assert response.json()["out"] == [[[[3.0, 6.0]]]]
+        assert elapsed < 5, f"a small request waited {elapsed:.1f} s behind stalled uploads"
+        limits = httpx.get(f"{budgeted.url}/metrics").text
+        reserved = float(
+            re.search(r"^convengine_memory_reserved_bytes (\S+)$", limits, re.M).group(1)
+        )
+        assert reserved < 64 * MiB, f"stalled uploads of 4 bytes hold {reserved / MiB:.0f} MiB"
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_small_compressed_body_is_reserved_by_what_it_inflates_to(budgeted):
+    body = gzip.compress(b'{"x": [[[[1.0, 2.0]]]], "w": [[[[3.0]]]]}')
+    response = httpx.post(
+        f"{budgeted.url}/forward",
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert response.status_code == 200, response.text  # it was 413: "about 2,048 MiB"
+
+
+def test_a_chunked_body_beyond_the_budget_is_a_413_once_it_is(tmp_path):
+    service = start_service(tmp_path, memory_budget_mb="64", max_json_bytes=str(8 * MiB))
+    try:
+        service.wait_ready()
+
+        def pieces():
+            yield b'{"x": ['
+            for _ in range(40):
+                yield b"[[[" + b"1.0, " * 20_000 + b"1.0]]], "  # 100 kB: JSON holds 32 times that
+            yield b'[[[1.0]]]], "w": [[[[1.0]]]]}'
+
+        response = httpx.post(
+            f"{service.url}/forward", content=pieces(), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 413, response.text
+        assert (
+            "more than this replica's memory budget of 64 MiB"
+            in response.json()["detail"][0]["msg"]
+        )
+        assert httpx.get(f"{service.url}/readyz").status_code == 200
+    finally:
+        service.stop()
+
+
+async def test_readiness_says_full_while_the_budget_is_reserved():
+    gate = Gate(slots=1, waiting=1, memory=MemoryBudget(8 * MiB, 4, 1.0))
+    assert gate.can_admit
+    reservation = gate.reservation()
+    await gate.grow(reservation, 8 * MiB)
+    assert not gate.can_admit
+    reservation.release()
+    assert gate.can_admit

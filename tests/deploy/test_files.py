@@ -177,7 +177,7 @@ def test_memory_settings_agree_with_the_container_limits():
     """Compose and Kubernetes give the same limits and budget, and the budget fits the limit
     beside what the process holds outside it, with room to read the largest bodies."""
     from app.config import BASELINE_BYTES, BUFFERS_PER_THREAD, Settings
-    from app.limits.body import reading_cost
+    from app.limits.body import reading_bytes
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["convengine"]
     deployment = yaml.safe_load((ROOT / "deploy/k8s/deployment.yaml").read_text())
@@ -193,7 +193,7 @@ def test_memory_settings_agree_with_the_container_limits():
     settings = Settings(memory_budget_mb=int(budget_mb), max_concurrent=max(1, int(cpus)))
     budget = settings.memory_budget()
     assert budget + BASELINE_BYTES + settings.max_concurrent * BUFFERS_PER_THREAD <= memory
-    assert reading_cost(settings.max_body_bytes, 0)[0] <= budget
-    assert reading_cost(settings.max_json_bytes, settings.max_json_bytes)[0] <= budget
+    assert reading_bytes(settings.max_body_bytes, 0) <= budget
+    assert reading_bytes(settings.max_json_bytes, settings.max_json_bytes) <= budget
     readme = (ROOT / "README.md").read_text()
     assert f"`CONVENGINE_MEMORY_BUDGET_MB={budget_mb}`" in readme
