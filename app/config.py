@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     header_timeout: float = Field(
         10.0, gt=0, description="seconds a connection may take to send a request's header block"
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        description="bytes of one request's header block; beyond, 431 and the connection closed",
+    )
     max_pending_headers: int = Field(
         256,
         ge=1,

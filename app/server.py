@@ -10,6 +10,9 @@ the server itself must bound them, so this protocol, used by ``python -m app``, 
 
 - a header timeout: a connection has ``CONVENGINE_HEADER_TIMEOUT`` seconds from its first
   byte (or its opening) to finish a request's header block, or it is closed;
+- a bound on a header block's size: beyond ``CONVENGINE_MAX_HEADER_BYTES`` a request gets 431
+  and its connection is closed, as nginx and h11 do, so that no header block keeps the event
+  loop parsing (httptools has no bound of its own);
 - a bound on connections sending headers: beyond ``CONVENGINE_MAX_PENDING_HEADERS`` the
   oldest of them is closed, so a flood of unfinished header blocks evicts itself while a
   real client, which finishes its headers within milliseconds, is served;
@@ -32,6 +35,7 @@ import resource
 from collections import OrderedDict
 from typing import Any, ClassVar
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import get_settings
@@ -58,6 +62,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         settings = get_settings()
         self.header_timeout = settings.header_timeout
+        self.max_header_bytes = settings.max_header_bytes
+        self._header_bytes = 0
         self.max_pending = settings.max_pending_headers
         self.send_timeout = settings.send_timeout
         # Counted here, answered by the app: uvicorn's own check would answer in plain text.
@@ -79,6 +85,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self not in self.pending:  # the next request on a kept-alive connection
             self._await_headers()
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self in self.pending:  # still in a header block after parsing all of ``data``
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse_headers()
+
+    def _refuse_headers(self) -> None:
+        detail = {
+            "loc": ["header"],
+            "msg": f"the header block is over {self.max_header_bytes} bytes",
+            "type": "too_large",
+        }
+        body = orjson.dumps({"detail": [detail]})
+        head = (
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        if not self.transport.is_closing():
+            self.transport.write(head.encode() + body)
+        self._close()
+
     def on_headers_complete(self) -> None:
         self._headers_done()
         limit = self.connection_limit
@@ -97,6 +125,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _await_headers(self) -> None:
         self.pending[self] = None
+        self._header_bytes = 0
         self._header_timer = self.loop.call_later(self.header_timeout, self._close)
         while len(self.pending) > self.max_pending:
             oldest, _ = self.pending.popitem(last=False)

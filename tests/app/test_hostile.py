@@ -9,10 +9,16 @@ than the JSON limit under another Content-Type.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import socket
 import struct
+import threading
+import time
 import zipfile
 
+import httpx
 import numpy as np
 import pytest
 from hypothesis import given
@@ -23,6 +29,7 @@ from app.config import Settings
 from app.errors import brief
 from benchmarks.payloads import npy_bytes, npz_bytes, request
 
+from ..servers import start_service
 from .conftest import serve
 
 pytestmark = pytest.mark.anyio
@@ -463,3 +470,56 @@ def test_brief_never_formats_more_than_its_limit():
     assert brief(deep, 20) == "[" * 17 + "..."
     assert brief(10**5000) == "<an integer of 16610 bits>"
     assert brief(list(range(10**6)), 30) == "[0, 1, 2, 3, 4, 5, 6, 7, 8,..."
+
+
+# --- header blocks have a size limit ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    service = start_service(tmp_path_factory.mktemp("headers"), max_header_bytes="16384")
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+
+
+def _header_flood(port: int, size: int) -> bytes:
+    """A header block of ``size`` bytes, sent until the service closes; what it answered."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        line = b"x-filler: " + b"a" * 1000 + b"\r\n"
+        with contextlib.suppress(OSError):  # closed on us: what the test wants
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            for _ in range(size // len(line)):
+                sock.sendall(line)
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
+
+
+def test_a_header_block_over_the_limit_is_a_431_and_the_service_keeps_serving(served):
+    head, _, body = _header_flood(served.port, 64 << 20).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431"), head[:200]
+    assert json.loads(body)["detail"][0]["msg"] == "the header block is over 16384 bytes"
+    floods = [
+        threading.Thread(target=_header_flood, args=(served.port, 64 << 20)) for _ in range(3)
+    ]
+    for flood in floods:
+        flood.start()
+    worst = 0.0
+    for _ in range(7):
+        started = time.monotonic()
+        assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.1)
+    for flood in floods:
+        flood.join(timeout=30)
+    assert worst < 1.0, f"/healthz took {worst:.2f} s beside three 64 MiB header floods"
+
+
+def test_a_header_block_under_the_limit_is_served(served):
+    response = httpx.get(f"{served.url}/healthz", headers={f"x-h{i}": "a" * 900 for i in range(15)})
+    assert response.status_code == 200
