@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+import orjson
 from pydantic import Field, FilePath, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -44,6 +46,10 @@ def container_memory_limit() -> int:
         if text.isdigit() and int(text) < 1 << 60:  # v1 says "no limit" with a huge number
             return int(text)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# A browser's Origin: scheme://host[:port], no path, no quotes or brackets.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s\"'\[\],]+")
 
 
 class Settings(BaseSettings):
@@ -158,16 +164,20 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            text = value
+            try:  # pydantic-settings' usual form for a list: JSON
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{text[:80]!r} is not a JSON list of origins: {exc}") from exc
+        elif isinstance(value, str):
             value = [part for part in value.replace(",", " ").split() if part]
         if isinstance(value, list):
             for origin in value:
-                if origin != "*" and (
-                    "://" not in origin or origin.endswith("/") or origin.count("/") > 2
-                ):
+                if origin != "*" and (not isinstance(origin, str) or not _ORIGIN.fullmatch(origin)):
                     raise ValueError(
-                        f"{origin!r} is not an origin: write scheme://host[:port] with no path "
-                        "or trailing slash, or *"
+                        f"{str(origin)[:80]!r} is not an origin: write scheme://host[:port] with "
+                        "no path or trailing slash, or *"
                     )
         return value
 

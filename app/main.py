@@ -15,14 +15,13 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
-from starlette.middleware.cors import CORSMiddleware
 
 import convengine
 from app import metrics
 from app.auth import ApiKeys, with_key_security
 from app.codecs import json as json_codec
 from app.config import Settings, get_settings
-from app.cors import cors_options
+from app.cors import Cors, cors_options
 from app.encoding import Compress, Inflate
 from app.errors import install_error_handlers
 from app.head import HeadAsGet
@@ -122,7 +121,7 @@ def create_app(
     if settings.api_keys_file is not None:  # before the body is read; after CORS preflights
         app.add_middleware(ApiKeys, keys_file=settings.api_keys_file)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
+        app.add_middleware(Cors, **cors_options(settings.cors_origins))
     app.add_middleware(Observe, replica=settings.replica)  # outermost: sees every answer
     install_error_handlers(app)
     app.include_router(health.router)

@@ -53,6 +53,14 @@ async def test_preflight_from_a_refused_origin():
         response = await client.options("/forward", headers=preflight(REFUSED))
         assert response.status_code == 400
         assert "access-control-allow-origin" not in response.headers
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["detail"] == [
+            {
+                "loc": ["header", "origin"],
+                "msg": "this preflight is refused: its origin may not call this service",
+                "type": "cors",
+            }
+        ]
         answer = await client.post("/forward", json=FORWARD, headers={"origin": REFUSED})
         assert "access-control-allow-origin" not in answer.headers  # the browser hides it
 
@@ -88,6 +96,13 @@ def test_origins_come_comma_separated_from_the_environment(monkeypatch):
     assert Settings().cors_origins == [ALLOWED, "http://127.0.0.1:8080"]
     monkeypatch.setenv("CONVENGINE_CORS_ORIGINS", "")
     assert Settings().cors_origins == []
+    # pydantic-settings' usual form for a list is JSON: read as a list, not one literal origin.
+    monkeypatch.setenv("CONVENGINE_CORS_ORIGINS", f'["{ALLOWED}", "http://127.0.0.1:8080"]')
+    assert Settings().cors_origins == [ALLOWED, "http://127.0.0.1:8080"]
+    for broken in ('["https://a.example"', f'["{ALLOWED}/"]', "[1, 2]", "https://a.example/path"):
+        monkeypatch.setenv("CONVENGINE_CORS_ORIGINS", broken)
+        with pytest.raises(ValueError, match="origin"):
+            Settings()
 
 
 @pytest.mark.parametrize("origin", ["https://lab.example/", "lab.example", "https://a.b/path"])
