@@ -46,9 +46,9 @@ import httpx
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._operations import OPERATIONS, Operation
-from ._shards import Assembly, Limits, plan, shard_arrays
-from .npy_header import load_npz
+from ..._operations import OPERATIONS, Operation
+from ..._shards import Assembly, Limits, plan, shard_arrays
+from ...npy_header import load_npz
 
 __all__ = ["AsyncConvClient", "ConvClient", "ConvServiceError"]
 
