@@ -48,7 +48,7 @@ test: lint system-deps
 
 # The engine, then the service under load (see BENCHMARKS.md).
 bench: install
-	$(BIN)/python -m convengine.bench
+	$(BIN)/python -m benchmarks.engine
 	$(BIN)/python -m benchmarks.service
 	$(BIN)/python -m benchmarks.compression
 
