@@ -20,7 +20,7 @@ class Bar:
                 from tqdm.auto import tqdm
             except ImportError:
                 raise ImportError(
-                    "progress=True draws a tqdm bar: pip install 'convengine[client]'"
+                    "progress=True draws a tqdm bar: pip install tqdm (the client extra has it)"
                 ) from None
             self.bar = tqdm(total=total, unit="shard", desc=what)
         elif callable(progress):
