@@ -28,3 +28,12 @@ def test_the_engine_imports_no_http_library():
     modules = _imported_after("import convengine")
     assert "numpy" in modules
     assert not modules & (SERVER | {"httpx", "httpcore", "anyio", "tqdm", "app"})
+
+
+def test_the_deprecated_app_client_still_re_exports_the_client():
+    """From a checkout, ``app.client`` (documented for one more release) is the same client."""
+    import app.client
+    import convengine.client
+
+    for name in app.client.__all__:
+        assert getattr(app.client, name) is getattr(convengine.client, name)
