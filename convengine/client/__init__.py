@@ -34,6 +34,14 @@ twice (shards as tasks or as threads); ``_wire`` the requests and answers; ``_fl
 replicas. None of it imports the service's libraries.
 """
 
+try:
+    import httpx  # noqa: F401
+except ImportError as exc:  # the engine alone is installed
+    raise ImportError(
+        "convengine.client needs httpx: install the client extra, pip install '.[client]' "
+        "from a checkout or '<wheel>[client]'"
+    ) from exc
+
 from ._async.client import AsyncConvClient
 from ._fleet import Resolver, resolve_addresses
 from ._progress import Progress

@@ -131,6 +131,10 @@ def test_a_client_only_install_has_no_server_and_calls_a_live_one(wheel, venv, s
     engine_only = _installed(venv)
     assert {"convengine", "numpy", "threadpoolctl"} <= engine_only
     assert not engine_only & (SERVER | {"httpx", "tqdm"})
+    result = subprocess.run(
+        [python, "-c", "import convengine.client"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert "convengine.client needs httpx: install the client extra" in result.stderr
     _run(python, *PIP, f"{wheel}[client]")
     with_client = _installed(venv)
     assert {"httpx", "tqdm"} <= with_client and not with_client & SERVER
