@@ -4,7 +4,10 @@ One service on loopback answers a 1x1x4x4 forward. Three ways to send it, in int
 rounds: ``ConvClient`` (generated from ``AsyncConvClient`` by ``scripts/unasync.py``), the
 same call through a blocking portal over ``AsyncConvClient`` (the other way to write the
 client once, not taken), and a bare ``httpx.Client`` POST of the same ``.npz`` body (the
-floor: HTTP and the service alone). The fastest round says most on a shared machine.
+floor: HTTP and the service alone). Two figures per call: the wall time, which includes the
+service's, and the client process's CPU time (every thread of it, the portal's too), which is
+the client's own cost and barely moves with the machine's other work. The fastest round
+says most on a shared machine.
 """
 
 from __future__ import annotations
@@ -53,20 +56,20 @@ def _contenders(url: str) -> Iterator[dict[str, Callable[[], object]]]:
             portal.call(wrapped.aclose)
 
 
-def _timed(call: Callable[[], object], calls: int) -> float:
-    """Microseconds per call, over ``calls`` calls."""
-    start = time.perf_counter()
+def _timed(call: Callable[[], object], calls: int) -> tuple[float, float]:
+    """Microseconds per call over ``calls`` calls: wall time, and this process's CPU time."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         call()
-    return (time.perf_counter() - start) / calls * 1e6
+    return (time.perf_counter() - wall) / calls * 1e6, (time.process_time() - cpu) / calls * 1e6
 
 
-def _measure(url: str, rounds: int, calls: int) -> dict[str, list[float]]:
-    """Microseconds per call of each contender, one figure per round."""
+def _measure(url: str, rounds: int, calls: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) microseconds per call of each contender, one pair per round."""
     with _contenders(url) as contenders:
         for call in contenders.values():
             _timed(call, 20)  # connections open, limits read
-        times: dict[str, list[float]] = {name: [] for name in contenders}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
         for _ in range(rounds):
             for name, call in contenders.items():
                 times[name].append(_timed(call, calls))
@@ -81,10 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     with replicas(1, Path(tempfile.mkdtemp(prefix="convengine-bench-"))) as (url,):
         times = _measure(url, args.rounds, args.calls)
     print(f"{args.rounds} rounds of {args.calls} tiny forward calls to one local service\n")
-    print("| contender | us/call, fastest round | us/call, median round |")
-    print("|---|---:|---:|")
+    print(
+        "| contender | wall us/call: fastest round | median | client CPU us/call: fastest | median |"
+    )
+    print("|---|---:|---:|---:|---:|")
     for name, each in times.items():
-        print(f"| {name} | {min(each):.0f} | {statistics.median(each):.0f} |")
+        wall, cpu = [pair[0] for pair in each], [pair[1] for pair in each]
+        figures = (min(wall), statistics.median(wall), min(cpu), statistics.median(cpu))
+        print(f"| {name} | " + " | ".join(f"{value:.0f}" for value in figures) + " |")
 
 
 if __name__ == "__main__":
