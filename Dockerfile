@@ -11,19 +11,22 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY requirements.lock ./
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps -r requirements.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY convengine ./convengine
-COPY app ./app
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
-# Runtime stage: the virtualenv only, run by an unprivileged user.
+# Runtime stage: the virtualenv and the service's source, run by an unprivileged user.
 FROM python:3.11.15-slim-bookworm
 RUN groupadd --system --gid 10001 convengine \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin convengine
 COPY --from=build /opt/venv /opt/venv
+# The service runs from its source, as from a checkout: the wheel holds the engine and the
+# client only, so that `python -m app` never means an installed package.
+COPY app /opt/convengine/app
 # BLAS threads per worker are sized at start from the CPUs the container may use
 # (app/__main__.py); set OPENBLAS_NUM_THREADS to override.
 ENV PATH="/opt/venv/bin:$PATH" \
+    PYTHONPATH=/opt/convengine \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     CONVENGINE_HOST=0.0.0.0 \

@@ -49,7 +49,7 @@ test: lint system-deps
 # The engine, then the service under load (see BENCHMARKS.md).
 bench: install
 	$(PIP) -e '.[bench]'
-	$(BIN)/python -m convengine.bench
+	$(BIN)/python -m benchmarks.engine
 	$(BIN)/python -m benchmarks.service
 	$(BIN)/python -m benchmarks.compression
 

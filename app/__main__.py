@@ -1,4 +1,4 @@
-"""``python -m app`` / ``convengine-serve``: run the service with uvicorn on its settings.
+"""``python -m app``: run the service with uvicorn on its settings.
 
 Every setting of :class:`app.config.Settings` is a flag (``--max-body-bytes``) and a variable
 (``CONVENGINE_MAX_BODY_BYTES``); a flag wins over its variable. A value either refuses is one

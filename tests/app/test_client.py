@@ -63,10 +63,16 @@ async def test_every_operation_is_a_method_and_call_names_it():
         dout = np.ones_like(out)
         dx, dw, db = await client.backward(dout, x, W, padding=1)
         assert dx.shape == x.shape and dw.shape == W.shape and db.shape == (3,)
-        with pytest.raises(AttributeError, match="no operation 'fordward'"):
-            client.fordward  # noqa: B018
+        # Methods are explicit: a misspelt one is Python's own AttributeError (and an IDE's
+        # warning), a misspelt name given to call() names the operations there are.
+        with pytest.raises(AttributeError, match="has no attribute 'fordward'"):
+            client.fordward  # type: ignore[attr-defined]  # noqa: B018
+        with pytest.raises(AttributeError, match="no operation 'fordward': it has forward, "):
+            await client.call("fordward", x, W)
+        with pytest.raises(TypeError, match="missing 1 required positional argument: 'w'"):
+            await client.forward(x)  # type: ignore[call-arg]
         with pytest.raises(TypeError, match="needs the array 'w'"):
-            await client.forward(x)
+            await client.call("forward", x)
         # Pairs of pairs travel as JSON text.
         hyper = dict(padding=[[3, 2], [0, 1]], stride=2, padding_mode="reflect")
         out = await client.forward(x, W, **hyper)

@@ -73,8 +73,8 @@ def test_image_pins_every_runtime_dependency():
         for line in (ROOT / "requirements.lock").read_text().splitlines()
         if line and not line.startswith("#")
     }
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for requirement in project:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"] + project["optional-dependencies"]["server"]:
         name = re.split(r"[<>=\[ ]", requirement)[0].lower()
         assert name in lock, f"{name} is a dependency but requirements.lock does not pin it"
 
@@ -83,7 +83,14 @@ def test_dockerignore_keeps_tests_and_caches_out():
     rules = (ROOT / ".dockerignore").read_text().splitlines()
     assert rules[rules.index("*") :][0] == "*"  # everything out, then only what is built from
     allowed = {line[1:].rstrip("/") for line in rules if line.startswith("!")}
-    assert allowed == {"requirements.lock", "pyproject.toml", "README.md", "convengine", "app"}
+    assert allowed == {
+        "requirements.lock",
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "convengine",
+        "app",
+    }
 
 
 def test_healthcheck_command(tmp_path):

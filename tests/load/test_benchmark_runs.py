@@ -1,4 +1,5 @@
-"""The service benchmark itself runs: `python -m benchmarks.service --quick` (small shapes)."""
+"""The benchmarks themselves run: `python -m benchmarks.service --quick` (small shapes),
+`python -m benchmarks.engine` on one small shape, `python -m benchmarks.client` briefly."""
 
 from __future__ import annotations
 
@@ -35,3 +36,37 @@ def test_service_benchmark_smoke_run(tmp_path):
     assert len(rows) == 2 * 5  # both passes, every payload form, small shape
     assert "framework floor" in report and "compute floor" in report and "transfer floor" in report
     assert "floor (engine + transfer, served)" in report
+
+
+def test_engine_benchmark_smoke_run():
+    """`python -m benchmarks.engine` (moved from convengine.bench) runs with its flags."""
+    command = ["-m", "benchmarks.engine", "--rounds", "1", "--budget", "0.01", "--only", "small"]
+    result = subprocess.run(
+        [sys.executable, *command, "--dtypes", "float64"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| small | N2 C3")]
+    assert [row.split(" | ")[2] for row in rows] == ["forward", "backward"]
+    assert "float32" not in result.stdout.split("| shape |")[-1]  # --dtypes is honoured
+
+
+def test_client_benchmark_smoke_run():
+    """`python -m benchmarks.client` times the three ways to send a tiny call."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.client", "--rounds", "1", "--calls", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1:] == [
+        "| ConvClient (generated)",
+        "| portal over AsyncConvClient",
+        "| bare httpx.Client POST",
+    ]

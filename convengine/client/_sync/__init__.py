@@ -1,0 +1,1 @@
+"""The blocking client, generated from ``convengine/client/_async`` (``scripts/unasync.py``)."""

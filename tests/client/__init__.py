@@ -1,0 +1,1 @@
+"""Tests of convengine.client: its methods, its generated half, what it imports."""
