@@ -38,7 +38,13 @@ class Limits:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Limits:
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+        """A replica's ``/limits``; what is not a non-negative number there is not known."""
+
+        def number(value: object) -> Any:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+            return value if ok else None
+
+        return cls(**{f.name: number(data.get(f.name)) for f in fields(cls)})
 
     @classmethod
     def tightest(cls, every: Iterable[Limits]) -> Limits:

@@ -34,6 +34,7 @@ SUBSTITUTIONS = (
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
     (r"\bStopAsyncIteration\b", "StopIteration"),
+    (r"\baiter_raw\b", "iter_raw"),
     (r"\b_async\b", "_sync"),
 )
 DOCSTRING = re.compile(r'\A"""(.*?)"""\n', re.DOTALL)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
+import time
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeAlias
@@ -53,13 +57,127 @@ class Gradients(NamedTuple):
 
 
 class ConvServiceError(Exception):
-    """The service refused a request; ``detail`` is its list of ``{loc, msg, type}``."""
+    """Every way a call fails, one type: the service refused it (``status_code``, and its
+    ``detail``, a list of ``{loc, msg, type}``), or no usable answer came (``status_code``
+    None): none in time (type "timeout"), none at all after the retries (type "transport",
+    the transport's error chained), or one that is not what the call expects (type "answer":
+    too large, not an archive of the expected arrays, shapes or dtypes)."""
 
-    def __init__(self, status_code: int, detail: list[dict[str, Any]]) -> None:
+    def __init__(self, status_code: int | None, detail: list[dict[str, Any]]) -> None:
         messages = "; ".join(str(item.get("msg", item)) for item in detail)
-        super().__init__(f"HTTP {status_code}: {messages}")
+        where = f"HTTP {status_code}" if status_code is not None else "no usable answer"
+        super().__init__(f"{where}: {messages}")
         self.status_code = status_code
         self.detail = detail
+
+
+def failure(kind: str, message: str) -> ConvServiceError:
+    """A call's failure without an answer from the service to report."""
+    return ConvServiceError(None, [{"loc": [], "msg": message, "type": kind}])
+
+
+# An answer is read as untrusted input, bounded by what the call expects: its arrays, plus
+# per array its .npy header and zip entries, plus the archive's end; a refusal by its JSON.
+ARCHIVE_BYTES = 4096
+MEMBER_BYTES = 1024
+REFUSAL_BYTES = 64 << 10
+# A shard the client cannot plan (the service will refuse it, in a few bytes) that is answered
+# all the same: bounded by this.
+UNPLANNED_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What one shard's answer must hold: each output's shape and dtype (None: unknown)."""
+
+    arrays: Mapping[str, tuple[tuple[int, ...], np.dtype]] | None
+
+    @property
+    def bound(self) -> int:
+        """Bytes the answer may take, decoded."""
+        if self.arrays is None:
+            return UNPLANNED_BYTES
+        data = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in self.arrays.values())
+        return ARCHIVE_BYTES + MEMBER_BYTES * len(self.arrays) + data
+
+    @classmethod
+    def of(
+        cls, op: Operation, arrays: Mapping[str, np.ndarray], hyper: Mapping[str, object]
+    ) -> Expected:
+        """The outputs of ``op`` on ``arrays``, as the table plans them (the answer takes x's
+        dtype), or unknown where the table refuses the call."""
+        try:
+            geometry = op.plan({name: a.shape for name, a in arrays.items()}, dict(hyper))
+        except (ValueError, TypeError):  # the service answers with its own refusal
+            return cls(None)
+        shapes = op.shapes(geometry)
+        dtype = arrays["x"].dtype if "x" in arrays else np.dtype(np.float64)
+        return cls({name: (shapes[name], dtype) for name in op.outputs})
+
+    def check(self, answer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``answer`` if it holds exactly the expected arrays, shapes and dtypes."""
+        if self.arrays is None:
+            return answer
+        if set(answer) != set(self.arrays):
+            raise failure(
+                "answer",
+                f"the answer holds {sorted(answer)[:8]}, not the expected {sorted(self.arrays)}",
+            )
+        for name, (shape, dtype) in self.arrays.items():
+            got = answer[name]
+            if got.shape != shape or got.dtype != dtype:
+                raise failure(
+                    "answer",
+                    f"the answer's {name} is {got.dtype.name} {got.shape}, not the expected "
+                    f"{dtype.name} {shape}",
+                )
+        return answer
+
+
+class BoundedBody:
+    """An answer's body read piece by piece (raw, as it travels), decoded and refused as soon
+    as it passes its bound or its deadline (``time.monotonic()`` seconds)."""
+
+    def __init__(self, headers: httpx.Headers, bound: int, deadline: float) -> None:
+        self.bound, self.deadline = bound, deadline
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > bound and "content-encoding" not in headers:
+            raise self._too_large(f"declares {declared} bytes")
+        coding = headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("identity", "gzip", "deflate"):
+            raise failure("answer", f"the answer is coded {coding[:20]!r}, which was not asked for")
+        wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(coding)
+        self.inflater = None if wbits is None else zlib.decompressobj(wbits)
+        self.pieces: list[bytes] = []
+        self.size = 0
+
+    def feed(self, raw: bytes) -> None:
+        if time.monotonic() > self.deadline:
+            raise failure("timeout", "the answer did not arrive within the call's timeout")
+        if self.inflater is None:
+            self._keep(raw)
+            return
+        while raw:
+            # Never inflate more than the bound allows: a bomb stops at the bound.
+            piece = self.inflater.decompress(raw, self.bound - self.size + 1)
+            self._keep(piece)
+            raw = self.inflater.unconsumed_tail
+
+    def finish(self) -> bytes:
+        if self.inflater is not None:
+            self._keep(self.inflater.flush())
+        return b"".join(self.pieces)
+
+    def _keep(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if self.size > self.bound:
+            raise self._too_large(f"passed {self.bound} bytes")
+        self.pieces.append(piece)
+
+    def _too_large(self, how: str) -> ConvServiceError:
+        return failure(
+            "answer", f"the answer {how}, more than the {self.bound} bytes this call can need"
+        )
 
 
 def _param(value: object) -> str:
@@ -123,7 +241,8 @@ def _request(arrays: Mapping[str, np.ndarray], hyper: Mapping[str, object]) -> d
 
 def encoded(request: dict[str, Any], api_key: str | None, compress: bool) -> dict[str, Any]:
     """``request`` with the key's header, and its body gzipped (gzipped answers asked for)."""
-    headers = dict(request["headers"])
+    # Only the codings the answer is read with (not httpx's default list, which may name br).
+    headers = {**request["headers"], "accept-encoding": "identity"}
     if api_key is not None:
         headers["authorization"] = f"Bearer {api_key}"
     if compress:
@@ -134,16 +253,31 @@ def encoded(request: dict[str, Any], api_key: str | None, compress: bool) -> dic
 
 @dataclass(frozen=True)
 class Call:
-    """One logical call: its operation, arrays, hyperparameters and shards."""
+    """One logical call: its operation, arrays, hyperparameters and shards, and the time
+    (``time.monotonic()``) by which it must be answered."""
 
     operation: Operation
     arrays: dict[str, np.ndarray]
     hyper: dict[str, object]
     parts: list[slice]
+    deadline: float
 
-    def request(self, index: int) -> dict[str, Any]:
+    def request(self, index: int) -> tuple[dict[str, Any], Expected]:
+        """Shard ``index``'s request, and what its answer must hold."""
         arrays = shard_arrays(self.operation, self.arrays, self.parts[index])
-        return _request(arrays, self.hyper)
+        return _request(arrays, self.hyper), Expected.of(self.operation, arrays, self.hyper)
+
+    def remaining(self) -> float:
+        """Seconds left; a timeout failure when none are."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise failure("timeout", "no answer within the call's timeout")
+        return left
+
+
+def plain(headers: httpx.Headers) -> dict[str, str]:
+    """An answer's headers once its body is read and decoded: no coding, no length."""
+    return {k: v for k, v in headers.items() if k not in ("content-encoding", "content-length")}
 
 
 def outputs(op: Operation, result: Mapping[str, np.ndarray]) -> Any:
@@ -152,24 +286,38 @@ def outputs(op: Operation, result: Mapping[str, np.ndarray]) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def result(response: httpx.Response) -> dict[str, np.ndarray]:
-    """The arrays of a 200 answer; any other raises :class:`ConvServiceError`."""
+def result(response: httpx.Response, expected: Expected) -> dict[str, np.ndarray]:
+    """The arrays of a 200 answer, as the call expects them; any other answer raises
+    :class:`ConvServiceError` with the service's detail."""
     if response.status_code != 200:
-        try:
-            detail = response.json()["detail"]
-        except (ValueError, KeyError, TypeError):
-            detail = [{"loc": [], "msg": response.text[:500], "type": "http"}]
-        raise ConvServiceError(response.status_code, detail)
+        raise ConvServiceError(response.status_code, _detail(response))
     # Not np.load: shards are read from several threads, and its header parser is not
     # thread-safe on CPython before 3.11.8 (gh-106905).
-    return load_npz(response.content)
+    try:
+        answer = load_npz(response.content)
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise failure("answer", f"the answer is not a readable .npz: {str(exc)[:200]}") from exc
+    return expected.check(answer)
+
+
+def _detail(response: httpx.Response) -> list[dict[str, Any]]:
+    """The refusal's ``detail``, or its text as one item when it has none."""
+    try:
+        detail = response.json()["detail"]
+        if isinstance(detail, list) and all(isinstance(item, dict) for item in detail):
+            return detail
+    except (ValueError, KeyError, TypeError):
+        pass
+    return [{"loc": [], "msg": response.text[:500], "type": "http"}]
 
 
 def retry_after(response: httpx.Response) -> float:
+    """The seconds a busy replica asks to wait (1 when it says nothing usable), capped."""
     try:
-        return min(float(response.headers.get("retry-after", "1")), RETRY_AFTER_CAP)
-    except ValueError:
+        seconds = float(response.headers.get("retry-after", "1"))
+    except ValueError:  # an HTTP date, or nothing a number
         return 1.0
+    return min(seconds, RETRY_AFTER_CAP) if math.isfinite(seconds) and seconds >= 0 else 1.0
 
 
 def limits(response: httpx.Response) -> Limits:
@@ -177,6 +325,7 @@ def limits(response: httpx.Response) -> Limits:
     if response.status_code != 200:
         return Limits()
     try:
-        return Limits.from_json(response.json())
-    except (ValueError, TypeError):
+        data = response.json()
+    except ValueError:
         return Limits()
+    return Limits.from_json(data) if isinstance(data, dict) else Limits()

@@ -283,8 +283,12 @@ async def test_retries_are_bounded(rng):
     replicas = Replicas(Settings())
     replicas.down = set(HOSTS)
     async with AsyncConvClient(URLS, transport=replicas, retries=2) as client:
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(ConvServiceError) as raised:
             await client.forward(x, w, shards=2, **hyper)
+    # One documented type for every failure, the transport's error chained.
+    assert raised.value.status_code is None
+    assert raised.value.detail[0]["type"] == "transport"
+    assert isinstance(raised.value.__cause__, httpx.ConnectError)
 
 
 async def test_progress_is_reported_per_shard(rng):

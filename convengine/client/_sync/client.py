@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from functools import partial
+from time import monotonic
 from types import TracebackType
 from typing import Any, cast
 
@@ -20,7 +21,10 @@ from .._concurrency import Shards, sleep
 from .._fleet import Endpoint, Fleet, Resolver, backoff, retrying
 from .._progress import Bar, Progress
 from .._wire import (
+    REFUSAL_BYTES,
+    BoundedBody,
     Call,
+    ConvServiceError,
     Gradients,
     IntOrTuple,
     Padding,
@@ -28,14 +32,28 @@ from .._wire import (
     Rounding,
     chosen,
     encoded,
+    failure,
     limits,
     named_arrays,
     operation,
     outputs,
+    plain,
     result,
 )
 
 LIMITS_TIMEOUT = 5.0  # seconds a replica gets to say its limits
+
+
+def bounded(streamed: httpx.Response, limit: int, deadline: float) -> BoundedBody:
+    """An answer's body, read and decoded within ``limit`` bytes and by ``deadline``."""
+    if streamed.is_stream_consumed:  # a transport that hands its answers whole, decoded
+        body = BoundedBody(httpx.Headers(plain(streamed.headers)), limit, deadline)
+        body.feed(streamed.content)
+        return body
+    body = BoundedBody(streamed.headers, limit, deadline)
+    for piece in streamed.iter_raw():
+        body.feed(piece)
+    return body
 
 
 class ConvClient:
@@ -231,10 +249,11 @@ class ConvClient:
     ) -> Call:
         """The call's shards, cut to what every replica accepts (their limits read first)."""
         op = operation(name)
+        deadline = monotonic() + self._timeout
         self._survey()
         named, hyper = named_arrays(op, arrays), chosen(hyperparameters)
         parts = plan(op, named, hyper, self._fleet.limits(), shards, max_request_bytes)
-        return Call(op, named, hyper, parts)
+        return Call(op, named, hyper, parts, deadline)
 
     def _run(self, call: Call, progress: Progress | bool | None) -> Any:
         bar = Bar(progress, len(call.parts), call.operation.name)
@@ -252,33 +271,48 @@ class ConvClient:
         return outputs(call.operation, assembly.result())
 
     def _send(self, call: Call, shards: Shards, index: int) -> dict[str, np.ndarray]:
-        """One shard, tried on one replica after another until answered or out of retries."""
-        request = encoded(call.request(index), self._api_key, self._compress)
+        """One shard, tried on one replica after another until answered, out of retries or
+        out of time."""
+        request, expected = call.request(index)
+        request = encoded(request, self._api_key, self._compress)
         last = None
         for attempt in range(self._retries + 1):
             shards.check()
             endpoint, wait = self._fleet.acquire(last)
-            outcome = self._attempt(endpoint, wait, call, request)
+            outcome = self._attempt(endpoint, wait, call, request, expected.bound)
             if not retrying(outcome, attempt, self._retries):
                 break
             last = endpoint
-            sleep(backoff(attempt))
+            sleep(min(backoff(attempt), call.remaining()))
         if isinstance(outcome, Exception):
-            raise outcome
-        return result(outcome)
+            raise failure("transport", f"{type(outcome).__name__}: {outcome}") from outcome
+        return result(outcome, expected)
 
     def _attempt(
-        self, endpoint: Endpoint, wait: float, call: Call, request: dict[str, Any]
+        self, endpoint: Endpoint, wait: float, call: Call, request: dict[str, Any], bound: int
     ) -> httpx.Response | Exception:
-        """One try of one shard on ``endpoint``: its answer, or the transport error."""
+        """One try of one shard on ``endpoint``: its answer, read within ``bound`` bytes and
+        the call's time, or the transport error."""
         try:
-            sleep(wait)
+            sleep(min(wait, call.remaining()))
             pool = self._pool(endpoint)
-            outcome: httpx.Response | Exception = pool.post(
-                call.operation.path, extensions=endpoint.extensions, **request
-            )
+            with pool.stream(
+                "POST",
+                call.operation.path,
+                extensions=endpoint.extensions,
+                timeout=call.remaining(),
+                **request,
+            ) as streamed:
+                limit = bound if streamed.status_code == 200 else REFUSAL_BYTES
+                body = bounded(streamed, limit, call.deadline)
+                outcome: httpx.Response | Exception = httpx.Response(
+                    streamed.status_code, headers=plain(streamed.headers), content=body.finish()
+                )
         except httpx.TransportError as exc:
             outcome = exc
+            if isinstance(exc, httpx.TimeoutException) and call.deadline <= monotonic():
+                self._fleet.release(endpoint, None)
+                raise failure("timeout", "no answer within the call's timeout") from exc
         except BaseException:
             self._fleet.release(endpoint, None)
             raise
@@ -310,11 +344,18 @@ class ConvClient:
         key = {} if self._api_key is None else {"authorization": f"Bearer {self._api_key}"}
         for endpoint in self._fleet.unread():
             try:
-                response = self._pool(endpoint).get(
-                    "/limits", extensions=endpoint.extensions, timeout=LIMITS_TIMEOUT, headers=key
-                )
-                endpoint.limits = limits(response)
-            except httpx.TransportError:
+                with self._pool(endpoint).stream(
+                    "GET",
+                    "/limits",
+                    extensions=endpoint.extensions,
+                    timeout=LIMITS_TIMEOUT,
+                    headers=key,
+                ) as streamed:
+                    deadline = monotonic() + LIMITS_TIMEOUT
+                    body = bounded(streamed, REFUSAL_BYTES, deadline)
+                    answer = httpx.Response(streamed.status_code, content=body.finish())
+                endpoint.limits = limits(answer)
+            except (httpx.TransportError, ConvServiceError):
                 self._fleet.unreachable(endpoint)  # read when it answers again
 
     def close(self) -> None:
