@@ -113,15 +113,20 @@ def _value(key: str, match: re.Match[str]) -> object:
     return tuple(dims)
 
 
-def load_npz(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of a trusted ``.npz`` archive (the service's answers), read without ``ast``.
+def load_npz(data: bytes, limit: int | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive (the service's answers), read without ``ast``, and
+    never inflated beyond ``limit`` bytes in all (a small archive may claim gigabytes).
 
     ``np.load`` parses each member's header with ``ast.literal_eval``, which fails under
     threads on CPython before 3.11.8; the client reads answers from several threads at once.
     """
     arrays = {}
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        for member in archive.infolist():
+        members = archive.infolist()
+        claimed = sum(member.file_size for member in members)
+        if limit is not None and claimed > limit:
+            raise ValueError(f"its members hold {claimed} bytes, more than the {limit} expected")
+        for member in members:  # zipfile reads no more of a member than its size says
             raw = archive.read(member)
             header = parse_header(raw)
             if header.dtype is None:

@@ -142,7 +142,7 @@ class BoundedBody:
         self.bound, self.deadline = bound, deadline
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > bound and "content-encoding" not in headers:
-            raise self._too_large(f"declares {declared} bytes")
+            raise self._too_large(f"declares {declared}")
         coding = headers.get("content-encoding", "identity").strip().lower()
         if coding not in ("identity", "gzip", "deflate"):
             raise failure("answer", f"the answer is coded {coding[:20]!r}, which was not asked for")
@@ -171,13 +171,11 @@ class BoundedBody:
     def _keep(self, piece: bytes) -> None:
         self.size += len(piece)
         if self.size > self.bound:
-            raise self._too_large(f"passed {self.bound} bytes")
+            raise self._too_large("grew past that")
         self.pieces.append(piece)
 
     def _too_large(self, how: str) -> ConvServiceError:
-        return failure(
-            "answer", f"the answer {how}, more than the {self.bound} bytes this call can need"
-        )
+        return failure("answer", f"this call's answer can need {self.bound} bytes; it {how}")
 
 
 def _param(value: object) -> str:
@@ -294,7 +292,7 @@ def result(response: httpx.Response, expected: Expected) -> dict[str, np.ndarray
     # Not np.load: shards are read from several threads, and its header parser is not
     # thread-safe on CPython before 3.11.8 (gh-106905).
     try:
-        answer = load_npz(response.content)
+        answer = load_npz(response.content, expected.bound)
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise failure("answer", f"the answer is not a readable .npz: {str(exc)[:200]}") from exc
     return expected.check(answer)
