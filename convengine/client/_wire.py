@@ -15,13 +15,13 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias, cast
 
 import httpx
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._operations import OPERATIONS, Operation
+from .._operations import OPERATIONS, ArraySpec, Explanation, Operation
 from .._shards import Limits, shard_arrays
 from ..npy_header import load_npz
 
@@ -271,6 +271,43 @@ class Call:
         if left <= 0:
             raise failure("timeout", "no answer within the call's timeout")
         return left
+
+
+def dry_run(op: Operation, dtype: str | None, arguments: Mapping[str, object]) -> dict[str, Any]:
+    """The body of ``POST /explain`` for ``op``: inputs as shapes, hyperparameters as JSON."""
+    document: dict[str, Any] = {"operation": op.name}
+    for name, value in arguments.items():
+        if name in op.inputs:
+            shape = cast(Sequence[int], getattr(value, "shape", value))
+            spec: dict[str, Any] = {"shape": [int(d) for d in shape]}
+            kind = getattr(value, "dtype", None)  # a tensor's is named torch.float32
+            if kind is not None:
+                spec["dtype"] = str(kind).rsplit(".", 1)[-1]
+            document[name] = spec
+        else:
+            document[name] = json.loads(_param(value)) if not isinstance(value, str) else value
+    if dtype is not None:
+        document["dtype"] = dtype
+    return document
+
+
+def explanation(response: httpx.Response) -> Explanation:
+    """The service's dry run as the engine's :class:`~convengine.Explanation`."""
+    if response.status_code != 200:
+        raise ConvServiceError(response.status_code, _detail(response))
+    try:
+        data = response.json()
+        return Explanation(
+            operation=str(data["operation"]),
+            outputs={
+                str(name): ArraySpec(tuple(int(d) for d in spec["shape"]), str(spec["dtype"]))
+                for name, spec in data["outputs"].items()
+            },
+            flops=int(data["flops"]),
+            memory_bytes=int(data["memory_bytes"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise failure("answer", f"the dry run's answer is not one: {str(exc)[:200]}") from exc
 
 
 def plain(headers: httpx.Headers) -> dict[str, str]:

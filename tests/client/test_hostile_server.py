@@ -209,11 +209,6 @@ def test_a_busy_replica_with_a_strange_retry_after_is_retried_then_reported(serv
     assert time.monotonic() - started < 10
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_the_async_client_reports_alike(server):
     url = server(lambda h: _send(h, 503, b"{}", content_type="application/json", retry_after="nan"))

@@ -78,7 +78,8 @@ def test_no_method_is_made_up_at_lookup():
     for client in CLIENTS:
         assert "__getattr__" not in vars(client)
         public = {n for n in vars(client) if not n.startswith("_")}
-        assert public - set(OPERATIONS) == {"call", "close" if client is ConvClient else "aclose"}
+        closing = "close" if client is ConvClient else "aclose"
+        assert public - set(OPERATIONS) == {"call", "explain", closing}
 
 
 def _recording(seen: list[httpx.Request]) -> httpx.MockTransport:
@@ -148,3 +149,38 @@ def test_every_method_of_both_clients_answers_as_the_engine(server, name, rng):
         wants = want if len(op.outputs) > 1 else (want,)
         for output, got, expected in zip(op.outputs, answers, wants, strict=True):
             np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12, err_msg=output)
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_explain_answers_what_the_engine_plans(name, server):
+    """client.explain asks the service's dry run; it agrees with convengine.explain."""
+    op = OPERATIONS[name]
+    x, w = np.zeros((2, 4, 9, 8), np.float32), (4, 2, 3, 3)
+    hyper = {"stride": 2, "padding": (1, 0), "groups": 2}
+    if "rounding" in op.hyperparameters:
+        hyper["rounding"] = "floor"
+    shapes = {"x": x, "w": w}
+    if "dout" in op.inputs:
+        forward = "forward" if name == "backward" else "conv_transpose"
+        shapes["dout"] = ce.explain(forward, x=x, w=w, **hyper).outputs["out"].shape
+    with ConvClient(server) as client:
+        assert client.explain(name, **shapes, **hyper) == ce.explain(name, **shapes, **hyper)
+
+
+def test_explain_is_refused_as_the_call_would_be(server):
+    with ConvClient(server) as client, pytest.raises(ce.client.ConvServiceError) as raised:
+        client.explain("forward", x=(1, 1, 8, 8), w=(1, 1, 3, 3), stride=2)
+    assert raised.value.status_code == 422
+    assert raised.value.detail[0]["loc"] == ["body", "stride"]
+    assert "is not a whole number" in raised.value.detail[0]["msg"]
+    with ConvClient(server) as client, pytest.raises(AttributeError, match="no operation"):
+        client.explain("fordward", x=(1, 1, 8, 8))
+
+
+@pytest.mark.anyio
+async def test_the_async_client_explains_alike(server):
+    async with AsyncConvClient(server) as client:
+        explained = await client.explain(
+            "forward", x=(1, 3, 8, 8), w=(4, 3, 3, 3), padding=1, dtype="float32"
+        )
+    assert explained.outputs["out"] == ce.ArraySpec((1, 4, 8, 8), "float32")

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..._operations import Explanation
 from ..._shards import Assembly, plan
 from .._concurrency import Shards, sleep
 from .._fleet import Endpoint, Fleet, Resolver, backoff, retrying
@@ -31,7 +32,9 @@ from .._wire import (
     PaddingMode,
     Rounding,
     chosen,
+    dry_run,
     encoded,
+    explanation,
     failure,
     limits,
     named_arrays,
@@ -236,6 +239,35 @@ class ConvClient:
         """
         call = self._planned(name, arrays, hyperparameters, shards, max_request_bytes)
         return self._run(call, progress)
+
+    def explain(
+        self, name: str, /, *, dtype: str | None = None, **arguments: object
+    ) -> Explanation:
+        """What the service would answer and cost for the call ``name`` on inputs of these
+        shapes, without sending a number (``POST /explain``): each input by its name, as a
+        shape or anything with ``shape`` (and ``dtype``), the hyperparameters as keywords.
+        Refused as the call would be (:class:`ConvServiceError` with the service's detail).
+        """
+        document = dry_run(operation(name), dtype, arguments)
+        deadline = monotonic() + self._timeout
+        self._survey()
+        endpoint, _ = self._fleet.acquire(None)
+        try:
+            with self._pool(endpoint).stream(
+                "POST",
+                "/explain",
+                json=document,
+                extensions=endpoint.extensions,
+                timeout=self._timeout,
+                headers=encoded({"headers": {}}, self._api_key, False)["headers"],
+            ) as streamed:
+                body = bounded(streamed, REFUSAL_BYTES, deadline)
+                answer = httpx.Response(streamed.status_code, content=body.finish())
+        except httpx.TransportError as exc:
+            self._fleet.release(endpoint, exc)
+            raise failure("transport", f"{type(exc).__name__}: {exc}") from exc
+        self._fleet.release(endpoint, answer)
+        return explanation(answer)
 
     # --- one call: plan, send the shards, assemble ---------------------------------------------
 
