@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Unauthorized, error_response
 
-__all__ = ["PUBLIC_PATHS", "ApiKeys", "KeyFile", "key_id", "with_key_security"]
+__all__ = ["PUBLIC_PATHS", "ApiKeys", "KeyFile", "key_id", "read_keys", "with_key_security"]
 
 logger = logging.getLogger("app.auth")
 # Liveness and readiness probes, and pages that are the same for everyone and compute nothing.
@@ -69,18 +69,15 @@ class KeyFile:
             signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
             if signature == self.signature:
                 return
-            text = self.path.read_text()
-        except OSError as exc:
+            digests = read_keys(self.path.read_bytes(), self.path)
+        except (OSError, ValueError) as exc:
             if strict:
                 raise
-            # Keep the keys last read: a file being replaced must not open or close the service.
-            logger.warning("cannot read the API keys file %s: %s", self.path, exc)
+            # Keep the keys last read: a file being replaced, or saved broken, must neither
+            # open nor close the service.
+            logger.error("API keys file %s not read, the last keys kept: %s", self.path, exc)
             return
-        self.digests = [
-            bytes.fromhex(line) if _HEX64.match(line) else _digest(line)
-            for line in (raw.strip() for raw in text.splitlines())
-            if line and not line.startswith("#")
-        ]
+        self.digests = digests
         self.signature = signature
         ids = ", ".join(key_id(d) for d in self.digests) or "none: every key is refused"
         logger.info("API keys read from %s: %s", self.path, ids)
@@ -93,6 +90,23 @@ class KeyFile:
             if hmac.compare_digest(presented, digest):
                 found = digest
         return found
+
+
+def read_keys(data: bytes, source: object) -> list[bytes]:
+    """The keys' hashes in a keys file's bytes: UTF-8 text (a byte-order mark is not part of
+    the first key), a key or its SHA-256 in hex a line, ``#`` comments; ValueError naming
+    ``source`` and where the text breaks."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{source} is not UTF-8 text: byte {data[exc.start]:#04x} at offset {exc.start}"
+        ) from None
+    return [
+        bytes.fromhex(line) if _HEX64.match(line) else _digest(line)
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
 
 
 def _presented(scope: Scope) -> str | None:

@@ -161,6 +161,15 @@ class Settings(BaseSettings):
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("api_keys_file", mode="after")
+    @classmethod
+    def _keys_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            from app.auth import read_keys  # the file's format is the key check's
+
+            read_keys(path.read_bytes(), path)
+        return path
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -272,3 +274,54 @@ def test_tritonclient_sends_the_key_with_headers(service, algorithm):
         assert client.get_model_metadata("conv2d", headers={"X-API-Key": KEY})["name"] == "conv2d"
     finally:
         client.close()
+
+
+# --- key files that are not what they should be ----------------------------------------------
+
+
+async def test_a_byte_order_mark_is_not_part_of_the_first_key(tmp_path):
+    path = tmp_path / "api-keys"
+    path.write_bytes("\ufeff".encode() + f"{KEY}\n".encode())  # as Windows editors save
+    async with serve(Settings(api_keys_file=path)) as client:
+        assert (await client.post("/forward", json=FORWARD, headers=bearer(KEY))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"\xff\xfe\x00k\x00e\x00y", b"key-one\n\x80\x81\x82\n"], ids=["utf16", "binary"]
+)
+def test_a_keys_file_that_is_not_utf8_stops_the_service_at_start_naming_it(tmp_path, garbage):
+    path = tmp_path / "api-keys"
+    path.write_bytes(garbage)
+    with pytest.raises(pydantic.ValidationError, match="is not UTF-8 text: byte 0x"):
+        Settings(api_keys_file=path)
+    run = subprocess.run(
+        [sys.executable, "-m", "app"],
+        env={**os.environ, "CONVENGINE_API_KEYS_FILE": str(path), "CONVENGINE_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CONVENGINE_API_KEYS_FILE" in lines[0] and "not UTF-8" in lines[0], (
+        lines
+    )
+
+
+async def test_a_keys_file_turned_to_garbage_while_serving_keeps_the_last_keys(keys_file, caplog):
+    async with serve(Settings(api_keys_file=keys_file)) as client:
+        assert (await client.post("/forward", json=FORWARD, headers=bearer(KEY))).status_code == 200
+        fresh = keys_file.with_suffix(".new")
+        fresh.write_bytes(b"\x00\xff garbage \xfe\n")
+        os.replace(fresh, keys_file)
+        with caplog.at_level(logging.ERROR, logger="app.auth"):
+            response = await client.post("/forward", json=FORWARD, headers=bearer(KEY))
+        assert response.status_code == 200, response.text  # it was a 500 for every keyed request
+        assert (
+            await client.post("/forward", json=FORWARD, headers=bearer("nope"))
+        ).status_code == 401
+        assert any("not read, the last keys kept" in r.getMessage() for r in caplog.records)
+        write_keys(keys_file, "a-new-key-0000")  # a good file again is read again
+        assert (
+            await client.post("/forward", json=FORWARD, headers=bearer("a-new-key-0000"))
+        ).status_code == 200
