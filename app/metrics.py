@@ -25,11 +25,14 @@ __all__ = [
     "CONTENT_TYPE_LATEST",
     "ENGINE_SECONDS",
     "KEY_REQUESTS",
+    "MODEL_LAST_INFERENCE",
+    "MODEL_SECONDS",
     "REFUSALS",
     "REQUESTS",
     "REQUEST_BYTES",
     "REQUEST_SECONDS",
     "RESPONSE_BYTES",
+    "collect",
     "render",
 ]
 
@@ -75,11 +78,43 @@ KEY_REQUESTS = Counter(
     ["key", "status"],
 )
 
+# Per model of the inference protocol, over REST and gRPC alike: the numbers behind its
+# statistics extension (app.statistics). Phases: "success" and "fail" (a request from its
+# arrival to its answer), "queue" (arrival to decoding: the body, a place, memory),
+# "compute_input" (decoding and validation), "compute_infer" (the engine), "compute_output"
+# (encoding).
+MODEL_SECONDS = Histogram(
+    "convengine_model_seconds",
+    "Inference protocol requests per model, by phase: count and time",
+    ["model", "phase"],
+    buckets=_SECONDS,
+)
+MODEL_LAST_INFERENCE = Gauge(
+    "convengine_model_last_inference_milliseconds",
+    "When a model last answered an inference, in milliseconds since the epoch",
+    ["model"],
+    multiprocess_mode="max",
+)
 
-def render() -> bytes:
-    """The exposition text of every metric, summed over worker processes if there are several."""
+
+def _registry() -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-    return generate_latest(REGISTRY)
+        return registry
+    return REGISTRY
+
+
+def render() -> bytes:
+    """The exposition text of every metric, summed over worker processes if there are several."""
+    return generate_latest(_registry())
+
+
+def collect(metric: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of ``metric`` (name, labels, value), summed over worker processes."""
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in _registry().collect()
+        if family.name == metric
+        for sample in family.samples
+    ]

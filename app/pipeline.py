@@ -34,6 +34,7 @@ from convengine import Cost, Operation
 __all__ = [
     "Prepared",
     "Preparing",
+    "admitted",
     "answer",
     "check",
     "compute",
@@ -72,18 +73,34 @@ async def serve(
         gate.check_places()  # no upload, nor memory, for a request that would be refused
         await gate.reserve_body(reservation, least, expected)
         body = await request.body()  # holding memory, but no computation place
-        # One place from decoding to the answer, so that work decoded is never refused.
-        async with gate.admit():
-            prepared = await gate.run(partial(prepare, body, reservation))  # decode, validate
-            await gate.hold(reservation, len(body) + prepared.need)
-            reservation.settle()  # from here on it only gives back
-            content, headers = await gate.run(prepared.finish)  # compute, encode
-        del prepared  # its arrays: only the answer and the body remain
-        await gate.hold(reservation, len(body) + len(content))  # shrinks
+        content, headers = await admitted(gate, reservation, body, prepare)
         return Answer(content, headers, reservation)
     except BaseException:
         reservation.release()
         raise
+
+
+async def admitted(
+    gate: Gate,
+    reservation: Reservation,
+    body: bytes,
+    prepare: Callable[[bytes, Reservation], Preparing],
+) -> tuple[bytes, dict[str, str]]:
+    """The answer to a body read whole, ``reservation`` holding what reading it held: its
+    content and headers, the reservation resized to the body and the content.
+
+    The steps every transport shares once a body is in memory (HTTP's read by :func:`serve`,
+    a gRPC message whole, app.rpc.service).
+    """
+    # One place from decoding to the answer, so that work decoded is never refused.
+    async with gate.admit():
+        prepared = await gate.run(partial(prepare, body, reservation))  # decode, validate
+        await gate.hold(reservation, len(body) + prepared.need)
+        reservation.settle()  # from here on it only gives back
+        content, headers = await gate.run(prepared.finish)  # compute, encode
+    del prepared  # its arrays: only the answer and the body remain
+    await gate.hold(reservation, len(body) + len(content))  # shrinks
+    return content, headers
 
 
 async def answer(request: Request, operation: Operation) -> Response:
