@@ -43,6 +43,7 @@ __all__ = [
     "ProtocolError",
     "ServerMetadata",
     "config",
+    "error_message",
     "metadata",
     "model",
     "models",
@@ -280,9 +281,15 @@ def statistics(
 def render_error(status: int, detail: list[dict[str, Any]]) -> tuple[int, bytes]:
     """An error in the protocol's shape: one message naming each field, and 400 for 422."""
 
+    return (400 if status == 422 else status), orjson.dumps({"error": error_message(detail)})
+
+
+def error_message(detail: list[dict[str, Any]]) -> str:
+    """An error's message as the protocol gives it (REST's "error", gRPC's status details):
+    one message naming each field."""
+
     def one(item: dict[str, Any]) -> str:
         where = ".".join(str(part) for part in item["loc"][1:])
         return f"{where}: {item['msg']}" if where else str(item["msg"])
 
-    message = "; ".join(one(item) for item in detail)
-    return (400 if status == 422 else status), orjson.dumps({"error": message})
+    return "; ".join(one(item) for item in detail)

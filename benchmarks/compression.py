@@ -109,6 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     port = _free_port()
     env = {**os.environ, "CONVENGINE_PORT": str(port), "CONVENGINE_LOG_LEVEL": "warning"}
+    env["CONVENGINE_GRPC_PORT"] = "0"  # HTTP only: no second process on 8001
     log = Path(tempfile.mkdtemp(prefix="convengine-bench-")) / "service.log"
     with log.open("wb") as sink:
         service = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=sink)
