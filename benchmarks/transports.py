@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -92,8 +93,8 @@ def main() -> None:
             w = rng.standard_normal(w_shape).astype(np.float32)
             answers = []
             for transport, make in (
-                ("gRPC", lambda: _grpc_caller(service.grpc_target, x, w)),
-                ("REST .npz", lambda: _rest_caller(service.url, x, w)),
+                ("gRPC", partial(_grpc_caller, service.grpc_target, x, w)),
+                ("REST .npz", partial(_rest_caller, service.url, x, w)),
             ):
                 median, rate, answer = _measure(make, args.calls, args.count)
                 answers.append(answer)
