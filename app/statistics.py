@@ -53,7 +53,10 @@ class Timing:
             self.phases[name] = time.perf_counter_ns() - started
 
     def done(self, ok: bool) -> None:
-        """Record the request, and its phases if it succeeded."""
+        """Record the request, and its phases if it succeeded (nothing before its model is
+        known: a message that names none counts in the request metrics only)."""
+        if not self.model:
+            return
         total = time.perf_counter_ns() - self.arrived
         recorded = {**self.phases, "success": total} if ok else {"fail": total}
         for phase, ns in recorded.items():

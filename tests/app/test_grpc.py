@@ -264,6 +264,8 @@ def test_repository_index_and_config_are_the_same_over_both_transports(over_grpc
         ("b", 1, True),
     ]
     assert "stride" in config["parameters"] and "output_padding" not in config["parameters"]
+    for transport, client in (("404", over_http), ("StatusCode.NOT_FOUND", over_grpc)):
+        assert _error(lambda c=client: c.get_model_config("resnet50")).status() == transport
 
 
 def test_statistics_count_calls_over_both_transports_and_agree_with_the_metrics(
@@ -288,6 +290,8 @@ def test_statistics_count_calls_over_both_transports_and_agree_with_the_metrics(
     )
     assert stats["last_inference"] > (time.time() - 60) * 1000
     every = over_grpc.get_inference_statistics(as_json=True)["model_stats"]
+    assert {entry["name"] for entry in every} >= set(MODELS)
+    every = over_http.get_inference_statistics()["model_stats"]  # GET /v2/models/stats
     assert {entry["name"] for entry in every} >= set(MODELS)
     metrics = _get(service, "/metrics")
     count = re.search(
@@ -410,3 +414,37 @@ def test_shutdown_drains_a_call_in_flight(tmp_path):
     assert "error" not in outcome, outcome.get("error")
     assert np.asarray(outcome["out"]).shape == (8, 64, 64, 64)
     assert "ModelInfer" in log and '"status":"OK"' in log
+
+
+def test_busy_is_unavailable_with_retry_information(tmp_path):
+    service = start_service(tmp_path, max_concurrent="1", max_waiting="1")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 64, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 5, 5)).astype(np.float32)
+
+    def call() -> None:
+        client = tgrpc.InferenceServerClient(service.grpc_target)
+        _infer(client, "conv2d", {"x": x, "w": w}, {}, tgrpc)
+        client.close()
+
+    callers = [threading.Thread(target=call) for _ in range(2)]  # one computes, one waits
+    try:
+        service.wait_ready()
+        for caller in callers:
+            caller.start()
+        deadline = time.monotonic() + 30
+        while "convengine_computations_admitted 2.0" not in _get(service, "/metrics"):
+            assert time.monotonic() < deadline, "the first calls were never admitted"
+            time.sleep(0.02)
+        request = service_pb2.ModelInferRequest(model_name="conv2d")
+        with grpc.insecure_channel(service.grpc_target) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(request, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "retry shortly" in caught.value.details()
+        assert ("retry-after", "1") in tuple(caught.value.trailing_metadata())
+    finally:
+        for caller in callers:
+            caller.join(timeout=120)
+        service.stop()
