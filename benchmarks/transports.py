@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
 import httpx
 import numpy as np
 import tritonclient.grpc as tgrpc
 
 from benchmarks.payloads import request
-from tests.servers import start_service
+from benchmarks.process import running_service
 
 CASES = {
     "small 1x1x8x8": ((1, 1, 8, 8), (1, 1, 3, 3)),
@@ -44,7 +42,8 @@ def _grpc_caller(target: str, x: np.ndarray, w: np.ndarray) -> Call:
             tensor = tgrpc.InferInput(name, list(array.shape), "FP32")
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
-        return client.infer("conv2d", inputs, parameters={"padding": 1}).as_numpy("out")
+        result = client.infer("conv2d", inputs, parameters={"padding": 1})
+        return np.asarray(result.as_numpy("out"))
 
     return call
 
@@ -83,9 +82,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--count", type=int, default=80)
     args = parser.parse_args()
-    service = start_service(Path(tempfile.mkdtemp(prefix="transports-")), log_level="warning")
-    try:
-        service.wait_ready()
+    with running_service(grpc=True) as service:
         rng = np.random.default_rng(0)
         print(f"{'case':18} {'transport':10} {'median ms':>10} {'calls/s at 4':>13}")
         for case, (x_shape, w_shape) in CASES.items():
@@ -100,8 +97,6 @@ def main() -> None:
                 answers.append(answer)
                 print(f"{case:18} {transport:10} {median:10.2f} {rate:13.1f}")
             np.testing.assert_array_equal(answers[0], answers[1])
-    finally:
-        service.stop()
 
 
 if __name__ == "__main__":
