@@ -103,6 +103,11 @@ def _typed(tensor: Any) -> bytes:
             f"raw_input_contents, not {wrong[0]}"
         )
     if field is None:
+        if tensor.datatype in wire.DATATYPES:  # a type the protocol has no typed field for
+            raise BadRequest(
+                f"input {tensor.name} is {tensor.datatype}, which has no typed contents: "
+                f"send its bytes in raw_input_contents"
+            )
         return b""
     dtype = wire.DATATYPES[tensor.datatype].newbyteorder("<")
     return np.asarray(getattr(tensor.contents, field), dtype=dtype).tobytes()

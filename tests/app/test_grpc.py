@@ -419,7 +419,8 @@ def test_shutdown_drains_a_call_in_flight(tmp_path):
 def test_busy_is_unavailable_with_retry_information(tmp_path):
     service = start_service(tmp_path, max_concurrent="1", max_waiting="1")
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((4, 64, 64, 64)).astype(np.float32)
+    # About 14 GFLOP each: seconds, so that both are still in when the third call comes.
+    x = rng.standard_normal((8, 64, 96, 96)).astype(np.float32)
     w = rng.standard_normal((64, 64, 5, 5)).astype(np.float32)
 
     def call() -> None:
