@@ -67,12 +67,17 @@ async def ready(request: Request) -> Response:
 
 # Before /models/{name}, which would take "stats" for a model's name.
 @router.get("/models/stats")
+async def every_model_statistics(request: Request) -> dict[str, Any]:
+    """Inference counts and times of every model, as in /metrics."""
+    return protocol.statistics(request.app.state.models)
+
+
 @router.get("/models/{name}/stats", responses=_UNKNOWN_MODEL)
 @router.get("/models/{name}/versions/{version}/stats", responses=_UNKNOWN_MODEL)
 async def model_statistics(
-    request: Request, name: str | None = None, version: str | None = None
+    request: Request, name: str, version: str | None = None
 ) -> dict[str, Any]:
-    """Inference counts and times per model (every model without a name), as in /metrics."""
+    """Inference counts and times of a model, as in /metrics."""
     return protocol.statistics(request.app.state.models, name, version)
 
 

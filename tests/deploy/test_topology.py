@@ -152,6 +152,39 @@ def test_every_form_through_the_balancer_reaches_both_replicas(topology):
     assert set(served) == {"a", "b"}, served
 
 
+def test_grpc_through_the_balancer_reaches_both_replicas(topology):
+    """tritonclient's messages over grpc_pass (HTTP/2) to both replicas' gRPC ports (before
+    the test that stops replica a)."""
+    rng = np.random.default_rng(8)
+    served = Counter()
+    with grpc.insecure_channel(topology.grpc_target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for attempt in range(12):
+            x, w = _arrays(rng)
+            request = service_pb2.ModelInferRequest(model_name="conv2d")
+            for name, array in (("x", x), ("w", w)):
+                request.inputs.add(name=name, datatype="FP32", shape=array.shape)
+                request.raw_input_contents.append(array.tobytes())
+            request.parameters["padding"].int64_param = 1
+            response, call = stub.ModelInfer.with_call(
+                request, metadata=[("x-request-id", f"through-nginx-{attempt}")], timeout=30
+            )
+            out = np.frombuffer(response.raw_output_contents[0], np.float32)
+            np.testing.assert_array_equal(
+                out.reshape(response.outputs[0].shape), conv2d(x, w, padding=1)
+            )
+            initial = dict(call.initial_metadata())
+            assert initial["x-request-id"] == f"through-nginx-{attempt}"
+            served[initial["x-replica"]] += 1
+        with pytest.raises(grpc.RpcError) as caught:  # refusals pass through unchanged
+            stub.ModelInfer(service_pb2.ModelInferRequest(model_name="resnet50"), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=30).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    assert set(served) == {"a", "b"}, served
+
+
 def test_request_id_travels_through_the_balancer(topology):
     response = httpx.get(f"{topology.url}/healthz", headers={"x-request-id": "trace-42"})
     assert response.headers["x-request-id"] == "trace-42"
@@ -275,35 +308,3 @@ def test_slow_clients_behind_nginx_cannot_starve_the_rest(topology):
     finally:
         for sock in floods + stalled:
             sock.close()
-
-
-def test_grpc_through_the_balancer_reaches_both_replicas(topology):
-    """tritonclient's messages over grpc_pass (HTTP/2) to both replicas' gRPC ports."""
-    rng = np.random.default_rng(8)
-    served = Counter()
-    with grpc.insecure_channel(topology.grpc_target) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        for attempt in range(12):
-            x, w = _arrays(rng)
-            request = service_pb2.ModelInferRequest(model_name="conv2d")
-            for name, array in (("x", x), ("w", w)):
-                request.inputs.add(name=name, datatype="FP32", shape=array.shape)
-                request.raw_input_contents.append(array.tobytes())
-            request.parameters["padding"].int64_param = 1
-            response, call = stub.ModelInfer.with_call(
-                request, metadata=[("x-request-id", f"through-nginx-{attempt}")], timeout=30
-            )
-            out = np.frombuffer(response.raw_output_contents[0], np.float32)
-            np.testing.assert_array_equal(
-                out.reshape(response.outputs[0].shape), conv2d(x, w, padding=1)
-            )
-            initial = dict(call.initial_metadata())
-            assert initial["x-request-id"] == f"through-nginx-{attempt}"
-            served[initial["x-replica"]] += 1
-        with pytest.raises(grpc.RpcError) as caught:  # refusals pass through unchanged
-            stub.ModelInfer(service_pb2.ModelInferRequest(model_name="resnet50"), timeout=30)
-        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-        health = health_pb2_grpc.HealthStub(channel)
-        status = health.Check(health_pb2.HealthCheckRequest(), timeout=30).status
-        assert status == health_pb2.HealthCheckResponse.SERVING
-    assert set(served) == {"a", "b"}, served
