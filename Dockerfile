@@ -31,11 +31,13 @@ ENV PATH="/opt/venv/bin:$PATH" \
     PYTHONDONTWRITEBYTECODE=1 \
     CONVENGINE_HOST=0.0.0.0 \
     CONVENGINE_PORT=8000 \
+    CONVENGINE_GRPC_PORT=8001 \
     CONVENGINE_WORKERS=1
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000
+# HTTP (REST and the inference protocol), and the inference protocol over gRPC.
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-m", "app.healthcheck"]
 CMD ["python", "-m", "app"]

@@ -21,7 +21,7 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Unauthorized, error_response
 
-__all__ = ["PUBLIC_PATHS", "ApiKeys", "KeyFile", "key_id", "read_keys", "with_key_security"]
+__all__ = [
+    "PUBLIC_PATHS",
+    "ApiKeys",
+    "KeyFile",
+    "key_id",
+    "presented",
+    "read_keys",
+    "refusal",
+    "with_key_security",
+]
 
 logger = logging.getLogger("app.auth")
 # Liveness and readiness probes, and pages that are the same for everyone and compute nothing.
@@ -110,15 +119,34 @@ def read_keys(data: bytes, source: object) -> list[bytes]:
 
 
 def _presented(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        text: str = value.decode("latin-1").strip()
-        if name == b"authorization":
+    return presented(
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+    )
+
+
+def presented(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The key in ``Authorization: Bearer <key>`` or ``X-API-Key`` (HTTP headers or gRPC
+    metadata, names in lower case), if any."""
+    for name, value in headers:
+        text = value.strip()
+        if name == "authorization":
             scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-        elif name == b"x-api-key" and text:
+        elif name == "x-api-key" and text:
             return text
     return None
+
+
+def refusal(key: str | None) -> Unauthorized:
+    """The 401 for a request without a key (None) or with an unknown one."""
+    headers = {"WWW-Authenticate": _REALM}
+    if key is None:
+        msg = "this service needs an API key: send Authorization: Bearer <key> or X-API-Key"
+    else:
+        msg = "the API key is not known here (or was revoked)"
+        headers["WWW-Authenticate"] += ', error="invalid_token"'
+    return Unauthorized(msg, loc=("header", "authorization"), headers=headers)
 
 
 class ApiKeys:
@@ -144,15 +172,10 @@ class ApiKeys:
 
     @staticmethod
     def _refusal(scope: Scope, key: str | None) -> Unauthorized:
-        headers = {"WWW-Authenticate": _REALM}
-        if key is None:
-            msg = "this service needs an API key: send Authorization: Bearer <key> or X-API-Key"
-        else:
-            msg = "the API key is not known here (or was revoked)"
-            headers["WWW-Authenticate"] += ', error="invalid_token"'
+        error = refusal(key)
         if any(name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"]):
-            headers["Connection"] = "close"  # the body stays unread
-        return Unauthorized(msg, loc=("header", "authorization"), headers=headers)
+            error.headers["Connection"] = "close"  # the body stays unread
+        return error
 
 
 def with_key_security(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:

@@ -69,8 +69,16 @@ class Settings(BaseSettings):
         default_factory=socket.gethostname,
         description="this process's name in the X-Replica header and the logs",
     )
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="port of the inference protocol over gRPC, on the same host; 0 turns it off",
+    )
     shutdown_timeout: int = Field(
-        30, ge=0, description="seconds in-flight requests get to finish after SIGTERM"
+        30,
+        ge=0,
+        description="seconds in-flight requests (HTTP and gRPC) get to finish after SIGTERM",
     )
 
     max_body_bytes: int = Field(

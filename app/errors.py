@@ -56,6 +56,7 @@ __all__ = [
     "Unauthorized",
     "UnsupportedMediaType",
     "brief",
+    "count_refusal",
     "error_response",
     "install_error_handlers",
     "internal_error_response",
@@ -239,11 +240,16 @@ def _render_for(scope: Scope) -> Render:
     return _fastapi_shape
 
 
+def count_refusal(status: int, detail: list[dict[str, Any]]) -> None:
+    """Count a refusal in the metrics, by its HTTP status and its first reason."""
+    reason = detail[0]["type"] if detail else "unknown"
+    metrics.REFUSALS.labels(str(status), reason).inc()
+
+
 def _response(
     scope: Scope, status: int, detail: Any, headers: dict[str, str] | None = None
 ) -> Response:
-    reason = detail[0]["type"] if detail else "unknown"
-    metrics.REFUSALS.labels(str(status), reason).inc()
+    count_refusal(status, detail)
     status, body = _render_for(scope)(status, detail)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 

@@ -30,6 +30,7 @@ from app.limits.memory import MemoryBudget
 from app.observe import Observe
 from app.routes import explain, health, limits, playground, protocol
 from app.routes import operations as routes
+from app.rpc import service as rpc
 from app.schemas import ErrorResponse
 from convengine import OPERATIONS, Operation
 
@@ -63,9 +64,17 @@ def _warm_up() -> None:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await anyio.to_thread.run_sync(_warm_up)
+    settings: Settings = app.state.settings
+    grpc_server = None
+    if app.state.serve_grpc and settings.grpc_port:
+        grpc_server = await rpc.start(app.state, settings)
     app.state.ready = True
     yield
     app.state.ready = False
+    if grpc_server is not None:
+        # uvicorn has drained HTTP: new calls are refused, calls in flight get the rest of
+        # the shutdown timeout.
+        await grpc_server.stop(grace=settings.shutdown_timeout)
 
 
 def _openapi_with_models(app: FastAPI, operations: Mapping[str, Operation]) -> dict[str, Any]:
@@ -89,9 +98,14 @@ def _openapi_with_models(app: FastAPI, operations: Mapping[str, Operation]) -> d
 
 
 def create_app(
-    settings: Settings | None = None, operations: Mapping[str, Operation] = OPERATIONS
+    settings: Settings | None = None,
+    operations: Mapping[str, Operation] = OPERATIONS,
+    *,
+    serve_grpc: bool = False,
 ) -> FastAPI:
-    """The service for ``settings`` (else the environment's), serving a table of operations."""
+    """The service for ``settings`` (else the environment's), serving a table of operations;
+    with ``serve_grpc``, its lifespan also serves the inference protocol over gRPC on
+    ``settings.grpc_port`` (``python -m app`` does; an app made for a test does not)."""
     settings = settings or get_settings()
     app: FastAPI = FastAPIOffline(
         title="convengine",
@@ -106,6 +120,7 @@ def create_app(
     metrics.MEMORY_BUDGET.set(memory.total)
     app.state.gate = Gate(settings.max_concurrent, settings.max_waiting, memory)
     app.state.ready = False
+    app.state.serve_grpc = serve_grpc
     app.add_middleware(
         BodyLimit,
         max_body_bytes=settings.max_body_bytes,
@@ -137,4 +152,4 @@ def create_app(
     return app
 
 
-app = create_app()
+app = create_app(serve_grpc=True)

@@ -43,6 +43,8 @@ __all__ = [
     "KEY_REQUESTS",
     "MEMORY_BUDGET",
     "MEMORY_RESERVED",
+    "MODEL_LAST_INFERENCE",
+    "MODEL_SECONDS",
     "QUEUE_SECONDS",
     "REFUSALS",
     "REQUESTS",
@@ -50,6 +52,7 @@ __all__ = [
     "REQUEST_SECONDS",
     "RESPONSE_BYTES",
     "WorkerProcesses",
+    "collect",
     "render",
 ]
 
@@ -134,6 +137,24 @@ KEY_REQUESTS = Counter(
     ["key", "status"],
 )
 
+# Per model of the inference protocol, over REST and gRPC alike: the numbers behind its
+# statistics extension (app.statistics). Phases: "success" and "fail" (a request from its
+# arrival to its answer), "queue" (arrival to decoding: the body, a place, memory),
+# "compute_input" (decoding and validation), "compute_infer" (the engine), "compute_output"
+# (encoding).
+MODEL_SECONDS = Histogram(
+    "convengine_model_seconds",
+    "Inference protocol requests per model, by phase: count and time",
+    ["model", "phase"],
+    buckets=_SECONDS,
+)
+MODEL_LAST_INFERENCE = Gauge(
+    "convengine_model_last_inference_milliseconds",
+    "When a model last answered an inference, in milliseconds since the epoch",
+    ["model"],
+    multiprocess_mode="max",
+)
+
 
 class WorkerProcesses(Collector):
     """The ``process_*`` metrics of every live worker that writes to ``folder``, added up
@@ -164,13 +185,28 @@ def _add(total: Metric, family: Metric) -> None:
     ]
 
 
+def _registry() -> CollectorRegistry:
+    """The registry to read: with several workers, theirs added up (process metrics too)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(WorkerProcesses(Path(folder)))
+    PlatformCollector(registry)
+    return registry
+
+
 def render() -> bytes:
     """The exposition text of every metric, summed over worker processes if there are several."""
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        registry.register(WorkerProcesses(Path(folder)))
-        PlatformCollector(registry)
-        return generate_latest(registry)
-    return generate_latest(REGISTRY)
+    return generate_latest(_registry())
+
+
+def collect(metric: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of ``metric`` (name, labels, value), summed over worker processes."""
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in _registry().collect()
+        if family.name == metric
+        for sample in family.samples
+    ]

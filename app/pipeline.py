@@ -36,6 +36,7 @@ from convengine import Cost, Operation
 __all__ = [
     "Prepared",
     "Preparing",
+    "admitted",
     "answer",
     "check",
     "compute",
@@ -83,17 +84,8 @@ async def serve(
         if length is not None:
             gate.check_body(holding(length))  # a 413 before a byte is read
         body = await _read(request, gate, reservation, holding)  # no computation place
-        # One place from decoding to the answer, so that work decoded is never refused.
-        waited: list[float] = []  # for a computation slot
-        async with gate.admit():
-            decoding = partial(prepare, body, reservation)
-            prepared = await gate.run(decoding, waited)  # decode, validate
-            await gate.hold(reservation, len(body) + prepared.need)
-            reservation.settle()  # from here on it only gives back
-            content, headers = await gate.run(partial(_finish, prepared, request), waited)
-        metrics.QUEUE_SECONDS.observe(sum(waited))
-        del prepared  # its arrays: only the answer and the body remain
-        await gate.hold(reservation, len(body) + len(content))  # shrinks
+        finish = partial(_coded, request=request)
+        content, headers = await admitted(gate, reservation, body, prepare, finish)
         return Answer(content, headers, reservation)
     except BaseException:
         reservation.release()
@@ -115,7 +107,7 @@ async def _read(
     return b"".join(pieces)
 
 
-def _finish(prepared: Preparing, request: Request) -> tuple[bytes, dict[str, str]]:
+def _coded(prepared: Preparing, request: Request) -> tuple[bytes, dict[str, str]]:
     """Compute, encode and code (gzip) the answer, in the computation thread."""
     content, headers = prepared.finish()
     settings: Settings = request.app.state.settings
@@ -127,6 +119,37 @@ def _finish(prepared: Preparing, request: Request) -> tuple[bytes, dict[str, str
         settings.compress_level,
     )
     return content, {**headers, **coding}
+
+
+def _finished(prepared: Preparing) -> tuple[bytes, dict[str, str]]:
+    return prepared.finish()
+
+
+async def admitted(
+    gate: Gate,
+    reservation: Reservation,
+    body: bytes,
+    prepare: Callable[[bytes, Reservation], Preparing],
+    finish: Callable[[Preparing], tuple[bytes, dict[str, str]]] = _finished,
+) -> tuple[bytes, dict[str, str]]:
+    """The answer to a body read whole, ``reservation`` holding what reading it held: its
+    content and headers (``finish``: compute and encode, and code for HTTP), the reservation
+    resized to the body and the content.
+
+    The steps every transport shares once a body is in memory (HTTP's read by :func:`serve`,
+    a gRPC message whole, app.rpc.service).
+    """
+    waited: list[float] = []  # for a computation slot
+    # One place from decoding to the answer, so that work decoded is never refused.
+    async with gate.admit():
+        prepared = await gate.run(partial(prepare, body, reservation), waited)  # decode, validate
+        await gate.hold(reservation, len(body) + prepared.need)
+        reservation.settle()  # from here on it only gives back
+        content, headers = await gate.run(partial(finish, prepared), waited)
+    metrics.QUEUE_SECONDS.observe(sum(waited))
+    del prepared  # its arrays: only the answer and the body remain
+    await gate.hold(reservation, len(body) + len(content))  # shrinks
+    return content, headers
 
 
 async def answer(request: Request, operation: Operation) -> Response:

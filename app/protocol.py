@@ -10,13 +10,15 @@ a 422 becoming the protocol's 400.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 from pydantic import BaseModel
 
+import convengine
 from app import pipeline
 from app.codecs import Budget, Decoded
 from app.codecs import json as json_codec
@@ -26,24 +28,36 @@ from app.config import Settings
 from app.errors import BadRequest, NotFound
 from app.limits.memory import Reservation
 from app.schemas import ConvRequest, Hyperparameters
+from app.statistics import Timing, model_statistics
 from convengine import RANKS, Operation
 
 __all__ = [
     "VERSION",
+    "Encode",
     "InferResponse",
+    "ModelIndex",
     "ModelMetadata",
     "Models",
+    "Parse",
     "PreparedInference",
     "ProtocolError",
     "ServerMetadata",
+    "config",
+    "error_message",
     "metadata",
     "model",
     "models",
     "prepare",
     "render_error",
+    "repository_index",
+    "server_metadata",
+    "statistics",
 ]
 
 VERSION = "1"
+# Model load and unload are not served (the models are the table's, loaded at start): the
+# repository index is, without claiming the model_repository extension.
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 Models = Mapping[str, tuple[Operation, int]]
 
 
@@ -64,6 +78,13 @@ class ServerMetadata(BaseModel):
     name: str
     version: str
     extensions: list[str]
+
+
+class ModelIndex(BaseModel):
+    name: str
+    version: str
+    state: str
+    reason: str
 
 
 class TensorMetadata(BaseModel):
@@ -94,6 +115,15 @@ class InferResponse(BaseModel):
     model_version: str
     id: str | None = None
     outputs: list[OutputTensor]
+
+
+def server_metadata() -> dict[str, Any]:
+    """The server's name, version and protocol extensions."""
+    return {
+        "name": "convengine",
+        "version": convengine.__version__,
+        "extensions": EXTENSIONS,
+    }
 
 
 def model(served_models: Models, name: str, version: str | None = None) -> tuple[Operation, int]:
@@ -130,6 +160,14 @@ def metadata(operation: Operation, rank: int) -> dict[str, Any]:
     }
 
 
+# parse(body): the inference request and the inputs' bytes after it (REST's JSON and binary
+# data, or a gRPC message); encode(model, version, request, outputs): the answer and headers.
+Parse = Callable[[bytes], tuple[wire.InferRequest, memoryview]]
+Encode = Callable[
+    [str, str, wire.InferRequest, dict[str, np.ndarray]], tuple[bytes, dict[str, str]]
+]
+
+
 @dataclass
 class PreparedInference:
     """A decoded, validated inference request, and what it will hold until it is answered."""
@@ -140,52 +178,120 @@ class PreparedInference:
     decoded: Decoded
     need: int
     text: bool  # no output asked for as binary data: numbers written out in the JSON
+    encode: Encode
+    timing: Timing
 
     def finish(self) -> tuple[bytes, dict[str, str]]:
-        outputs = pipeline.compute(self.validated, self.decoded.arrays)
-        return wire.encode(self.name, VERSION, self.request, outputs)
+        with self.timing.phase("compute_infer"):
+            outputs = pipeline.compute(self.validated, self.decoded.arrays)
+        with self.timing.phase("compute_output"):
+            return self.encode(self.name, VERSION, self.request, outputs)
 
 
 def prepare(
     served: tuple[Operation, int],
     body: bytes,
     reservation: Reservation,
-    header_length: str | None,
     settings: Settings,
+    *,
+    parse: Parse,
+    encode: Encode,
+    timing: Timing,
 ) -> PreparedInference:
-    """Decode and validate one inference request (in a worker thread)."""
-    operation, rank = served
-    name = operation.model_name(rank)
-    request, blob = wire.parse_request(body, header_length, settings.max_json_bytes)
-    wanted = wire.check_outputs(operation, name, request)
-    budget = Budget(
-        settings.max_decoded_bytes,
-        allowance=max(0, reservation.held - len(body)),
-        reserve=reservation.take_now,
-    )
-    decoded = wire.decode(operation, name, request, blob, budget)
-    for array, value in decoded.arrays.items():
-        expected = operation.arrays[array].ndim(rank)
-        if value.ndim != expected:
-            raise BadRequest(
-                f"model {name} takes {rank}-D layers: input {array} must be {expected}-D "
-                f"({operation.arrays[array].axes}), got shape {list(value.shape)}"
-            )
-    validated = pipeline.validate(operation, decoded, settings)
-    binary = all(wire.wants_binary(request, output) for output in wanted)
-    # Answered as raw bytes or as JSON numbers: the same sizes as .npz and JSON answers.
-    encoding = npz_codec.CODEC if binary else json_codec.CODEC
-    need = pipeline.memory_need(validated, decoded.arrays, encoding.answer_bytes)
-    text = not any(wire.wants_binary(request, output) for output in wanted)
-    return PreparedInference(name, request, validated, decoded, need, text)
+    """Decode and validate one inference request, whichever its transport (in a worker
+    thread): the same checks and messages for REST and gRPC."""
+    with timing.phase("compute_input"):
+        operation, rank = served
+        name = operation.model_name(rank)
+        request, blob = parse(body)
+        wanted = wire.check_outputs(operation, name, request)
+        budget = Budget(
+            settings.max_decoded_bytes,
+            allowance=max(0, reservation.held - len(body)),
+            reserve=reservation.take_now,
+        )
+        decoded = wire.decode(operation, name, request, blob, budget)
+        for array, value in decoded.arrays.items():
+            expected = operation.arrays[array].ndim(rank)
+            if value.ndim != expected:
+                raise BadRequest(
+                    f"model {name} takes {rank}-D layers: input {array} must be {expected}-D "
+                    f"({operation.arrays[array].axes}), got shape {list(value.shape)}"
+                )
+        validated = pipeline.validate(operation, decoded, settings)
+        binary = all(wire.wants_binary(request, output) for output in wanted)
+        # Answered as raw bytes or as JSON numbers: the same sizes as .npz and JSON answers.
+        encoding = npz_codec.CODEC if binary else json_codec.CODEC
+        need = pipeline.memory_need(validated, decoded.arrays, encoding.answer_bytes)
+        text = not any(wire.wants_binary(request, output) for output in wanted)
+    return PreparedInference(name, request, validated, decoded, need, text, encode, timing)
+
+
+def config(operation: Operation, rank: int) -> dict[str, Any]:
+    """The model's configuration (Triton's model configuration extension).
+
+    What a convolution model holds: its inputs and outputs, each with its rank (every axis
+    of any size: -1) and FP32 type (FP64 is served too, the same for every input), the
+    optional ones (a bias) marked; no batching of its own (``max_batch_size`` 0: the batch
+    is the first axis of x); and its hyperparameters as parameters, each with its text form.
+    Fields at their default value are left out, as protobuf's JSON leaves them out.
+    """
+
+    def tensor(name: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "name": name,
+            "data_type": "TYPE_FP32",
+            "dims": [-1] * operation.arrays[name].ndim(rank),
+        }
+        if name in operation.inputs and name not in operation.required:
+            entry["optional"] = True
+        return entry
+
+    forms = Hyperparameters.text_forms()
+    return {
+        "name": operation.model_name(rank),
+        "platform": "convengine",
+        "backend": "convengine",
+        "input": [tensor(name) for name in operation.inputs],
+        "output": [tensor(name) for name in operation.outputs],
+        "parameters": {
+            name: {"string_value": forms[name]}
+            for name in Hyperparameters.model_fields
+            if name in operation.hyperparameters
+        },
+    }
+
+
+def repository_index(served_models: Models) -> list[dict[str, str]]:
+    """Every model served, each ready (the table is loaded once, at start)."""
+    return [
+        {"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in served_models
+    ]
+
+
+def statistics(
+    served_models: Models, name: str | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """Inference statistics of model ``name`` (every model if None or empty), or 404."""
+    names = list(served_models)
+    if name:
+        model(served_models, name, version or None)
+        names = [name]
+    return {"model_stats": model_statistics(names, VERSION)}
 
 
 def render_error(status: int, detail: list[dict[str, Any]]) -> tuple[int, bytes]:
     """An error in the protocol's shape: one message naming each field, and 400 for 422."""
 
+    return (400 if status == 422 else status), orjson.dumps({"error": error_message(detail)})
+
+
+def error_message(detail: list[dict[str, Any]]) -> str:
+    """An error's message as the protocol gives it (REST's "error", gRPC's status details):
+    one message naming each field."""
+
     def one(item: dict[str, Any]) -> str:
         where = ".".join(str(part) for part in item["loc"][1:])
         return f"{where}: {item['msg']}" if where else str(item["msg"])
 
-    message = "; ".join(one(item) for item in detail)
-    return (400 if status == 422 else status), orjson.dumps({"error": message})
+    return "; ".join(one(item) for item in detail)

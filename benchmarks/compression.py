@@ -15,28 +15,17 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
 from benchmarks.payloads import request
+from benchmarks.process import running_service
 
 LINK_BITS_PER_SECOND = 100e6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 FORMS = {"JSON nested lists": "nested", "JSON b64": "b64", ".npz": "npz"}
@@ -112,29 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    port = _free_port()
-    env = {**os.environ, "CONVENGINE_PORT": str(port), "CONVENGINE_LOG_LEVEL": "warning"}
-    log = Path(tempfile.mkdtemp(prefix="convengine-bench-")) / "service.log"
-    with log.open("wb") as sink:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "app"], env=env, stdout=sink, stderr=sink
-        )  # the log is on stderr
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the service did not start:\n{log.read_text()}")
-            time.sleep(0.1)
-        print("\n".join(measure(url, args.rounds)))
-    finally:
-        service.terminate()
-        service.wait(timeout=30)
+    with running_service() as service:
+        print("\n".join(measure(service.url, args.rounds)))
 
 
 if __name__ == "__main__":

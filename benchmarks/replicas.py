@@ -98,6 +98,7 @@ def replicas(count: int, logs: Path) -> Iterator[list[str]]:
                 "CONVENGINE_MAX_CONCURRENT": "1",
                 "CONVENGINE_LOG_LEVEL": "warning",
                 "CONVENGINE_REPLICA": f"r{i}",
+                "CONVENGINE_GRPC_PORT": "0",  # HTTP only: the replicas would share 8001
             }
             with (logs / f"replica-{i}.log").open("wb") as log:
                 processes.append(

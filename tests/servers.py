@@ -26,6 +26,11 @@ class Service:
     port: int
     log_path: Path
     host: str = "127.0.0.1"
+    grpc_port: int = 0  # the inference protocol over gRPC; 0: off
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -62,9 +67,12 @@ class Service:
 
 
 def start_service(log_dir: Path, **settings: str) -> Service:
-    """``python -m app`` with ``CONVENGINE_<NAME>`` for each setting given."""
+    """``python -m app`` with ``CONVENGINE_<NAME>`` for each setting given; gRPC on a free
+    port of its own unless ``grpc_port`` is given (0 turns it off)."""
     port = int(settings.pop("port", 0)) or free_port()
-    env = {**os.environ, "CONVENGINE_PORT": str(port)}
+    grpc_port = int(settings.pop("grpc_port", -1))
+    grpc_port = free_port() if grpc_port < 0 else grpc_port
+    env = {**os.environ, "CONVENGINE_PORT": str(port), "CONVENGINE_GRPC_PORT": str(grpc_port)}
     env.update({f"CONVENGINE_{k.upper()}": str(v) for k, v in settings.items()})
     host = str(settings.get("host", "127.0.0.1"))
     log_path = log_dir / f"service-{host}-{port}.log"
@@ -72,4 +80,4 @@ def start_service(log_dir: Path, **settings: str) -> Service:
         process = subprocess.Popen(
             [sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    return Service(process, port, log_path, host)
+    return Service(process, port, log_path, host, grpc_port)

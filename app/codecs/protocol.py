@@ -30,9 +30,12 @@ __all__ = [
     "InferOutput",
     "InferRequest",
     "check_outputs",
+    "datatype",
     "decode",
     "encode",
+    "little_endian",
     "parse_request",
+    "read_request",
     "wants_binary",
 ]
 
@@ -81,13 +84,17 @@ def parse_request(
     JSON costs many times its size.
     """
     document, blob = _split(body, header_length, max_json_bytes)
+    return read_request(document), blob
+
+
+def read_request(document: Any) -> InferRequest:
+    """The inference request a document (parsed JSON, or a gRPC message's fields) holds."""
     try:
-        request = InferRequest.model_validate(document)
+        return InferRequest.model_validate(document)
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"])
         raise BadRequest(f"invalid inference request: {where}: {first['msg']}") from exc
-    return request, blob
 
 
 def decode(
@@ -223,6 +230,16 @@ def check_outputs(operation: Operation, model: str, request: InferRequest) -> li
     return requested
 
 
+def datatype(array: np.ndarray) -> str:
+    """The protocol's name of an output's type."""
+    return "FP32" if array.dtype == np.float32 else "FP64"
+
+
+def little_endian(array: np.ndarray) -> bytes:
+    """An array's numbers as the protocol's binary data: little-endian, C order."""
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
 def encode(
     model: str, version: str, request: InferRequest, outputs: dict[str, np.ndarray]
 ) -> tuple[bytes, dict[str, str]]:
@@ -234,10 +251,10 @@ def encode(
         entry: dict[str, Any] = {
             "name": name,
             "shape": list(array.shape),
-            "datatype": "FP32" if array.dtype == np.float32 else "FP64",
+            "datatype": datatype(array),
         }
         if wants_binary(request, name):
-            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            raw = little_endian(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:

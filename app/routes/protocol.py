@@ -8,12 +8,12 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 
-import convengine
 from app import pipeline, protocol
-from app.codecs.protocol import InferRequest
+from app.codecs.protocol import InferRequest, encode, parse_request
 from app.errors import register_error_shape
 from app.limits.body import holding
 from app.routes import health
+from app.statistics import Timing
 from convengine import Operation
 
 PREFIX = "/v2"
@@ -41,11 +41,7 @@ _UNKNOWN_MODEL: dict[int | str, dict[str, Any]] = {
 @router.get("", response_model=protocol.ServerMetadata, operation_id="server_metadata")
 async def server_metadata() -> dict[str, object]:
     """Server name, version and protocol extensions."""
-    return {
-        "name": "convengine",
-        "version": convengine.__version__,
-        "extensions": ["binary_tensor_data"],
-    }
+    return protocol.server_metadata()
 
 
 @router.get(
@@ -71,6 +67,26 @@ async def live() -> Response:
 async def ready(request: Request) -> Response:
     """200 when warmed up with room to admit work, 400 otherwise (the protocol's 'false')."""
     return Response(status_code=200 if health.readiness(request.app.state) == "ready" else 400)
+
+
+# Before /models/{name}, which would take "stats" for a model's name.
+@router.get("/models/stats")
+async def every_model_statistics(request: Request) -> dict[str, Any]:
+    """Inference counts and times of every model, as in /metrics."""
+    return protocol.statistics(request.app.state.models)
+
+
+@router.get("/models/{name}/stats", responses=_UNKNOWN_MODEL)
+@router.get(
+    "/models/{name}/versions/{version}/stats",
+    responses=_UNKNOWN_MODEL,
+    operation_id="model_version_statistics",
+)
+async def model_statistics(
+    request: Request, name: str, version: str | None = None
+) -> dict[str, Any]:
+    """Inference counts and times of a model, as in /metrics."""
+    return protocol.statistics(request.app.state.models, name, version)
 
 
 @router.get(
@@ -165,12 +181,44 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     request.state.operation = name  # a known model's name: the metrics' operation label
     state = request.app.state
     header_length = request.headers.get("inference-header-content-length")
+    timing = Timing(name)
     prepare = partial(
-        protocol.prepare, served, header_length=header_length, settings=state.settings
+        protocol.prepare,
+        served,
+        settings=state.settings,
+        parse=partial(
+            parse_request, header_length=header_length, max_json_bytes=state.settings.max_json_bytes
+        ),
+        encode=encode,
+        timing=timing,
     )
     # The protocol's JSON is parsed whatever the Content-Type: all of the body, or the part
     # Inference-Header-Content-Length gives.
     json_part = None  # all of the body
     if header_length and header_length.isascii() and header_length.isdigit():
         json_part = int(header_length[:19])  # 19 digits: more than any body
-    return await pipeline.serve(request, state.gate, holding(json_part), prepare)
+    ok = False
+    try:
+        response = await pipeline.serve(request, state.gate, holding(json_part), prepare)
+        ok = True
+        return response
+    finally:
+        timing.done(ok)
+
+
+@router.post("/repository/index", response_model=list[protocol.ModelIndex])
+async def repository_index(request: Request) -> list[dict[str, str]]:
+    """Every model served and its state (all ready: the table is loaded at start)."""
+    return protocol.repository_index(request.app.state.models)
+
+
+@router.get("/models/{name}/config", responses=_UNKNOWN_MODEL)
+@router.get(
+    "/models/{name}/versions/{version}/config",
+    responses=_UNKNOWN_MODEL,
+    operation_id="model_version_config",
+)
+async def model_config(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+    """A model's configuration: inputs and outputs, their ranks and types, the
+    hyperparameters as parameters."""
+    return protocol.config(*protocol.model(request.app.state.models, name, version))

@@ -55,7 +55,7 @@ async def test_server_metadata_and_health(client):
     assert (await client.get("/v2")).json() == {
         "name": "convengine",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
     }
     assert (await client.get("/v2/health/live")).status_code == 200
     assert (await client.get("/v2/health/ready")).status_code == 200

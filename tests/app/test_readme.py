@@ -98,6 +98,7 @@ def test_every_shell_line_prints_what_the_readme_shows(service: Service, tmp_pat
 def test_every_python_snippet_runs_as_written(service: Service, snippet: str):
     code = re.sub(r"http://[\d.]+:8000", service.url, snippet)
     code = code.replace("127.0.0.1:8000", f"127.0.0.1:{service.port}")
+    code = re.sub(r"(localhost|127\.0\.0\.1):8001", service.grpc_target, code)  # gRPC
     assert code != snippet or "8000" not in snippet
     namespace: dict[str, object] = {"__name__": "readme"}
     exec(compile(code, "README.md", "exec"), namespace)  # the README's own code

@@ -42,7 +42,11 @@ def test_health_and_metadata(client):
     metadata = client.get_model_metadata("conv2d_backward")
     # In the engine function's order: conv2d_backward(dout, x, w).
     assert [t["name"] for t in metadata["inputs"]] == ["dout", "x", "w"]
-    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert client.get_server_metadata()["extensions"] == [
+        "binary_tensor_data",
+        "model_configuration",
+        "statistics",
+    ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

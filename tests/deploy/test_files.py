@@ -17,6 +17,15 @@ from ..servers import free_port, start_service
 from .recent_nginx import recent_nginx
 
 ROOT = Path(__file__).resolve().parents[2]
+NGINX_FILES = (
+    "nginx.conf",
+    "convengine.conf",
+    "upstreams.conf",
+    "listen.conf",
+    "grpc.conf",
+    "grpc_upstreams.conf",
+    "grpc_listen.conf",
+)
 
 
 def _tool(name: str) -> str:
@@ -54,7 +63,7 @@ def test_image_runs_the_same_commands_as_the_tests():
     assert _dockerfile_instruction("CMD") == ['CMD ["python", "-m", "app"]']
     (healthcheck,) = _dockerfile_instruction("HEALTHCHECK")
     assert healthcheck.endswith('CMD ["python", "-m", "app.healthcheck"]')
-    assert "EXPOSE 8000" in _dockerfile_instruction("EXPOSE")
+    assert "EXPOSE 8000 8001" in _dockerfile_instruction("EXPOSE")  # HTTP, gRPC
     assert _dockerfile_instruction("USER") == ["USER 10001:10001"]
     froms = _dockerfile_instruction("FROM")
     assert len(froms) == 2 and all("slim" in line for line in froms)
@@ -128,7 +137,10 @@ def test_compose_topology_matches_the_service():
     assert service["deploy"]["replicas"] >= 2
     assert service["deploy"]["resources"]["limits"]["cpus"]
     assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "app.healthcheck"]
-    assert lb["ports"] == ["8080:8080"]
+    assert lb["ports"] == ["8080:8080", "8081:8081"]
+    assert service["environment"]["CONVENGINE_GRPC_PORT"] == "8001"
+    assert "8001" in service["expose"]
+    assert "server convengine:8001 " in (ROOT / "deploy/nginx/grpc_upstreams.conf").read_text()
     nginx = (ROOT / "deploy/nginx/convengine.conf").read_text()
     body_limit = int(service["environment"]["CONVENGINE_MAX_BODY_BYTES"])
     (megabytes,) = re.findall(r"client_max_body_size (\d+)m;", nginx)
@@ -136,15 +148,12 @@ def test_compose_topology_matches_the_service():
     grace = int(service["stop_grace_period"].rstrip("s"))
     assert grace > int(service["environment"]["CONVENGINE_SHUTDOWN_TIMEOUT"])
     mounted = {volume.split(":")[1] for volume in lb["volumes"]}
-    assert mounted == {
-        f"/etc/nginx/{name}"
-        for name in ("nginx.conf", "convengine.conf", "upstreams.conf", "listen.conf")
-    }
+    assert mounted == {f"/etc/nginx/{name}" for name in NGINX_FILES}
 
 
 def test_nginx_accepts_the_compose_configuration(tmp_path):
     """`nginx -t` (>= 1.27.3, as the compose file pins) on the compose nginx.conf, unchanged."""
-    for name in ("nginx.conf", "convengine.conf", "listen.conf", "upstreams.conf"):
+    for name in NGINX_FILES:
         shutil.copy(ROOT / "deploy/nginx" / name, tmp_path / name)
     config = (
         (tmp_path / "nginx.conf")

@@ -73,8 +73,9 @@ def test_headless_service_selects_the_deployment_pods():
     assert spec["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    (port,) = spec["ports"]
-    assert port["targetPort"] in ports and port["port"] == ports[port["targetPort"]]
+    assert [port["name"] for port in spec["ports"]] == ["http", "grpc"]
+    for port in spec["ports"]:
+        assert port["targetPort"] in ports and port["port"] == ports[port["targetPort"]]
     assert service["metadata"]["name"] != _load(K8S / "service.yaml")["metadata"]["name"]
 
 
@@ -142,3 +143,15 @@ def test_keda_scaled_object_matches_the_crd_fields_and_the_deployment():
     assert triggers["cpu"]["metadata"]["value"] == str(
         cpu_hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"]
     )
+
+
+def test_the_grpc_port_is_declared_probed_and_served():
+    deployment = _load(K8S / "deployment.yaml")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["grpc"] == int(env["CONVENGINE_GRPC_PORT"]) == 8001
+    assert container["readinessProbe"]["grpc"]["port"] == ports["grpc"]
+    service_ports = {port["name"]: port for port in _load(K8S / "service.yaml")["spec"]["ports"]}
+    assert service_ports["grpc"]["targetPort"] == "grpc"
+    assert service_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"

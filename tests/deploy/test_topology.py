@@ -17,10 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from benchmarks.payloads import REQUEST_FORMS, read, request
 from convengine import conv2d, conv2d_backward
@@ -42,6 +45,7 @@ http {{
     uwsgi_temp_path {work}/uwsgi;
     scgi_temp_path {work}/scgi;
     include {root}/deploy/nginx/convengine.conf;
+    include {root}/deploy/nginx/grpc.conf;
 }}
 """
 
@@ -49,6 +53,7 @@ http {{
 @dataclass
 class Topology:
     url: str
+    grpc_target: str
     replicas: dict[str, Service]
     nginx: subprocess.Popen[bytes]
     work: Path
@@ -85,12 +90,19 @@ def topology() -> Iterator[Topology]:
     )
     (work / "upstreams.conf").write_text(upstreams)
     (work / "listen.conf").write_text(f"listen 127.0.0.1:{port};\n")
+    grpc_port = free_port()
+    grpc_upstreams = "".join(
+        f"server {r.grpc_target} max_fails=1 fail_timeout=5s;\n" for r in replicas.values()
+    )
+    (work / "grpc_upstreams.conf").write_text(grpc_upstreams)
+    # Debian's nginx (1.22) spells HTTP/2 on the listen line; the compose one `http2 on`.
+    (work / "grpc_listen.conf").write_text(f"listen 127.0.0.1:{grpc_port} http2;\n")
     (work / "nginx.conf").write_text(NGINX_CONF.format(work=work, root=ROOT))
     process = subprocess.Popen([nginx, "-p", str(work), "-c", str(work / "nginx.conf")])
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{url}/healthz", process)
-        yield Topology(url, replicas, process, work)
+        yield Topology(url, f"127.0.0.1:{grpc_port}", replicas, process, work)
     finally:
         process.send_signal(signal.SIGQUIT)  # graceful stop
         process.wait(timeout=30)
@@ -137,6 +149,39 @@ def test_every_form_through_the_balancer_reaches_both_replicas(topology):
                     np.testing.assert_array_equal(got[name], want)
                 served.update([forward.headers["x-replica"], backward.headers["x-replica"]])
                 assert forward.headers["x-request-id"]
+    assert set(served) == {"a", "b"}, served
+
+
+def test_grpc_through_the_balancer_reaches_both_replicas(topology):
+    """tritonclient's messages over grpc_pass (HTTP/2) to both replicas' gRPC ports (before
+    the test that stops replica a)."""
+    rng = np.random.default_rng(8)
+    served = Counter()
+    with grpc.insecure_channel(topology.grpc_target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for attempt in range(12):
+            x, w = _arrays(rng)
+            request = service_pb2.ModelInferRequest(model_name="conv2d")
+            for name, array in (("x", x), ("w", w)):
+                request.inputs.add(name=name, datatype="FP32", shape=array.shape)
+                request.raw_input_contents.append(array.tobytes())
+            request.parameters["padding"].int64_param = 1
+            response, call = stub.ModelInfer.with_call(
+                request, metadata=[("x-request-id", f"through-nginx-{attempt}")], timeout=30
+            )
+            out = np.frombuffer(response.raw_output_contents[0], np.float32)
+            np.testing.assert_array_equal(
+                out.reshape(response.outputs[0].shape), conv2d(x, w, padding=1)
+            )
+            initial = dict(call.initial_metadata())
+            assert initial["x-request-id"] == f"through-nginx-{attempt}"
+            served[initial["x-replica"]] += 1
+        with pytest.raises(grpc.RpcError) as caught:  # refusals pass through unchanged
+            stub.ModelInfer(service_pb2.ModelInferRequest(model_name="resnet50"), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=30).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
     assert set(served) == {"a", "b"}, served
 
 

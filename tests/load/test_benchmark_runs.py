@@ -1,5 +1,6 @@
 """The benchmarks themselves run: `python -m benchmarks.service --quick` (small shapes),
-`python -m benchmarks.engine` on one small shape, `python -m benchmarks.client` briefly."""
+`python -m benchmarks.engine` on one small shape, `python -m benchmarks.client` briefly and
+`python -m benchmarks.transports` (few calls)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,18 @@ def test_client_benchmark_smoke_run():
         "| portal over AsyncConvClient",
         "| bare httpx.Client POST",
     ]
+
+
+def test_transports_benchmark_smoke_run():
+    """`python -m benchmarks.transports`: gRPC and REST .npz on one process, answers equal."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.transports", "--calls", "2", "--count", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [row[2] for row in rows] == ["gRPC", "REST", "gRPC", "REST"]
+    assert all(float(row[-1]) > 0 and float(row[-2]) > 0 for row in rows)
