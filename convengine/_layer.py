@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ._conv import as_float_array
+from ._arrays import as_float_array
 from ._errors import ShapeError
 from ._functional import backward, forward
 from ._geometry import ConvGeometry

@@ -16,6 +16,7 @@ import numpy as np
 
 from ._functional import backward, forward, transposed_backward, transposed_forward
 from ._geometry import ConvGeometry, TransposedGeometry
+from ._kernels import work_elements
 
 __all__ = ["OPERATIONS", "RANKS", "ArrayDoc", "Cost", "Geometry", "Operation"]
 
@@ -92,7 +93,7 @@ class Operation:
         return self.model.format(rank=rank)
 
     def cost(self, geometry: Geometry, itemsize: int) -> Cost:
-        return Cost(geometry.work_elements() * itemsize, geometry.flops() * self.passes)
+        return Cost(work_elements(geometry) * itemsize, geometry.flops() * self.passes)
 
 
 def _plan_forward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
