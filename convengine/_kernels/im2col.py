@@ -39,8 +39,10 @@ def work_elements(geometry: ConvGeometry) -> int:
     """An upper bound on the array elements one pass of a planar geometry allocates here.
 
     Padded input and its gradient (with a row of slack each), one chunk of columns in wide
-    rows, output and output gradient in wide rows. One chunk: one image's columns, with a row
-    of ones for the bias, or as many images as fit in 2 MiB of columns (counted as float32
+    rows, output and output gradient in wide rows, and the input gradient copied out of its
+    canvas (which the output terms covered only while F >= C: a strided layer with fewer
+    filters than channels outgrew the bound). One chunk: one image's columns, with a row of
+    ones for the bias, or as many images as fit in 2 MiB of columns (counted as float32
     elements, more than float64 needs), which the ones row can double (one channel, 1x1) and
     wide rows grow by 4/3.
     """
@@ -50,7 +52,8 @@ def work_elements(geometry: ConvGeometry) -> int:
     image_cols = (g.c * g.kernel[0] * g.kernel[1] + 1) * g.h_out * w_pad
     chunk_cols = min(g.n * image_cols, max(image_cols, 2 * (2 << 20) // 4))
     outputs = g.n * g.f * g.h_out * w_pad
-    return 2 * canvas + chunk_cols + 2 * outputs
+    dx = g.n * g.c * g.height * g.width
+    return 2 * canvas + chunk_cols + 2 * outputs + dx
 
 
 def forward(

@@ -50,6 +50,10 @@ def workspace(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     buffers: dict[str, np.ndarray] = _local.__dict__.setdefault("buffers", {})
     buffer = buffers.get(slot)
     if buffer is None or buffer.nbytes < nbytes:
+        # The smaller buffer goes first: held while the larger one is made, both counted
+        # (the forward's columns and the backward's wider ones outgrew the work bound).
+        buffers.pop(slot, None)
+        del buffer
         buffer = np.empty(max(nbytes, 1), np.uint8)
         if nbytes <= _KEEP_BYTES:
             buffers[slot] = buffer
