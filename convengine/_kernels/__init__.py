@@ -88,6 +88,14 @@ class Selection:
         return f"{self.path.value}({self.inner.name})"
 
 
+# The leaf selections, made once: a small layer's pass selects twice or more, in microseconds.
+_LEAVES = {(path, wide): Selection(path, wide_rows=wide) for path in Path for wide in (False, True)}
+
+
+def _leaf(path: Path, wide_rows: bool = False) -> Selection:
+    return _LEAVES[path, wide_rows]
+
+
 def select(
     geometry: ConvGeometry,
     pass_: Pass,
@@ -110,7 +118,7 @@ def select(
     """
     core = geometry if geometry.is_core else geometry.core()[0]
     if 0 in core.size:
-        return Selection(Path.EMPTY)
+        return _leaf(Path.EMPTY)
     if core.rank == 3:
         path = _volume(core, pass_, x_finite, w_finite)
     else:
@@ -125,17 +133,17 @@ def _planar(g: ConvGeometry, pass_: Pass, x_finite: bool, w_finite: bool) -> Sel
     reads = w_finite if pass_ is Pass.INPUT_GRADIENT else x_finite and w_finite
     finite = pass_ is Pass.FORWARD or reads
     if pass_ is Pass.INPUT_GRADIENT and phases.supports(g):
-        return Selection(Path.PHASES)
+        return _leaf(Path.PHASES)
     if depthwise.supports(g) and finite:
-        return Selection(Path.DEPTHWISE)
+        return _leaf(Path.DEPTHWISE)
     if depthwise_taps.supports(g):
-        return Selection(Path.DEPTHWISE_TAPS, wide_rows=finite)
+        return _leaf(Path.DEPTHWISE_TAPS, wide_rows=finite)
     if pointwise.supports(g):
-        return Selection(Path.POINTWISE)
+        return _leaf(Path.POINTWISE)
     # dw alone multiplies no junk by w: its wide rows need finite x only. The forward pass
     # crops a wide output, which cost more than wide rows saved: it takes none.
     wide = x_finite if pass_ is Pass.WEIGHT_GRADIENT else finite
-    return Selection(Path.IM2COL, wide_rows=wide and pass_ is not Pass.FORWARD)
+    return _leaf(Path.IM2COL, wide_rows=wide and pass_ is not Pass.FORWARD)
 
 
 def _volume(g: ConvGeometry, pass_: Pass, x_finite: bool, w_finite: bool) -> Selection:

@@ -89,6 +89,15 @@ def _piece(pass_: Pass, arrays: tuple[np.ndarray | None, ...], geometry: ConvGeo
     return _compute(pass_, selection, geometry, arrays)
 
 
+def _finiteness(pass_: Pass, arrays: tuple[np.ndarray | None, ...]) -> tuple[bool, bool]:
+    """Whether the x and the w that ``pass_`` reads are finite (True where it reads none)."""
+    if pass_ is Pass.FORWARD:
+        return True, True
+    if pass_ is Pass.INPUT_GRADIENT:
+        return True, _finite(arrays[1])
+    return _finite(arrays[1]), _finite(arrays[2])
+
+
 def _finite(array: np.ndarray | None) -> bool:
     return array is None or bool(np.isfinite(array).all())
 
@@ -107,6 +116,8 @@ def _compute(
         outputs = result if isinstance(result, tuple) else (result,)
         lines = tuple(a[:, :, 0] if a.ndim == 4 else a for a in outputs)
         return lines if isinstance(result, tuple) else lines[0]
+    if selection.path is Path.EMPTY:
+        return _nothing_read(pass_, geometry, arrays)
     if selection.path is Path.VOLUME:
         return _volume(pass_, geometry, arrays)
     if selection.path is Path.PHASES:
@@ -116,6 +127,24 @@ def _compute(
     if pass_ is Pass.FORWARD:
         return cast(Result, compute(*arrays, geometry))
     return cast(Result, compute(*arrays, geometry, selection.wide_rows))
+
+
+def _nothing_read(
+    pass_: Pass, geometry: ConvGeometry, arrays: tuple[np.ndarray | None, ...]
+) -> Result:
+    """A piece whose windows read padding alone (a phase of a transposed layer that crops
+    everything its pixels add): the output is the bias, the gradients are zero."""
+    first, second = cast(np.ndarray, arrays[0]), cast(np.ndarray, arrays[1])
+    if pass_ is Pass.FORWARD:
+        out = np.zeros(geometry.out_shape, dtype=first.dtype)
+        b = arrays[2]
+        return out if b is None else out + b.reshape(-1, *(1,) * geometry.rank)
+    if pass_ is Pass.INPUT_GRADIENT:
+        return np.zeros(geometry.x_shape, dtype=first.dtype)
+    w = cast(np.ndarray, arrays[2])
+    if pass_ is Pass.WEIGHT_GRADIENT:
+        return np.zeros_like(w)
+    return np.zeros_like(second), np.zeros_like(w), first.sum(axis=(0, *range(2, first.ndim)))
 
 
 def _volume(pass_: Pass, geometry: ConvGeometry, arrays: tuple[np.ndarray | None, ...]) -> Result:

@@ -67,6 +67,14 @@ TRANSPOSED = {
         "phases",
         "im2col",
     ),
+    # The padding crops all that one phase's pixels add: that phase reads padding alone.
+    "phases-one-reads-padding-alone": (
+        (1, 2, 1, 1),
+        (2, 3, 1, 2),
+        dict(stride=(1, 2), padding=((0, 0), (0, 1)), dilation=(1, 3)),
+        "phases",
+        "im2col",
+    ),
     "im2col": ((2, 4, 4, 4), (4, 3, 4, 4), dict(stride=2, padding=1), "im2col", "im2col"),
     "pointwise": ((2, 4, 6, 6), (4, 2, 1, 1), dict(), "pointwise", "pointwise"),
     "depthwise": ((2, 4, 6, 6), (4, 1, 3, 3), dict(groups=4, padding=1), "depthwise", "depthwise"),
