@@ -69,22 +69,26 @@ def _run(
     as :func:`.halves.compute` takes it."""
     if selection.path is Path.HALVES:
         return halves.compute(partial(_piece, pass_), geometry, batched, shared, layout)
-    return _piece(pass_, (*batched, *shared), geometry)
+    return _piece(pass_, (*batched, *shared), geometry, selection)
 
 
-def _piece(pass_: Pass, arrays: tuple[np.ndarray | None, ...], geometry: ConvGeometry) -> Result:
+def _piece(
+    pass_: Pass,
+    arrays: tuple[np.ndarray | None, ...],
+    geometry: ConvGeometry,
+    finite_selection: Selection | None = None,
+) -> Result:
     """``pass_`` of one piece of work, selected for with the data it reads. The arrays are
-    (x, w, b) forward, (dout, w) for the input gradient, (dout, x, w) for the others."""
-    first = cast(np.ndarray, arrays[0])
-    if pass_ is Pass.FORWARD:
-        selection = select(geometry, pass_, first.dtype, split=False)
-    elif pass_ is Pass.INPUT_GRADIENT:
-        w_finite = _finite(arrays[1])
-        selection = select(geometry, pass_, first.dtype, w_finite=w_finite, split=False)
+    (x, w, b) forward, (dout, w) for the input gradient, (dout, x, w) for the others.
+    ``finite_selection``: the piece's selection for finite data, if already made (it holds
+    where the data is finite, and spares a small layer its second selection)."""
+    x_finite, w_finite = _finiteness(pass_, arrays)
+    if finite_selection is not None and x_finite and w_finite:
+        selection = finite_selection
     else:
-        x_finite, w_finite = _finite(arrays[1]), _finite(arrays[2])
+        dtype = cast(np.ndarray, arrays[0]).dtype
         selection = select(
-            geometry, pass_, first.dtype, x_finite=x_finite, w_finite=w_finite, split=False
+            geometry, pass_, dtype, x_finite=x_finite, w_finite=w_finite, split=False
         )
     return _compute(pass_, selection, geometry, arrays)
 
