@@ -150,7 +150,7 @@ def _volume(g: ConvGeometry, pass_: Pass, x_finite: bool, w_finite: bool) -> Sel
     """The path of a core volume: flat where it fits, else depth slices on a planar path."""
     reads_junk = pass_ in (Pass.BACKWARD, Pass.WEIGHT_GRADIENT)  # dw: junk times dout
     if flat.supports(g) and (not reads_junk or (x_finite and w_finite)):
-        return Selection(Path.FLAT)
+        return _leaf(Path.FLAT)
     # The slices of dw alone compute dx too (their passes are the backward's).
     slices = Pass.BACKWARD if pass_ is Pass.WEIGHT_GRADIENT else pass_
     return Selection(Path.VOLUME, _planar(g.planar(), slices, x_finite, w_finite))
