@@ -313,8 +313,11 @@ class ConvGeometry:
     def planar(self) -> ConvGeometry:
         """The planar convolution the im2col passes compute for this one, at its largest: a
         line is a plane one pixel high, a volume its depth slices stacked along the batch."""
-        if self.rank == 2:
-            return self
+        return self if self.rank == 2 else self._plane
+
+    @cached_property
+    def _plane(self) -> ConvGeometry:
+        # Made once: the selector and the run both ask a line's pass for its plane.
         if self.rank == 1:
             return replace(
                 self,

@@ -126,7 +126,7 @@ def _compute(
         return _volume(pass_, geometry, arrays)
     if selection.path is Path.PHASES:
         dout, w = cast(tuple[np.ndarray, np.ndarray], arrays)
-        return phases.input_gradient(dout, w, geometry, _phase_forward)
+        return phases.input_gradient(dout, w, geometry, _phase_forward())
     compute = getattr(KERNELS[selection.path], pass_.value)
     if pass_ is Pass.FORWARD:
         return cast(Result, compute(*arrays, geometry))
@@ -164,10 +164,22 @@ def _volume(pass_: Pass, geometry: ConvGeometry, arrays: tuple[np.ndarray | None
     return gradients if pass_ is Pass.BACKWARD else gradients[1]
 
 
-def _phase_forward(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, phase: ConvGeometry
-) -> np.ndarray:
-    return cast(np.ndarray, _piece(Pass.FORWARD, (x, w, b), phase))
+def _phase_forward() -> phases.Forward:
+    """The forward pass of each phase of one input gradient, selected for once per phase
+    shape: a 16x16 patch has 256 phases, most of them alike, and only their sizes, kernel
+    and padding differ (the rest is the layer's)."""
+    chosen: dict[tuple[object, ...], Selection] = {}
+
+    def forward(
+        x: np.ndarray, w: np.ndarray, b: np.ndarray | None, phase: ConvGeometry
+    ) -> np.ndarray:
+        key = (phase.size, phase.kernel, phase.pads, phase.out)
+        selection = chosen.get(key)
+        if selection is None:
+            selection = chosen[key] = select(phase, Pass.FORWARD, x.dtype, split=False)
+        return cast(np.ndarray, _compute(Pass.FORWARD, selection, phase, (x, w, b)))
+
+    return forward
 
 
 def _slice_forward(x: np.ndarray, w: np.ndarray, plane: ConvGeometry) -> np.ndarray:
