@@ -19,7 +19,7 @@ __all__ = ["Settings", "available_cpus", "container_memory_limit", "get_settings
 MiB = 1 << 20
 # What the process holds whatever it serves, outside the memory budget: the interpreter, NumPy
 # and FastAPI (about 120 MiB after warm-up), and per computation thread the engine's kept work
-# buffers (at most 160 MiB each, convengine/_im2col.py).
+# buffers (at most 160 MiB each, convengine/_kernels/layout.py).
 BASELINE_BYTES = 256 * MiB
 BUFFERS_PER_THREAD = 160 * MiB
 

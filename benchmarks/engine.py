@@ -27,12 +27,12 @@ import numpy as np
 from convengine import (
     ConvGeometry,
     TransposedGeometry,
-    _halves,
     backward,
     forward,
     transposed_backward,
     transposed_forward,
 )
+from convengine._kernels import halves as _halves
 
 __all__ = ["SHAPES", "Shape", "main"]
 

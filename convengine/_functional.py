@@ -1,27 +1,25 @@
 """The library's functions: convolutions with 1, 2 or 3 spatial axes and transposed
 convolutions, forward and backward, and the checked entry points for a geometry built once.
 
-The im2col passes (``_conv``) compute planar core geometries: zero padding, every padded
-pixel read. Any other padding mode is applied to the input here first, and floor rounding
-crops what no window reaches; gradients are folded back and padded out to the input's shape.
-A line (1-D) is a plane one pixel high; a volume (3-D) is computed by ``_volume``.
+The paths (``_kernels``) compute core geometries: zero padding, every padded pixel read.
+Any other padding mode is applied to the input here first, and floor rounding crops what no
+window reaches; gradients are folded back and padded out to the input's shape. Which path
+computes a pass is the selector's answer (``_kernels.select``), asked here once per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Unpack, cast
+from typing import Unpack
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _halves, _phases
-from ._conv import _backward, _backward_input, _forward, _weight_gradient, as_float_array
+from ._arrays import as_float_array
 from ._errors import ShapeError
 from ._geometry import ConvGeometry, TransposedGeometry
 from ._hyperparameters import ConvOptions, TransposedOptions
+from ._kernels import Pass, Path, run, select
 from ._padding import fold, pad
-from ._volume import volume_backward, volume_backward_input, volume_forward
 
 __all__ = [
     "backward",
@@ -138,13 +136,12 @@ def forward(x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: ConvGeome
     if b is not None:
         b = as_float_array(b, "b", x.dtype)
         geometry.check_bias(b.shape)
-    if geometry.is_core:
-        return _core_forward(x, w, b, geometry)
-    core, crop = geometry.core()
-    if 0 in core.size:  # no window reads an input pixel: the output is the bias alone
+    selection = select(geometry, Pass.FORWARD, x.dtype)
+    if selection.path is Path.EMPTY:  # no window reads an input pixel: the bias alone
         out = np.zeros(geometry.out_shape, dtype=x.dtype)
         return out if b is None else out + b.reshape(-1, *(1,) * geometry.rank)
-    return _core_forward(_core_input(x, geometry, crop), w, b, core)
+    core, crop = _core(geometry)
+    return run.forward(selection, _core_input(x, geometry, crop), w, b, core)
 
 
 def backward(
@@ -157,167 +154,56 @@ def backward(
     x, w = _checked(x, w, geometry)
     dout = as_float_array(dout, "dout", x.dtype)
     geometry.check_dout(dout.shape)
-    if geometry.is_core:
-        return _core_backward(dout, x, w, geometry)
-    core, crop = geometry.core()
-    if 0 in core.size:  # no window reads an input pixel: nothing flows back to x or w
+    selection = select(geometry, Pass.BACKWARD, x.dtype)
+    if selection.path is Path.EMPTY:  # no window reads an input pixel: nothing flows back
         db = dout.sum(axis=(0, *range(2, dout.ndim)))
         return np.zeros_like(x), np.zeros_like(w), db
-    dx_core, dw, db = _core_backward(dout, _core_input(x, geometry, crop), w, core)
+    core, crop = _core(geometry)
+    dx_core, dw, db = run.backward(selection, dout, _core_input(x, geometry, crop), w, core)
     return _full_dx(dx_core, geometry, crop), dw, db
-
-
-def _core_forward(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
-) -> np.ndarray:
-    layout = (geometry.out_shape,)
-    return cast(np.ndarray, _by_halves(_forward_any_rank, geometry, (x,), (w, b), layout))
-
-
-def _core_backward(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    layout = (geometry.x_shape, None, None)
-    result = _by_halves(_backward_any_rank, geometry, (dout, x), (w,), layout)
-    return cast(tuple[np.ndarray, np.ndarray, np.ndarray], result)
-
-
-def _core_backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
-    layout = (geometry.x_shape,)
-    return cast(np.ndarray, _by_halves(_input_gradient_any_rank, geometry, (dout,), (w,), layout))
-
-
-def _core_weight_gradient(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
-) -> np.ndarray:
-    layout = (None,)
-    return cast(
-        np.ndarray, _by_halves(_weight_gradient_any_rank, geometry, (dout, x), (w,), layout)
-    )
-
-
-Result = np.ndarray | tuple[np.ndarray, ...]
-
-
-def _by_halves(
-    compute: Callable[..., Result],
-    geometry: ConvGeometry,
-    batched: tuple[np.ndarray, ...],
-    shared: tuple[np.ndarray | None, ...],
-    layout: tuple[tuple[int, ...] | None, ...],
-) -> Result:
-    """``compute(*batched, *shared, geometry)``, on the whole batch or on its two halves at
-    once (see ``_halves``).
-
-    layout: per output of ``compute``, its shape for the whole batch where the halves'
-    outputs are its two halves (each half writes its own, in its own thread), or None where
-    they are added (dw, db: the first half's plus the second's).
-    """
-    halves = _halves.split(geometry)
-    if halves is None:
-        return compute(*batched, *shared, geometry)
-    whole = [None if shape is None else np.empty(shape, batched[0].dtype) for shape in layout]
-    addends: list[list[np.ndarray]] = [[], []]
-
-    def half(index: int, batch: slice) -> None:
-        result = compute(*(a[batch] for a in batched), *shared, _halves.part(geometry, batch))
-        outputs = result if isinstance(result, tuple) else (result,)
-        for target, output in zip(whole, outputs, strict=True):
-            if target is None:
-                addends[index].append(output)
-            else:
-                target[batch] = output
-
-    _halves.run(half, halves)
-    sums = iter([first + second for first, second in zip(*addends, strict=True)])
-    results = tuple(next(sums) if target is None else target for target in whole)
-    return results if len(results) > 1 else results[0]
-
-
-def _by_rank(
-    planar: Callable[..., Result],
-    volume: Callable[..., Result],
-    geometry: ConvGeometry,
-    *arrays: np.ndarray | None,
-) -> Result:
-    """``planar(*arrays, geometry)`` for planes, ``volume(...)`` for volumes, and for a line
-    the planar pass on a plane one pixel high, its (N, ., 1, L) results back to (N, ., L)."""
-    if geometry.rank == 2:
-        return planar(*arrays, geometry)
-    if geometry.rank == 3:
-        return volume(*arrays, geometry)
-    lifted = [a[:, :, None] if a is not None and a.ndim == 3 else a for a in arrays]
-    result = planar(*lifted, geometry.planar())
-    outputs = result if isinstance(result, tuple) else (result,)
-    lines = tuple(a[:, :, 0] if a.ndim == 4 else a for a in outputs)
-    return lines if isinstance(result, tuple) else lines[0]
-
-
-def _forward_any_rank(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
-) -> Result:
-    return _by_rank(_forward, volume_forward, geometry, x, w, b)
-
-
-def _backward_any_rank(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
-) -> Result:
-    return _by_rank(_backward, volume_backward, geometry, dout, x, w)
-
-
-def _input_gradient_any_rank(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> Result:
-    return _by_rank(_planar_input_gradient, volume_backward_input, geometry, dout, w)
-
-
-def _weight_gradient_any_rank(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
-) -> Result:
-    return _by_rank(_weight_gradient, _volume_weight_gradient, geometry, dout, x, w)
-
-
-def _planar_input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
-    if _phases.supports(geometry):
-        return _phases.input_gradient(dout, w, geometry)
-    return _backward_input(dout, w, geometry)
-
-
-def _volume_weight_gradient(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
-) -> np.ndarray:
-    return volume_backward(dout, x, w, geometry)[1]
 
 
 def _input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     """dx alone of a zero-padded convolution, for arrays checked against its geometry."""
-    if geometry.is_core:
-        return _core_backward_input(dout, w, geometry)
-    core, crop = geometry.core()
-    if 0 in core.size:
+    selection = select(geometry, Pass.INPUT_GRADIENT, dout.dtype)
+    if selection.path is Path.EMPTY:
         return np.zeros(geometry.x_shape, dtype=dout.dtype)
-    return _full_dx(_core_backward_input(dout, w, core), geometry, crop)
+    core, crop = _core(geometry)
+    return _full_dx(run.input_gradient(selection, dout, w, core), geometry, crop)
 
 
-def _weight_gradient_of(
+def _weight_gradient(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
 ) -> np.ndarray:
     """dw alone of a convolution, for arrays checked against its geometry."""
-    if geometry.is_core:
-        return _core_weight_gradient(dout, x, w, geometry)
-    core, crop = geometry.core()
-    if 0 in core.size:
+    selection = select(geometry, Pass.WEIGHT_GRADIENT, x.dtype)
+    if selection.path is Path.EMPTY:
         return np.zeros_like(w)
-    return _core_weight_gradient(dout, _core_input(x, geometry, crop), w, core)
+    core, crop = _core(geometry)
+    return run.weight_gradient(selection, dout, _core_input(x, geometry, crop), w, core)
 
 
-def _core_input(x: np.ndarray, geometry: ConvGeometry, crop: tuple[int, ...]) -> np.ndarray:
+def _core(geometry: ConvGeometry) -> tuple[ConvGeometry, tuple[int, ...] | None]:
+    """The geometry the paths compute, and the trailing input pixels it leaves out (None:
+    the layer's own, nothing left out)."""
+    return (geometry, None) if geometry.is_core else geometry.core()
+
+
+def _core_input(x: np.ndarray, geometry: ConvGeometry, crop: tuple[int, ...] | None) -> np.ndarray:
     """What the core geometry convolves: x padded by its mode if not zeros, then cropped."""
+    if crop is None:
+        return x
     source = x if geometry.padding_mode == "zeros" else pad(x, geometry)
     kept = tuple(slice(0, size - cut) for size, cut in zip(source.shape[2:], crop, strict=True))
     return source[(slice(None), slice(None), *kept)]
 
 
-def _full_dx(dx_core: np.ndarray, geometry: ConvGeometry, crop: tuple[int, ...]) -> np.ndarray:
+def _full_dx(
+    dx_core: np.ndarray, geometry: ConvGeometry, crop: tuple[int, ...] | None
+) -> np.ndarray:
     """dx of the core input -> dx (N, C, *spatial): cropped pixels zero, padding folded back."""
+    if crop is None:
+        return dx_core
     g = geometry
     sizes = g.padded if g.padding_mode != "zeros" else g.size
     if any(crop):
@@ -392,5 +278,5 @@ def transposed_backward(
     conv_geometry = geometry.conv
     geometry.check_dout(dout.shape)
     dx = forward(dout, w, None, conv_geometry)  # the convolution's own forward pass
-    dw = _weight_gradient_of(x, dout, w, conv_geometry)  # its weight gradient, roles exchanged
+    dw = _weight_gradient(x, dout, w, conv_geometry)  # its weight gradient, roles exchanged
     return dx, dw, dout.sum(axis=(0, *range(2, dout.ndim)))

@@ -7,7 +7,7 @@ from typing import Unpack
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ._conv import as_float_array
+from ._arrays import as_float_array
 from ._errors import ShapeError
 from ._functional import backward, forward
 from ._geometry import ConvGeometry, IntOrTuple, Padding

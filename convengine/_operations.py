@@ -11,15 +11,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from math import prod
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._conv import as_float_dtype
+from ._arrays import as_float_dtype
 from ._functional import backward, forward, transposed_backward, transposed_forward
 from ._geometry import ConvGeometry, TransposedGeometry
 from ._hyperparameters import CONV_HYPERPARAMETERS, TRANSPOSED_HYPERPARAMETERS
+from ._kernels import Pass, select, work_elements
 
 __all__ = [
     "OPERATIONS",
@@ -51,9 +52,6 @@ class Geometry(Protocol):
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every array of the layer by name: inputs, outputs and gradients."""
-
-    def work_elements(self) -> int:
-        """Array elements one pass allocates at most, besides its inputs and outputs."""
 
     def flops(self) -> int:
         """Floating-point operations of one GEMM-sized pass."""
@@ -109,13 +107,16 @@ class Explanation:
 
     ``outputs``: each output array's shape and dtype, by name; ``flops``: floating-point
     operations; ``memory_bytes``: what the call holds at most (its inputs, working memory and
-    outputs).
+    outputs); ``path``: the kernel the engine's selector would run (``convengine._kernels``),
+    for finite data on this machine (a large batch is split in halves only where there are
+    two cores).
     """
 
     operation: str
     outputs: Mapping[str, ArraySpec]
     flops: int
     memory_bytes: int
+    path: str
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON would carry it: shapes as lists."""
@@ -127,6 +128,7 @@ class Explanation:
             },
             "flops": self.flops,
             "memory_bytes": self.memory_bytes,
+            "path": self.path,
         }
 
 
@@ -159,6 +161,7 @@ class Operation:
     arrays: Mapping[str, ArrayDoc]
     plan: Callable[[Shapes, Mapping[str, Any]], Geometry]
     run: Callable[[Any, Arrays], dict[str, np.ndarray]]
+    kernel: Callable[[Any, np.dtype], str]  # the path(s) the engine's selector would run
     passes: int  # GEMM-sized passes over the data, for the arithmetic cost
     example: Mapping[str, Any]
 
@@ -184,7 +187,7 @@ class Operation:
         outputs = sum(prod(shapes[name]) for name in self.outputs)
         return Cost(
             input_bytes=inputs * itemsize,
-            work_bytes=geometry.work_elements() * itemsize,
+            work_bytes=work_elements(cast(ConvGeometry | TransposedGeometry, geometry)) * itemsize,
             output_bytes=outputs * itemsize,
             output_elements=outputs,
             flops=geometry.flops() * self.passes,
@@ -200,7 +203,28 @@ class Operation:
             outputs={output: ArraySpec(shapes[output], name) for output in self.outputs},
             flops=cost.flops,
             memory_bytes=cost.memory_bytes,
+            path=self.kernel(geometry, np.dtype(name)),
         )
+
+
+def _kernel_forward(geometry: ConvGeometry, dtype: np.dtype) -> str:
+    return select(geometry, Pass.FORWARD, dtype).name
+
+
+def _kernel_backward(geometry: ConvGeometry, dtype: np.dtype) -> str:
+    return select(geometry, Pass.BACKWARD, dtype).name
+
+
+def _kernel_transposed(geometry: TransposedGeometry, dtype: np.dtype) -> str:
+    # The input gradient of the convolution whose output gradient is x.
+    return select(geometry.conv, Pass.INPUT_GRADIENT, dtype).name
+
+
+def _kernel_transposed_backward(geometry: TransposedGeometry, dtype: np.dtype) -> str:
+    # dx is that convolution's forward pass, dw its weight gradient (roles exchanged).
+    dx = select(geometry.conv, Pass.FORWARD, dtype).name
+    dw = select(geometry.conv, Pass.WEIGHT_GRADIENT, dtype).name
+    return f"dx: {dx}, dw: {dw}"
 
 
 def _plan_forward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
@@ -292,6 +316,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 arrays=_described(_CONV, "x", "w", "b", "out"),
                 plan=_plan_forward,
                 run=_run_forward,
+                kernel=_kernel_forward,
                 passes=1,
                 example={
                     "x": [[[[1, 2, 3], [4, 5, 6], [7, 8, 9]]]],
@@ -316,6 +341,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 arrays=_described(_CONV, "dout", "x", "w", "dx", "dw", "db"),
                 plan=_plan_backward,
                 run=_run_backward,
+                kernel=_kernel_backward,
                 passes=2,
                 example={
                     "dout": [[[[1, 0], [0, 1]]]],
@@ -338,6 +364,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 arrays=_described(_TRANSPOSED, "x", "w", "b", "out"),
                 plan=_plan_transposed,
                 run=_run_transposed,
+                kernel=_kernel_transposed,
                 passes=2,  # computed as a convolution's input gradient
                 example={
                     "x": [[[[1, 2], [3, 4]]]],
@@ -360,6 +387,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 arrays=_described(_TRANSPOSED, "dout", "x", "w", "dx", "dw", "db"),
                 plan=_plan_transposed_backward,
                 run=_run_transposed_backward,
+                kernel=_kernel_transposed_backward,
                 passes=3,  # a convolution's forward pass, and its backward for dw
                 example={
                     "dout": [[[[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]]],

@@ -7,11 +7,20 @@ gradient folds back through it, each padded position adding onto the pixel it wa
 
 from __future__ import annotations
 
+from math import prod
+
 import numpy as np
 
 from ._geometry import ConvGeometry
 
-__all__ = ["fold", "pad", "source_indices"]
+__all__ = ["fold", "pad", "source_indices", "work_elements"]
+
+
+def work_elements(geometry: ConvGeometry) -> int:
+    """What preparing the input adds to a pass, at most: for a padding mode or floor rounding,
+    the prepared input and its gradient; nothing where the passes read x as it is."""
+    g = geometry
+    return 0 if g.is_core else 2 * g.n * g.c * prod(g.padded)
 
 
 def source_indices(mode: str, size: int, before: int, after: int) -> np.ndarray:

@@ -17,7 +17,7 @@
 
 Computations run in a pool of ``slots`` threads of their own, so that the engine's per-thread
 work buffers exist in at most ``slots`` threads, and in the one thread where the engine
-computes the second half of a large batch (``convengine._halves``), shared by all slots.
+computes the second half of a large batch (``convengine._kernels.halves``), shared by all slots.
 """
 
 from __future__ import annotations

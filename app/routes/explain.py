@@ -40,6 +40,10 @@ class Explanation(BaseModel):
         description="bytes the computation holds at most: its arrays and working memory "
         "(the service holds the request's body and encoded answer besides)"
     )
+    path: str = Field(
+        description="the kernel the engine's selector would run: im2col, pointwise, "
+        "depthwise, phases, flat, volume(...), halves(...) when a large batch is split in two"
+    )
 
 
 _ERROR = {

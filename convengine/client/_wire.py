@@ -305,6 +305,7 @@ def explanation(response: httpx.Response) -> Explanation:
             },
             flops=int(data["flops"]),
             memory_bytes=int(data["memory_bytes"]),
+            path=str(data["path"]),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise failure("answer", f"the dry run's answer is not one: {str(exc)[:200]}") from exc

@@ -236,6 +236,7 @@ async def test_explain_is_in_the_openapi_document(client):
         "outputs",
         "flops",
         "memory_bytes",
+        "path",
     }
 
 
@@ -289,3 +290,32 @@ def test_the_library_refuses_as_a_call_would(arguments, error, message):
     with pytest.raises(error, match=None) as raised:
         convengine.explain("forward", **arguments)
     assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("name", "x", "w", "hyper", "path"),
+    [
+        ("forward", (1, 8, 12, 12), (16, 8, 3, 3), {"padding": 1}, "im2col"),
+        ("forward", (1, 8, 12, 12), (16, 8, 1, 1), {}, "pointwise"),
+        ("forward", (1, 8, 12, 12), (8, 1, 3, 3), {"groups": 8, "padding": 1}, "depthwise"),
+        ("forward", (1, 4, 6, 6, 6), (4, 4, 3, 3, 3), {"padding": 1}, "flat"),
+        ("conv_transpose", (1, 4, 3, 3), (4, 2, 2, 2), {"stride": 2}, "phases"),
+        (
+            "conv_transpose_backward",
+            (1, 4, 3, 3),
+            (4, 2, 3, 3),
+            {"stride": 2},
+            "dx: im2col, dw: im2col",
+        ),
+    ],
+    ids=["im2col", "pointwise", "depthwise", "flat-volume", "unpatchify", "transposed-backward"],
+)
+async def test_the_dry_run_names_the_kernel_the_selector_picks(client, name, x, w, hyper, path):
+    shapes = {"x": x, "w": w}
+    if name == "conv_transpose_backward":
+        shapes["dout"] = (
+            convengine.explain("conv_transpose", **shapes, **hyper).outputs["out"].shape
+        )
+    dry = await client.post("/explain", json=_dry_run(name, shapes, hyper))
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["path"] == path

@@ -187,13 +187,13 @@ def test_results_never_share_the_reused_work_buffers(rng):
 @pytest.mark.parametrize("name", GRID)
 def test_stale_work_buffers_never_leak_into_results(name, rng):
     """Fill every reused buffer with NaN first: a view that reads past its data shows up."""
-    from convengine import _im2col
+    from convengine._kernels import layout
 
     big = rng.standard_normal((4, 8, 40, 40))
     conv2d_backward(
         conv2d(big, rng.standard_normal((8, 8, 3, 3))), big, rng.standard_normal((8, 8, 3, 3))
     )
-    for buffer in _im2col._local.buffers.values():
+    for buffer in layout._local.buffers.values():
         buffer.view(np.uint8)[:] = 0xFF  # all-ones bytes are NaN in float32 and float64
     x_shape, w_shape, hyper = GRID[name]
     x, w, b = _case(rng, x_shape, w_shape)
@@ -201,7 +201,7 @@ def test_stale_work_buffers_never_leak_into_results(name, rng):
         conv2d(x, w, b, **hyper), naive_conv2d(x, w, b, **hyper), rtol=1e-12, atol=1e-12
     )
     dout = rng.standard_normal(naive_conv2d(x, w, **hyper).shape)
-    for buffer in _im2col._local.buffers.values():
+    for buffer in layout._local.buffers.values():
         buffer.view(np.uint8)[:] = 0xFF
     for got, want in zip(
         conv2d_backward(dout, x, w, **hyper), naive_conv2d_backward(dout, x, w, **hyper)

@@ -1,4 +1,4 @@
-"""The engine's special paths against the oracle, each one checked to be the path really taken."""
+"""The engine's special paths against the oracle, each one checked to be the path selected."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from convengine import ConvGeometry, _conv, _depthwise, _im2col, conv2d, conv2d_backward
+from convengine import ConvGeometry, conv2d, conv2d_backward
+from convengine._kernels import Pass, Path, depthwise, halves, im2col, layout, select, work_elements
 
 from .oracle import naive_conv2d, naive_conv2d_backward
 from .test_against_oracle import GRID, geometries
@@ -56,26 +57,25 @@ def _check_against_oracle(rng, x_shape, w_shape, hyper, dtype=np.float64, tolera
 @pytest.mark.parametrize("name", GRID)
 def test_direct_im2col_matches_oracle(name, rng, monkeypatch):
     """im2col straight from x, forced on every layer of the grid (it takes large ones only)."""
-    monkeypatch.setattr(_conv, "DIRECT_IM2COL_MIN_ELEMENTS", 0)
-    calls = _spy(monkeypatch, _im2col.FieldRuns, "copy_inside")
+    monkeypatch.setattr(im2col, "DIRECT_IM2COL_MIN_ELEMENTS", 0)
+    calls = _spy(monkeypatch, layout.FieldRuns, "copy_inside")
     x_shape, w_shape, hyper = GRID[name]
     conv2d(rng.standard_normal((2, 8, 30, 30)), rng.standard_normal((8, 8, 3, 3)))
-    for buffer in _im2col._local.buffers.values():
+    for buffer in layout._local.buffers.values():
         buffer.view(np.uint8)[:] = 0xFF  # NaN: a padding zero left unwritten shows up
     calls.clear()
     _check_against_oracle(rng, x_shape, w_shape, hyper)
-    is_pointwise = w_shape[2:] == (1, 1) and not hyper
-    is_grouped_by_channel = w_shape[1] == 1 and hyper.get("groups", 1) > 1
-    big_kernel = w_shape[2] * w_shape[3] > 9
-    reads_no_input = 0 in ConvGeometry.build(x_shape, w_shape, **hyper).core()[0].size
-    skipped = is_pointwise or is_grouped_by_channel or big_kernel or reads_no_input
-    assert bool(calls) == (not skipped)
+    # Direct reads are im2col's, for kernels of at most 3x3, whose padding is zeros (the
+    # padded copy of the other modes is made first, so the core reads a padded x directly).
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    is_im2col = select(geometry, Pass.FORWARD).path is Path.IM2COL
+    assert bool(calls) == (is_im2col and w_shape[2] * w_shape[3] <= 9)
 
 
 @given(geometries(), st.integers(0, 2**32 - 1))
 def test_direct_im2col_on_random_geometries(case, seed):
-    original = _conv.DIRECT_IM2COL_MIN_ELEMENTS
-    _conv.DIRECT_IM2COL_MIN_ELEMENTS = 0
+    original = im2col.DIRECT_IM2COL_MIN_ELEMENTS
+    im2col.DIRECT_IM2COL_MIN_ELEMENTS = 0
     try:
         x_shape, w_shape, hyper = case
         rng = np.random.default_rng(seed)
@@ -84,11 +84,11 @@ def test_direct_im2col_on_random_geometries(case, seed):
             conv2d(x, w, b, **hyper), naive_conv2d(x, w, b, **hyper), rtol=1e-12, atol=1e-12
         )
     finally:
-        _conv.DIRECT_IM2COL_MIN_ELEMENTS = original
+        im2col.DIRECT_IM2COL_MIN_ELEMENTS = original
 
 
 def test_large_layers_read_x_directly_and_small_ones_pad_first(rng, monkeypatch):
-    calls = _spy(monkeypatch, _im2col.FieldRuns, "copy_inside")
+    calls = _spy(monkeypatch, layout.FieldRuns, "copy_inside")
     _check_against_oracle(rng, (1, 8, 41, 50), (3, 8, 3, 3), dict(padding=1, stride=(2, 1)))
     assert calls
     calls.clear()
@@ -96,18 +96,21 @@ def test_large_layers_read_x_directly_and_small_ones_pad_first(rng, monkeypatch)
     assert not calls
 
 
+def _selected(x_shape, w_shape, hyper, pass_, **finite):
+    return select(ConvGeometry.build(x_shape, w_shape, **hyper), pass_, **finite).name
+
+
 @pytest.mark.parametrize("name", DEPTHWISE)
-def test_flat_depthwise_matches_oracle(name, rng, monkeypatch):
-    forward_calls = _spy(monkeypatch, _depthwise, "forward")
-    backward_calls = _spy(monkeypatch, _depthwise, "backward")
+def test_flat_depthwise_matches_oracle(name, rng):
+    for pass_ in (Pass.FORWARD, Pass.BACKWARD):
+        assert _selected(*DEPTHWISE[name], pass_) == "depthwise"
     _check_against_oracle(rng, *DEPTHWISE[name])
-    assert forward_calls and backward_calls
 
 
 @pytest.mark.parametrize("name", ["3x3-p1", "multiplier-3", "dilated-non-square"])
 def test_flat_depthwise_in_groups_of_one_plane(name, rng, monkeypatch):
     """Several groups, each one plane: the channel of each plane is found right."""
-    monkeypatch.setattr(_depthwise, "GROUP_BYTES", 1)
+    monkeypatch.setattr(depthwise, "GROUP_BYTES", 1)
     _check_against_oracle(rng, *DEPTHWISE[name])
 
 
@@ -116,10 +119,11 @@ def test_flat_depthwise_float32_error(rng):
     _check_against_oracle(rng, x_shape, w_shape, hyper, np.float32, tolerance=1e-5)
 
 
-def test_strided_depthwise_keeps_its_own_path(rng, monkeypatch):
-    calls = _spy(monkeypatch, _depthwise, "forward")
-    _check_against_oracle(rng, (1, 2, 7, 7), (2, 1, 3, 3), dict(groups=2, stride=2, padding=1))
-    assert not calls
+def test_strided_depthwise_keeps_its_own_path(rng):
+    layer = ((1, 2, 7, 7), (2, 1, 3, 3), dict(groups=2, stride=2, padding=1))
+    for pass_ in (Pass.FORWARD, Pass.BACKWARD):
+        assert _selected(*layer, pass_) == "depthwise-taps"
+    _check_against_oracle(rng, *layer)
 
 
 @pytest.mark.parametrize(
@@ -148,32 +152,38 @@ def test_strided_depthwise_keeps_its_own_path(rng, monkeypatch):
     ],
 )
 def test_work_elements_bounds_what_the_engine_allocates(x_shape, w_shape, hyper, rng):
-    """The service refuses work by ``work_elements()``: every path must stay within it."""
+    """The service refuses work by ``work_elements``: every path must stay within it."""
     check_work_bound(rng, x_shape, w_shape, hyper)
 
 
-def check_work_bound(rng, x_shape, w_shape, hyper):
-    """A forward and a backward pass allocate at most ``work_elements()`` (64 KiB of slack)."""
-    from convengine import _halves, conv, conv_backward
+def check_work_bound(rng, x_shape, w_shape, hyper, transposed=False):
+    """A forward and a backward pass allocate at most ``work_elements`` (64 KiB of slack),
+    of a convolution or (``transposed``) of a transposed convolution."""
+    from convengine import conv, conv_backward, conv_transpose, conv_transpose_backward
 
-    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    if transposed:
+        geometry = ConvGeometry.transposed(x_shape, w_shape, **hyper)
+        passes, channels = (conv_transpose, conv_transpose_backward), geometry.conv.c
+    else:
+        geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+        passes, channels = (conv, conv_backward), w_shape[0]
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     dout = rng.standard_normal(geometry.out_shape)
     # Every work buffer allocated afresh, in this thread and the one of split batches' halves.
-    _im2col._local.__dict__.get("buffers", {}).clear()
-    _halves._pool().submit(lambda: _im2col._local.__dict__.get("buffers", {}).clear()).result()
+    layout._local.__dict__.get("buffers", {}).clear()
+    halves._pool().submit(lambda: layout._local.__dict__.get("buffers", {}).clear()).result()
     tracemalloc.start()
     try:
-        conv(x, w, rng.standard_normal(w_shape[0]), **hyper)
-        conv_backward(dout, x, w, **hyper)
+        passes[0](x, w, rng.standard_normal(channels), **hyper)
+        passes[1](dout, x, w, **hyper)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    bound = geometry.work_elements() * x.itemsize
-    assert peak <= bound + (64 << 10), f"peak {peak} bytes, work_elements() allows {bound}"
+    bound = work_elements(geometry) * x.itemsize
+    assert peak <= bound + (64 << 10), f"peak {peak} bytes, work_elements allows {bound}"
 
 
-# Stride-1 volumes, which take the flat shifted-runs path (_flat) instead of depth slices.
+# Stride-1 volumes, which take the flat shifted-runs path (flat) instead of depth slices.
 FLAT_VOLUMES = {
     "3x3x3-p1": ((2, 3, 5, 6, 7), (4, 3, 3, 3, 3), dict(padding=1)),
     "grouped-dilated": (
@@ -202,41 +212,37 @@ def check_any_rank_against_oracle(rng, x_shape, w_shape, hyper):
 
 
 @pytest.mark.parametrize("name", FLAT_VOLUMES)
-def test_flat_volumes_match_oracle(name, rng, monkeypatch):
-    from convengine import _flat
-
-    forward_calls = _spy(monkeypatch, _flat, "forward")
-    backward_calls = _spy(monkeypatch, _flat, "backward")
-    big = rng.standard_normal((2, 4, 6, 9, 9))
+def test_flat_volumes_match_oracle(name, rng):
     from convengine import conv, conv_backward
 
+    for pass_ in Pass:
+        assert _selected(*FLAT_VOLUMES[name], pass_) == "flat"
+    big = rng.standard_normal((2, 4, 6, 9, 9))
     conv_backward(
         conv(big, rng.standard_normal((4, 4, 3, 3, 3))), big, rng.standard_normal((4, 4, 3, 3, 3))
     )
-    for buffer in _im2col._local.buffers.values():
+    for buffer in layout._local.buffers.values():
         buffer.view(np.uint8)[:] = 0xFF  # NaN: a zero left unwritten or a stale run shows up
-    forward_calls.clear()
-    backward_calls.clear()
     check_any_rank_against_oracle(rng, *FLAT_VOLUMES[name])
-    assert forward_calls and backward_calls
 
 
 def test_flat_volume_in_blocks_of_one_depth(rng, monkeypatch):
-    from convengine import _flat
+    from convengine._kernels import flat
 
-    monkeypatch.setattr(_flat, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(flat, "BLOCK_BYTES", 1)
     check_any_rank_against_oracle(rng, *FLAT_VOLUMES["grouped-dilated"])
 
 
-def test_non_finite_volume_leaves_the_flat_backward(rng, monkeypatch):
+def test_non_finite_volume_leaves_the_flat_backward(rng):
     """Junk positions meet zeros in dout: an inf there would be NaN in dw, so the depth-slice
     path takes the backward pass, and the inf poisons what the oracle says it does."""
-    from convengine import _flat, conv_backward
+    from convengine import conv_backward
 
     from .oracle import naive_conv_backward
 
-    calls = _spy(monkeypatch, _flat, "backward")
-    x_shape, w_shape, hyper = FLAT_VOLUMES["3x3x3-p1"]
+    layer = FLAT_VOLUMES["3x3x3-p1"]
+    assert _selected(*layer, Pass.BACKWARD, x_finite=False) == "volume(im2col)"
+    x_shape, w_shape, hyper = layer
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     x[0, 1, 2, 0, 6] = np.inf
     dout = rng.standard_normal((2, 4, 5, 6, 7))
@@ -244,7 +250,6 @@ def test_non_finite_volume_leaves_the_flat_backward(rng, monkeypatch):
         got, want = conv_backward(dout, x, w, **hyper), naive_conv_backward(dout, x, w, **hyper)
     for g, expected in zip(got, want):
         np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-12)
-    assert not calls
 
 
 @pytest.mark.parametrize(
@@ -262,7 +267,7 @@ def test_work_elements_bounds_what_volumes_allocate(x_shape, w_shape, hyper, rng
 
 
 # Transposed layers whose windows never overlap (kernel at most the stride): their forward
-# pass, the input gradient of a convolution, is gathered phase by phase (_phases).
+# pass, the input gradient of a convolution, is gathered phase by phase (phases).
 UNPATCHIFY = {
     "4x4-s4": ((2, 6, 3, 4), (6, 3, 4, 4), dict(stride=4)),
     "2x2-s2-padded": ((1, 4, 5, 5), (4, 5, 2, 2), dict(stride=2, padding=1, output_padding=1)),
@@ -272,37 +277,37 @@ UNPATCHIFY = {
 }
 
 
+def _transposed_input_gradient(x_shape, w_shape, hyper):
+    return select(ConvGeometry.transposed(x_shape, w_shape, **hyper).conv, Pass.INPUT_GRADIENT)
+
+
 @pytest.mark.parametrize("name", UNPATCHIFY)
-def test_unpatchify_gathers_by_phases(name, rng, monkeypatch):
-    from convengine import _phases, conv_transpose, conv_transpose_backward
+def test_unpatchify_gathers_by_phases(name, rng):
+    from convengine import conv_transpose, conv_transpose_backward
 
     from .oracle import naive_conv_transpose, naive_conv_transpose_backward
 
-    calls = _spy(monkeypatch, _phases, "input_gradient")
+    assert _transposed_input_gradient(*UNPATCHIFY[name]).name == "phases"
     x_shape, w_shape, hyper = UNPATCHIFY[name]
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     b = rng.standard_normal(w_shape[1] * hyper.get("groups", 1))
     out = conv_transpose(x, w, b, **hyper)
     np.testing.assert_allclose(out, naive_conv_transpose(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
-    assert calls
     dout = rng.standard_normal(out.shape)
     got = conv_transpose_backward(dout, x, w, **hyper)
     for g, want in zip(got, naive_conv_transpose_backward(dout, x, w, **hyper)):
         np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
 
 
-def test_overlapping_windows_keep_col2im(rng, monkeypatch):
-    from convengine import _phases, conv_transpose
-
-    calls = _spy(monkeypatch, _phases, "input_gradient")
-    conv_transpose(rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((2, 3, 4, 4)), stride=2)
-    assert not calls
+def test_overlapping_windows_keep_col2im():
+    assert _transposed_input_gradient((1, 2, 4, 4), (2, 3, 4, 4), dict(stride=2)).name == "im2col"
 
 
 @given(geometries(), st.integers(0, 2**32 - 1))
 def test_phases_give_the_input_gradient_of_any_geometry(case, seed):
     """The phase decomposition itself holds with overlap too (where col2im is kept for speed)."""
-    from convengine import _phases
+    from convengine import forward
+    from convengine._kernels import phases
 
     from .oracle import naive_conv2d_backward
 
@@ -312,7 +317,7 @@ def test_phases_give_the_input_gradient_of_any_geometry(case, seed):
     geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
     dout = rng.standard_normal(geometry.out_shape)
     np.testing.assert_allclose(
-        _phases.input_gradient(dout, w, geometry),
+        phases.input_gradient(dout, w, geometry, forward),
         naive_conv2d_backward(dout, x, w, **hyper)[0],
         rtol=1e-12,
         atol=1e-12,

@@ -1,4 +1,4 @@
-"""Batches split in two halves computed at once (_halves): the same answers as the oracle and
+"""Batches split in two halves computed at once (halves): the same answers as the oracle and
 as the whole batch, BLAS's thread count held and given back, safe under concurrent callers."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import pytest
 from threadpoolctl import ThreadpoolController
 
 from convengine import (
-    _halves,
+    ConvGeometry,
     conv,
     conv_backward,
     conv_transpose,
     conv_transpose_backward,
 )
+from convengine._kernels import Pass, Path, halves, select
 
 from .oracle import naive_conv, naive_conv_transpose
 from .test_fast_paths import check_any_rank_against_oracle, check_work_bound
@@ -39,16 +40,16 @@ LAYERS = {
 
 @pytest.fixture
 def always_split(monkeypatch):
-    monkeypatch.setattr(_halves, "MIN_SPLIT_FLOPS", 0)
-    calls = []
-    original = _halves.run
+    """Every batch of two or more is split (on this machine's two cores)."""
+    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 0)
+    assert halves.CORES >= 2 and halves._one_blas_thread.threads() >= 2, "a machine that splits"
 
-    def spy(work, halves):
-        calls.append(halves)
-        return original(work, halves)
 
-    monkeypatch.setattr(_halves, "run", spy)
-    return calls
+def _split(geometry) -> bool:
+    """Whether every pass of ``geometry`` is selected to run on two halves of its batch."""
+    selected = {select(geometry, pass_).path is Path.HALVES for pass_ in Pass}
+    assert len(selected) == 1, "all passes or none"
+    return selected.pop()
 
 
 def _blas_threads() -> list[int]:
@@ -57,18 +58,19 @@ def _blas_threads() -> list[int]:
 
 @pytest.mark.parametrize("name", LAYERS)
 def test_split_batches_match_oracle(name, rng, always_split):
+    x_shape, w_shape, hyper = LAYERS[name]
+    assert _split(ConvGeometry.build(x_shape, w_shape, **hyper)) == (x_shape[0] > 1)
     check_any_rank_against_oracle(rng, *LAYERS[name])
-    assert len(always_split) == (2 if LAYERS[name][0][0] > 1 else 0)
 
 
 @pytest.mark.parametrize("name", TRANSPOSED)
 def test_split_transposed_match_oracle(name, rng, always_split):
     x_shape, w_shape, hyper = TRANSPOSED[name]
+    assert _split(ConvGeometry.transposed(x_shape, w_shape, **hyper).conv) == (x_shape[0] > 1)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     out = conv_transpose(x, w, **hyper)
     np.testing.assert_allclose(out, naive_conv_transpose(x, w, **hyper), rtol=1e-12, atol=1e-12)
     conv_transpose_backward(rng.standard_normal(out.shape), x, w, **hyper)
-    assert bool(always_split) == (x_shape[0] > 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -78,9 +80,9 @@ def test_halves_give_each_sample_the_bits_of_the_whole_batch(dtype, rng, monkeyp
     x = rng.standard_normal((7, 8, 20, 20)).astype(dtype)
     w = rng.standard_normal((16, 8, 3, 3)).astype(dtype)
     dout = rng.standard_normal((7, 16, 20, 20)).astype(dtype)
-    monkeypatch.setattr(_halves, "MIN_SPLIT_FLOPS", 1 << 62)
+    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 1 << 62)
     whole = (conv(x, w, padding=1), *conv_backward(dout, x, w, padding=1))
-    monkeypatch.setattr(_halves, "MIN_SPLIT_FLOPS", 0)
+    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 0)
     split = (conv(x, w, padding=1), *conv_backward(dout, x, w, padding=1))
     again = (conv(x, w, padding=1), *conv_backward(dout, x, w, padding=1))
     np.testing.assert_array_equal(split[0], whole[0])  # out
@@ -99,7 +101,7 @@ def test_blas_runs_one_thread_per_half_and_gets_its_threads_back(always_split):
     def work(index, batch):
         seen.append(_blas_threads())
 
-    _halves.run(work, (slice(0, 1), slice(1, 2)))
+    halves.run(work, (slice(0, 1), slice(1, 2)))
     assert seen == [[1] * len(before)] * 2
     assert _blas_threads() == before
 
@@ -112,7 +114,7 @@ def test_splits_from_any_thread_hold_blas_to_one(always_split):
     with ThreadPoolExecutor(1) as first, ThreadPoolExecutor(1) as second:
         for caller in (first, second):
             seen: list[list[int]] = []
-            caller.submit(_halves.run, _recorder(seen), (slice(0, 1), slice(1, 2))).result()
+            caller.submit(halves.run, _recorder(seen), (slice(0, 1), slice(1, 2))).result()
             assert seen == [[1] * len(before)] * 2
             assert _blas_threads() == before
 
@@ -151,14 +153,14 @@ def test_an_error_in_a_half_still_gives_the_threads_back():
             raise MemoryError("the second half")
 
     with pytest.raises(MemoryError, match="second half"):
-        _halves.run(work, (slice(0, 1), slice(1, 2)))
+        halves.run(work, (slice(0, 1), slice(1, 2)))
     assert _blas_threads() == before
 
 
 def test_concurrent_callers_split_and_not_all_get_right_answers(rng, monkeypatch):
     """Callers in several threads, some splitting and some not, each get their own answer,
     and BLAS has its threads back once they are all done."""
-    monkeypatch.setattr(_halves, "MIN_SPLIT_FLOPS", 20_000)
+    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 20_000)
     before = _blas_threads()
     cases = []
     for n in (1, 2, 3, 6):
@@ -215,5 +217,5 @@ def test_a_forked_child_splits_without_the_parents_worker(always_split, rng):
     ids=["3x3", "7x7-s2", "depthwise", "volume", "line"],
 )
 def test_work_elements_bounds_split_passes(x_shape, w_shape, hyper, rng, always_split):
+    assert _split(ConvGeometry.build(x_shape, w_shape, **hyper))
     check_work_bound(rng, x_shape, w_shape, hyper)
-    assert always_split

@@ -4,7 +4,7 @@ Flatten each zero-padded channel; kernel offset (a, i, j) is then a constant shi
 ``a*dd*H_pad*W_pad + i*dh*W_pad + j*dw`` of it, and the columns of one offset for a block of
 outputs are one contiguous run. The outputs are computed on the padded grid (``H_pad*W_pad``
 positions per output depth instead of ``H_out*W_out``): the extra positions are junk, cropped
-after the GEMM. This is :mod:`._im2col`'s wide rows in every spatial axis; it is what volumes
+after the GEMM. This is :mod:`.layout`'s wide rows in every spatial axis; it is what volumes
 use, whose depth slices otherwise copy the input once per kernel depth.
 
 The input gradient is gathered, not scattered: it is the convolution of the output gradient,
@@ -20,14 +20,21 @@ from dataclasses import replace
 
 import numpy as np
 
-from ._conv import exchange_channels
-from ._geometry import FLAT_BLOCK_BYTES, ConvGeometry, Sides
-from ._im2col import workspace
+from .._geometry import ConvGeometry, Sides
+from .layout import exchange_channels, workspace
 
-__all__ = ["backward", "backward_input", "forward", "supports"]
+__all__ = [
+    "backward",
+    "forward",
+    "input_gradient",
+    "supports",
+    "weight_gradient",
+    "work_elements",
+]
 
-# Columns of one block, in bytes (the geometry's work bound counts them).
-BLOCK_BYTES = FLAT_BLOCK_BYTES
+# Columns of one block, in bytes: small enough for the GEMM to read them back from the cache
+# (:func:`work_elements` counts them).
+BLOCK_BYTES = 4 << 20
 # The padded grid may hold at most this many positions per real output position. Minimum
 # times, float32, 3x3x3 padding 1, flat against depth slices: 16x32x32 planes (grid 1.13x the
 # outputs) 11.2 against 14.5 ms forward, 34.4 against 38.5 backward; 12x6x6 (1.78x) 0.40
@@ -36,16 +43,37 @@ MAX_GRID_RATIO = 3.0
 
 
 def supports(geometry: ConvGeometry) -> bool:
-    """Whether a core geometry of stride 1 can run here without too much junk.
+    """Whether a core volume of stride 1 can run here without too much junk.
 
     The backward pass also needs finite x and w: junk columns meet zeros in dout, and
     inf * 0 would leak NaN into the weight gradient.
     """
     g = geometry
-    if any(s != 1 for s in g.stride):
+    if g.rank != 3 or any(s != 1 for s in g.stride):
         return False
     grid = math.prod(g.padded[1:]) * g.out[0]
     return grid <= MAX_GRID_RATIO * g.positions
+
+
+def work_elements(geometry: ConvGeometry) -> int:
+    """An upper bound on the array elements one pass allocates here, forward or backward.
+
+    Padded x and padded dout (the input gradient is gathered from it), one block of
+    columns with its wide output and wide dout, both results and dw's work. Sizes are
+    taken at the larger of the layer and its input-gradient convolution, per axis.
+    """
+    g = geometry
+    reach = [d * (k - 1) for d, k in zip(g.dilation, g.kernel, strict=True)]
+    grid = [max(p, o + 2 * r) for p, o, r in zip(g.padded, g.out, reach, strict=True)]
+    depths, per_depth = max(g.out[0], g.size[0]), math.prod(grid[1:])
+    channels, taps = max(g.c, g.f), math.prod(g.kernel)
+    # Counted in float32 elements, more of them per block than float64 fits.
+    block = min(depths, max(1, BLOCK_BYTES // (4 * channels * taps * per_depth)))
+    slack = sum(r * math.prod(grid[axis + 1 :]) for axis, r in enumerate(reach) if axis > 0)
+    canvases = g.n * (g.c + g.f) * math.prod(grid) + 2 * slack
+    blocks = (channels * taps + 2 * channels) * block * per_depth
+    results = g.n * (g.f * math.prod(g.out) + 2 * g.c * math.prod(g.size))
+    return canvases + blocks + results + 4 * g.f * g.c_per_group * taps
 
 
 def forward(
@@ -66,12 +94,14 @@ def forward(
 
 
 def backward(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
-) -> tuple[np.ndarray, np.ndarray]:
-    """dout (N, F, *out), x (N, C, *size), w (F, C/groups, *kernel) -> dx, dw.
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dout (N, F, *out), x (N, C, *size), w (F, C/groups, *kernel) -> dx, dw, db.
 
-    For finite x and w only (see :func:`supports`).
+    For finite x and w only (see :func:`supports`); ``wide`` is ignored (every row here is
+    wide: the selector takes this path for finite arrays only).
     """
+    db = dout.sum(axis=(0, *range(2, dout.ndim)))
     g = geometry
     grid = _grid(g)
     dw_rows = np.zeros((g.groups, g.f_per_group, g.col_rows), dtype=x.dtype)
@@ -80,10 +110,19 @@ def backward(
         dout_wide = _widened(dout[n, :, depths], g, grid)
         np.matmul(dout_wide, cols.transpose(0, 2, 1), out=product)
         dw_rows += product
-    return backward_input(dout, w, g), dw_rows.reshape(w.shape)
+    return input_gradient(dout, w, g), dw_rows.reshape(w.shape), db
 
 
-def backward_input(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+def weight_gradient(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool = True
+) -> np.ndarray:
+    """dw alone (computed with dx); shapes as in :func:`backward`."""
+    return backward(dout, x, w, geometry)[1]
+
+
+def input_gradient(
+    dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool = True
+) -> np.ndarray:
     """dx alone, gathered as a convolution: dout (N, F, *out), w -> dx (N, C, *size)."""
     gradient, dout = _input_gradient(geometry, dout)
     flipped = w[(slice(None), slice(None), *(slice(None, None, -1),) * geometry.rank)]

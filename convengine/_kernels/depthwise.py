@@ -26,14 +26,24 @@ Nor did grouping the planes by channel, so that one gemv spans every image of a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._geometry import ConvGeometry
-from ._im2col import workspace
+from .._geometry import ConvGeometry
+from . import im2col
+from .layout import workspace
 
-__all__ = ["backward", "forward", "supports"]
+__all__ = [
+    "as_depthwise",
+    "backward",
+    "forward",
+    "input_gradient",
+    "is_depthwise",
+    "supports",
+    "weight_gradient",
+    "work_elements",
+]
 
 # Bytes of the work buffers of one group of planes (KW shifted copies and KH kernel-row sums
 # per plane). Forward CPU time on this machine's kind (8x64x56x56, 3x3, one thread, best of
@@ -43,14 +53,91 @@ __all__ = ["backward", "forward", "supports"]
 GROUP_BYTES = 1 << 20
 
 
+def is_depthwise(geometry: ConvGeometry) -> bool:
+    """One input channel per group: each filter sees one channel (the depthwise paths)."""
+    return geometry.c_per_group == 1 and geometry.groups > 1
+
+
 def supports(geometry: ConvGeometry) -> bool:
     """Whether this path computes ``geometry``: one channel per filter, stride 1.
 
-    The backward pass also needs finite x and w: padding zeros meet the taps and dout, and
-    inf * 0 would leak NaN into real pixels.
+    The backward passes also need finite x and w (the selector's to check): padding zeros
+    meet the taps and dout, and inf * 0 would leak NaN into real pixels.
+    """
+    return is_depthwise(geometry) and geometry.stride == (1, 1)
+
+
+def work_elements(geometry: ConvGeometry) -> int:
+    """An upper bound on the array elements one pass of a planar depthwise layer allocates.
+
+    What :func:`.im2col.work_elements` counts (the canvases of the per-tap fallback), and
+    besides: dx summed over the filters of a channel, dw per plane, and the work buffers (KW
+    shifted copies and KH kernel-row sums of each plane of a group of at most 1 MiB), counted
+    as five planes per plane of the batch, of the largest plane: the padded dout of the input
+    gradient, padded by the kernel's reach beyond the input's own padding. The work-bound tests
+    check it, kernels up to 9x9 included.
     """
     g = geometry
-    return g.c_per_group == 1 and g.c == g.f and g.stride == (1, 1)
+    h_pad, w_pad = g.padded_hw
+    reach_h = g.dilation[0] * (g.kernel[0] - 1)
+    reach_w = g.dilation[1] * (g.kernel[1] - 1)
+    plane = (h_pad + reach_h + 1) * (w_pad + reach_w)
+    taps = g.kernel[0] * g.kernel[1]
+    repeated = g.n * g.c * g.height * g.width + g.n * g.f * (taps + 5 * plane)
+    return im2col.work_elements(g) + repeated
+
+
+def forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
+) -> np.ndarray:
+    """x (N, C, H, W), w (F, 1, KH, KW), b (F,) or None -> out (N, F, H_out, W_out)."""
+    repeated, g = as_depthwise(np.ascontiguousarray(x), geometry)
+    out = _forward_planes(repeated, np.ascontiguousarray(w), g)
+    if b is not None:
+        out += b[:, None, None]
+    return out
+
+
+def backward(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dout (N, F, H_out, W_out), x (N, C, H, W), w (F, 1, KH, KW) -> dx, dw, db.
+
+    For finite x and w only (see :func:`supports`); ``wide`` is ignored (rows here are
+    always wide, and the junk is cropped).
+    """
+    x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
+    repeated, g = as_depthwise(x, geometry)
+    dx, dw = _backward_planes(dout, repeated, np.ascontiguousarray(w), g)
+    if geometry.f_per_group > 1:
+        dx = dx.reshape(g.n, geometry.c, geometry.f_per_group, g.height, g.width).sum(axis=2)
+    return dx, dw, dout.sum(axis=(0, 2, 3))
+
+
+def input_gradient(
+    dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool = True
+) -> np.ndarray:
+    """dx alone (computed with dw, of a zero x): dout, w -> dx (N, C, H, W)."""
+    dout = np.ascontiguousarray(dout)
+    return backward(dout, np.zeros(geometry.x_shape, dtype=dout.dtype), w, geometry)[0]
+
+
+def weight_gradient(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool = True
+) -> np.ndarray:
+    """dw alone (computed with dx); shapes as in :func:`backward`."""
+    return backward(dout, x, w, geometry)[1]
+
+
+def as_depthwise(x: np.ndarray, geometry: ConvGeometry) -> tuple[np.ndarray, ConvGeometry]:
+    """One input channel per filter: x repeated for each group's F/groups filters.
+
+    -> (N, F, H, W) and the geometry of that convolution, with groups = C = F.
+    """
+    if geometry.f_per_group == 1:
+        return x, geometry
+    repeated = np.repeat(x, geometry.f_per_group, axis=1)
+    return repeated, replace(geometry, c=geometry.f, groups=geometry.f)
 
 
 @dataclass(frozen=True)
@@ -110,7 +197,7 @@ class Correlation:
         return [slice(start, min(start + step, planes)) for start in range(0, planes, step)]
 
 
-def forward(x: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+def _forward_planes(x: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     """x (N, C, H, W), w (C, 1, KH, KW) -> out (N, C, H_out, W_out), for C = F = groups."""
     g = geometry
     c = Correlation.forward_of(g)
@@ -123,7 +210,7 @@ def forward(x: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     return out.reshape(g.out_shape)
 
 
-def backward(
+def _backward_planes(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry
 ) -> tuple[np.ndarray, np.ndarray]:
     """dout (N, C, H_out, W_out), x (N, C, H, W), w (C, 1, KH, KW) -> dx (N, C, H, W), dw."""

@@ -17,14 +17,19 @@ times slower on the 7x7 stride-2 stem, whose C is 3.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
-from ._conv import _forward, exchange_channels
-from ._geometry import ConvGeometry
+from .._geometry import ConvGeometry
+from . import im2col
+from .layout import exchange_channels
 
-__all__ = ["input_gradient", "supports"]
+__all__ = ["input_gradient", "supports", "work_elements"]
+
+# The forward pass of one phase: (x, w, b, geometry) -> out, on whatever path suits it.
+Forward = Callable[[np.ndarray, np.ndarray, np.ndarray | None, ConvGeometry], np.ndarray]
 
 
 def supports(geometry: ConvGeometry) -> bool:
@@ -39,9 +44,19 @@ def supports(geometry: ConvGeometry) -> bool:
     )
 
 
-def input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+def work_elements(geometry: ConvGeometry) -> int:
+    """At most what :func:`.im2col.work_elements` counts: dx (a canvas), each phase's dout
+    (at most dout) and its output (at most dx), and the phase's own forward pass, a 1x1
+    convolution on a part of dout (the bound is loose here, kept one with the general path's).
+    """
+    return im2col.work_elements(geometry)
+
+
+def input_gradient(
+    dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry, forward: Forward
+) -> np.ndarray:
     """dout (N, F, H_out, W_out), w (F, C/groups, KH, KW) -> dx (N, C, H, W), for a core
-    planar geometry."""
+    planar geometry; ``forward`` computes each phase's stride-1 convolution."""
     g = geometry
     dx = np.empty(g.x_shape, dtype=dout.dtype)
     for row in range(g.stride[0]):
@@ -68,7 +83,7 @@ def input_gradient(dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> n
                 pads=(rows.pads, columns.pads),
                 out=(rows.count, columns.count),
             )
-            target[...] = _forward(sub_dout, sub_w, None, phase)
+            target[...] = forward(sub_dout, sub_w, None, phase)
     return dx
 
 

@@ -23,13 +23,26 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from math import prod
 from typing import Any
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from ._geometry import ConvGeometry
+from .._geometry import ConvGeometry
 
-__all__ = ["part", "run", "split"]
+__all__ = [
+    "Result",
+    "compute",
+    "halves_of",
+    "part",
+    "run",
+    "split",
+    "supports",
+    "work_elements",
+]
+
+Result = np.ndarray | tuple[np.ndarray, ...]
 
 # Multiply-adds (counted as two operations) below which a pass is not split. A split costs
 # about 80 us (the other thread, and BLAS's thread count changed and given back, each a hand-off
@@ -48,6 +61,11 @@ def _cores() -> int:
 CORES = _cores()
 
 
+def supports(geometry: ConvGeometry) -> bool:
+    """Whether a pass of ``geometry`` runs on two halves of its batch at once (:func:`split`)."""
+    return split(geometry) is not None
+
+
 def split(geometry: ConvGeometry) -> tuple[slice, slice] | None:
     """The two halves of the batch, or None where one thread does better.
 
@@ -58,8 +76,61 @@ def split(geometry: ConvGeometry) -> tuple[slice, slice] | None:
     g = geometry
     if g.n < 2 or g.flops() < MIN_SPLIT_FLOPS or CORES < 2 or _one_blas_thread.threads() < 2:
         return None
-    middle = g.n // 2
-    return slice(0, middle), slice(middle, g.n)
+    return halves_of(g.n)
+
+
+def halves_of(n: int) -> tuple[slice, slice]:
+    """The two halves of a batch of ``n``: fixed by ``n`` alone, so no result hangs on timing."""
+    middle = n // 2
+    return slice(0, middle), slice(middle, n)
+
+
+def work_elements(geometry: ConvGeometry, whole: Callable[[ConvGeometry], int]) -> int:
+    """An upper bound on the array elements a pass allocates, split or not.
+
+    The larger of ``whole(geometry)``, the pass on the whole batch, and the pass on two
+    halves of it at once: both halves' work, and the whole results the halves are copied
+    into. Whether a pass splits depends on the machine (its cores, BLAS's threads): the bound
+    does not, so a request is refused or not alike everywhere.
+    """
+    g = geometry
+    batch = whole(g)
+    if g.n < 2:
+        return batch
+    larger_half = replace(g, n=g.n - g.n // 2)
+    results = g.n * (g.f * prod(g.out) + g.c * prod(g.size))
+    return max(batch, 2 * whole(larger_half) + results)
+
+
+def compute(
+    pass_: Callable[[tuple[np.ndarray | None, ...], ConvGeometry], Result],
+    geometry: ConvGeometry,
+    batched: tuple[np.ndarray, ...],
+    shared: tuple[np.ndarray | None, ...],
+    layout: tuple[tuple[int, ...] | None, ...],
+) -> Result:
+    """``pass_((*batched, *shared), geometry)`` on the two halves of the batch at once.
+
+    layout: per output of ``pass_``, its shape for the whole batch where the halves' outputs
+    are its two halves (each half writes its own, in its own thread), or None where they are
+    added (dw, db: the first half's plus the second's).
+    """
+    whole = [None if shape is None else np.empty(shape, batched[0].dtype) for shape in layout]
+    addends: list[list[np.ndarray]] = [[], []]
+
+    def half(index: int, batch: slice) -> None:
+        result = pass_((*(a[batch] for a in batched), *shared), part(geometry, batch))
+        outputs = result if isinstance(result, tuple) else (result,)
+        for target, output in zip(whole, outputs, strict=True):
+            if target is None:
+                addends[index].append(output)
+            else:
+                target[batch] = output
+
+    run(half, halves_of(geometry.n))
+    sums = iter([first + second for first, second in zip(*addends, strict=True)])
+    results = tuple(next(sums) if target is None else target for target in whole)
+    return results if len(results) > 1 else results[0]
 
 
 def part(geometry: ConvGeometry, half: slice) -> ConvGeometry:

@@ -1,4 +1,5 @@
-"""im2col and col2im through strided views, and the reusable work buffers behind them.
+"""The array layouts the paths share: work buffers, the padded canvas and its strided views
+(im2col and col2im), batch chunks, wide rows, and the kernel of a gathered input gradient.
 
 The padded batch lives in a flat buffer (a :class:`Canvas`). Its receptive fields are a
 zero-copy strided view; im2col is one contiguous copy of that view. When the stride along the
@@ -16,9 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._geometry import ConvGeometry
+from .._geometry import ConvGeometry
 
-__all__ = ["Canvas", "FieldRuns", "batch_chunks", "row_width", "workspace"]
+__all__ = [
+    "Canvas",
+    "FieldRuns",
+    "batch_chunks",
+    "exchange_channels",
+    "row_width",
+    "workspace",
+]
 
 # A chunk of im2col columns is kept small (in practice one image of a mid-sized layer), so
 # that the GEMM reads it back from cache. Interleaved A/B runs on this machine's kind (mid
@@ -42,6 +50,10 @@ def workspace(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     buffers: dict[str, np.ndarray] = _local.__dict__.setdefault("buffers", {})
     buffer = buffers.get(slot)
     if buffer is None or buffer.nbytes < nbytes:
+        # The smaller buffer goes first: held while the larger one is made, both counted
+        # (the forward's columns and the backward's wider ones outgrew the work bound).
+        buffers.pop(slot, None)
+        del buffer
         buffer = np.empty(max(nbytes, 1), np.uint8)
         if nbytes <= _KEEP_BYTES:
             buffers[slot] = buffer
@@ -199,3 +211,13 @@ class FieldRuns:
                 left : left + (columns.stop - columns.start - 1) * sw + 1 : sw,
             ]
             cols[:, :, i, j, rows, columns] = pixels
+
+
+def exchange_channels(w: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """w (F, C/groups, *taps) -> (C, F/groups, *taps): the kernel that maps the F output
+    channels back onto the C input channels, group by group, as an input gradient gathered as a
+    convolution needs. The taps stay as given (callers pick and flip them).
+    """
+    g, taps = geometry, w.shape[2:]
+    per_group = w.reshape(g.groups, g.f_per_group, g.c_per_group, *taps)
+    return np.ascontiguousarray(per_group.swapaxes(1, 2)).reshape(g.c, g.f_per_group, *taps)

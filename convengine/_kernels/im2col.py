@@ -1,0 +1,221 @@
+"""The general path: im2col, one GEMM per chunk of the batch, col2im.
+
+Any planar core geometry (zero padding, every padded pixel read): the columns of a chunk of
+images are copied out of the padded batch (or straight out of x, see
+:class:`.layout.FieldRuns`), multiplied by the kernel's rows in one batched GEMM, and in the
+backward pass the column gradients are added back by one strided slice-add per kernel offset.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import numpy as np
+
+from .._geometry import ConvGeometry
+from .layout import Canvas, FieldRuns, batch_chunks, row_width, workspace
+
+__all__ = [
+    "add_weight_gradient",
+    "backward",
+    "forward",
+    "input_gradient",
+    "supports",
+    "weight_gradient",
+    "widened",
+    "work_elements",
+]
+
+# Elements one kernel offset of one image copies, from which im2col reads x directly.
+DIRECT_IM2COL_MIN_ELEMENTS = 1 << 13
+
+
+def supports(geometry: ConvGeometry) -> bool:
+    """Every planar core geometry: the path the others fall back to."""
+    return geometry.rank == 2
+
+
+def work_elements(geometry: ConvGeometry) -> int:
+    """An upper bound on the array elements one pass of a planar geometry allocates here.
+
+    Padded input and its gradient (with a row of slack each), one chunk of columns in wide
+    rows, output and output gradient in wide rows, and the input gradient copied out of its
+    canvas (which the output terms covered only while F >= C: a strided layer with fewer
+    filters than channels outgrew the bound). One chunk: one image's columns, with a row of
+    ones for the bias, or as many images as fit in 2 MiB of columns (counted as float32
+    elements, more than float64 needs), which the ones row can double (one channel, 1x1) and
+    wide rows grow by 4/3.
+    """
+    g = geometry
+    h_pad, w_pad = g.padded_hw
+    canvas = g.n * max(g.c, g.f) * (h_pad + 1) * w_pad
+    image_cols = (g.c * g.kernel[0] * g.kernel[1] + 1) * g.h_out * w_pad
+    chunk_cols = min(g.n * image_cols, max(image_cols, 2 * (2 << 20) // 4))
+    outputs = g.n * g.f * g.h_out * w_pad
+    dx = g.n * g.c * g.height * g.width
+    return 2 * canvas + chunk_cols + 2 * outputs + dx
+
+
+def forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
+) -> np.ndarray:
+    """x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, H_out, W_out)."""
+    g = geometry
+    x = np.ascontiguousarray(x)
+    # Wide rows are not used here: cropping the wide output cost more than they saved. Without
+    # groups the bias rides in the GEMM as one more row of cols (all ones) and column of w:
+    # 0.03-0.2 ms less per image than adding it afterwards (mid, strided and stem GEMMs).
+    fold_bias = b is not None and g.groups == 1
+    w_rows = w.reshape(g.groups, g.f_per_group, g.col_rows)
+    if b is not None and fold_bias:
+        w_rows = np.concatenate([w_rows, b.reshape(1, g.f, 1)], axis=2)
+    runs = FieldRuns.of(g) if _reads_input_directly(g) else None
+    fields = None if runs else Canvas.of(x, g, "x", g.w_out).fields()
+    chunks = batch_chunks(g, x.dtype.itemsize)
+    # cols: (n, groups, C/groups*KH*KW (+1), H_out*W_out). The first chunk is the largest, and
+    # later ones reuse its buffer: the padding's zeros and the ones are written once.
+    all_cols = workspace(
+        "cols", (chunks[0].stop, g.groups, g.col_rows + fold_bias, g.positions), x.dtype
+    )
+    if runs is not None:
+        runs.zero_padding(_field_view(all_cols, g))
+    if fold_bias:
+        all_cols[:, :, -1] = 1
+    # out: (N, groups, F/groups, H_out*W_out), which is NCHW once reshaped: no transpose.
+    out = np.empty((g.n, g.groups, g.f_per_group, g.positions), dtype=x.dtype)
+    for chunk in chunks:
+        cols = all_cols[: chunk.stop - chunk.start]
+        if fields is not None:
+            np.copyto(_field_view(cols, g), fields[chunk])
+        elif runs is not None:
+            runs.copy_inside(x[chunk], _field_view(cols, g))
+        np.matmul(w_rows, cols, out=out[chunk])
+    if b is not None and not fold_bias:
+        out += b.reshape(g.groups, g.f_per_group, 1)
+    return out.reshape(g.out_shape)
+
+
+def backward(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dout (N, F, H_out, W_out), x (N, C, H, W), w (F, C/groups, KH, KW) -> dx, dw, db.
+
+    wide: whether wide rows may be used (their junk columns meet zeros in dout, and inf * 0
+    would leak NaN into real pixels: the selector allows them for finite x and w only).
+    """
+    x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
+    dx, dw = _backward(dout, x, w, geometry, row_width(geometry, wide=wide))
+    return cast(np.ndarray, dx), dw, dout.sum(axis=(0, 2, 3))
+
+
+def weight_gradient(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool
+) -> np.ndarray:
+    """dw alone: no column gradients, no col2im. A transposed convolution's weight gradient is
+    this, with x and dout in each other's roles. Shapes as in :func:`backward`."""
+    x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
+    width = row_width(geometry, wide=wide)
+    return _backward(dout, x, w, geometry, width, input_gradient=False)[1]
+
+
+def input_gradient(
+    dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool
+) -> np.ndarray:
+    """dx alone, no im2col of x: dout (N, F, H_out, W_out), w (F, C/groups, KH, KW)
+    -> dx (N, C, H, W). A transposed convolution's forward pass is this input gradient.
+
+    wide: whether wide rows may be used (for finite w only: junk columns meet zeros in dout).
+    """
+    g = geometry
+    dout = np.ascontiguousarray(dout)
+    width = row_width(g, wide=wide)
+    w_cols = w.reshape(g.groups, g.f_per_group, g.col_rows).transpose(0, 2, 1)
+    dout_groups = dout.reshape(g.n, g.groups, g.f_per_group, g.h_out, g.w_out)
+    dcanvas = Canvas.blank(g, dout.dtype, "dx", width)
+    for chunk in batch_chunks(g, dout.dtype.itemsize):
+        n = chunk.stop - chunk.start
+        dout_rows = widened(dout_groups[chunk], g, width, "dout").reshape(
+            n, g.groups, g.f_per_group, -1
+        )
+        # cols: (n, C, KH, KW, H_out, width), the column gradients col2im scatters
+        cols = workspace("cols", (n, g.c, *g.kernel, g.h_out, width), dout.dtype)
+        np.matmul(w_cols, dout_rows, out=cols.reshape(n, g.groups, g.col_rows, -1))
+        dcanvas.col2im_add(cols, chunk)
+    return dcanvas.interior().copy()
+
+
+def widened(rows: np.ndarray, geometry: ConvGeometry, width: int, slot: str) -> np.ndarray:
+    """rows (n, groups, F/groups, H_out, W_out) widened to ``width`` columns, junk zeroed."""
+    if width == geometry.w_out:
+        return rows
+    wide = workspace(slot, (*rows.shape[:-1], width), rows.dtype)
+    wide[..., geometry.w_out :] = 0
+    wide[..., : geometry.w_out] = rows
+    return wide
+
+
+def add_weight_gradient(
+    dw_rows: np.ndarray, dout_rows: np.ndarray, cols_rows: np.ndarray, dw_image: np.ndarray
+) -> None:
+    """dw_rows += each image's dout_rows @ cols_rows.T, image by image, in batch order."""
+    for image, image_cols in zip(dout_rows, cols_rows, strict=True):
+        np.matmul(image, image_cols.transpose(0, 2, 1), out=dw_image)
+        dw_rows += dw_image
+
+
+def _reads_input_directly(g: ConvGeometry) -> bool:
+    """Whether im2col should skip the padded copy of the batch (see :class:`FieldRuns`).
+
+    It pays where each kernel offset copies much (CPU time of the copies, float32: mid 3x3
+    3.2 against 3.8 ms, strided 3x3 s2 1.6 against 2.0 ms), not where the calls are many and
+    small (7x7 stem 2.9 against 2.7 ms; small 0.038 against 0.021 ms).
+    """
+    return g.kernel[0] * g.kernel[1] <= 9 and g.c * g.positions >= DIRECT_IM2COL_MIN_ELEMENTS
+
+
+def _field_view(cols: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """cols (n, groups, rows, H_out*W_out) -> its field rows (n, C, KH, KW, H_out, W_out), a view.
+
+    A ones row exists only without groups, so the reshape splits axes and never copies.
+    """
+    return cols[:, :, : g.col_rows].reshape(cols.shape[0], g.c, *g.kernel, g.h_out, g.w_out)
+
+
+def _backward(
+    dout: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    geometry: ConvGeometry,
+    width: int,
+    input_gradient: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """dx (None unless ``input_gradient``) and dw, for contiguous dout and x."""
+    g = geometry
+    # Wide rows need the padded canvas (their runs wrap through its padding columns).
+    runs = FieldRuns.of(g) if width == g.w_out and _reads_input_directly(g) else None
+    fields = None if runs else Canvas.of(x, g, "x", width).fields()
+    dcanvas = Canvas.blank(g, x.dtype, "dx", width) if input_gradient else None
+    w_cols = w.reshape(g.groups, g.f_per_group, g.col_rows).transpose(0, 2, 1)
+    dout_groups = dout.reshape(g.n, g.groups, g.f_per_group, g.h_out, g.w_out)
+    dw_rows = np.zeros((g.groups, g.f_per_group, g.col_rows), dtype=x.dtype)
+    dw_image = np.empty_like(dw_rows)
+    for chunk in batch_chunks(g, x.dtype.itemsize):
+        n = chunk.stop - chunk.start
+        dout_rows = widened(dout_groups[chunk], g, width, "dout").reshape(
+            n, g.groups, g.f_per_group, -1
+        )
+        cols = workspace("cols", (n, g.c, *g.kernel, g.h_out, width), x.dtype)
+        if fields is not None:
+            np.copyto(cols, fields[chunk])
+        elif runs is not None:
+            # Every chunk: the previous one's column gradients overwrote the zeros.
+            runs.zero_padding(cols)
+            runs.copy_inside(x[chunk], cols)
+        cols_rows = cols.reshape(n, g.groups, g.col_rows, -1)
+        add_weight_gradient(dw_rows, dout_rows, cols_rows, dw_image)
+        if dcanvas is not None:
+            # The columns are consumed: their buffer now receives the column gradients.
+            np.matmul(w_cols, dout_rows, out=cols_rows)
+            dcanvas.col2im_add(cols, chunk)
+    dx = None if dcanvas is None else dcanvas.interior().copy()
+    return dx, dw_rows.reshape(w.shape)

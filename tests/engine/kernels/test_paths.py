@@ -1,0 +1,172 @@
+"""Every path against the nested-loop oracle in float64, each layer asserted to select it, and
+every path's memory bound checked against what it really allocates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convengine import ConvGeometry, conv_transpose, conv_transpose_backward
+from convengine._kernels import Pass, Path, halves, run, select
+
+from ..oracle import naive_conv_transpose, naive_conv_transpose_backward
+from ..test_fast_paths import check_any_rank_against_oracle, check_work_bound
+
+# Convolutions: (x shape, w shape, hyperparameters, the forward's path, the backward's path)
+CONV = {
+    "im2col": ((2, 3, 7, 7), (4, 3, 3, 3), dict(padding=1), "im2col", "im2col"),
+    "im2col-direct-reads": (
+        (1, 8, 41, 50),
+        (3, 8, 3, 3),
+        dict(padding=1, stride=(2, 1)),
+        "im2col",
+        "im2col",
+    ),
+    "pointwise": ((2, 5, 4, 6), (3, 5, 1, 1), dict(), "pointwise", "pointwise"),
+    "depthwise": ((2, 2, 5, 7), (6, 1, 3, 3), dict(groups=2, padding=1), "depthwise", "depthwise"),
+    "depthwise-taps": (
+        (2, 4, 9, 9),
+        (4, 1, 3, 3),
+        dict(groups=4, stride=2, padding=1),
+        "depthwise-taps",
+        "depthwise-taps",
+    ),
+    "line": ((2, 3, 11), (4, 3, 3), dict(stride=2, padding=1), "im2col", "im2col"),
+    "flat": ((2, 3, 5, 6, 7), (4, 3, 3, 3, 3), dict(padding=1), "flat", "flat"),
+    "volume": (
+        (1, 2, 9, 9, 9),
+        (2, 2, 3, 3, 3),
+        dict(stride=2, padding=1),
+        "volume(im2col)",
+        "volume(im2col)",
+    ),
+    "volume-depthwise": (
+        (2, 3, 7, 6, 6),
+        (3, 1, 3, 3, 3),
+        dict(groups=3, stride=(2, 1, 1), padding=1),
+        "volume(depthwise)",
+        "volume(depthwise)",
+    ),
+    "empty": (
+        (1, 2, 1, 3),
+        (2, 2, 1, 1),
+        dict(padding=((5, 0), (0, 0)), stride=(10, 1), rounding="floor"),
+        "empty",
+        "empty",
+    ),
+}
+
+# Transposed convolutions: (x shape, w shape, hyperparameters, the input gradient's path,
+# which is their forward pass, and the weight gradient's, which their backward needs)
+TRANSPOSED = {
+    "phases": ((2, 6, 3, 4), (6, 3, 4, 4), dict(stride=4), "phases", "im2col"),
+    "phases-padded": (
+        (1, 4, 5, 5),
+        (4, 5, 2, 2),
+        dict(stride=2, padding=1, output_padding=1),
+        "phases",
+        "im2col",
+    ),
+    # The padding crops all that one phase's pixels add: that phase reads padding alone.
+    "phases-one-reads-padding-alone": (
+        (1, 2, 1, 1),
+        (2, 3, 1, 2),
+        dict(stride=(1, 2), padding=((0, 0), (0, 1)), dilation=(1, 3)),
+        "phases",
+        "im2col",
+    ),
+    "im2col": ((2, 4, 4, 4), (4, 3, 4, 4), dict(stride=2, padding=1), "im2col", "im2col"),
+    "pointwise": ((2, 4, 6, 6), (4, 2, 1, 1), dict(), "pointwise", "pointwise"),
+    "depthwise": ((2, 4, 6, 6), (4, 1, 3, 3), dict(groups=4, padding=1), "depthwise", "depthwise"),
+    "depthwise-taps-strided": (
+        (2, 4, 5, 5),
+        (4, 1, 3, 3),
+        dict(groups=4, stride=2, padding=1),
+        "depthwise-taps",
+        "depthwise-taps",
+    ),
+    "flat": ((1, 2, 3, 4, 4), (2, 3, 3, 3, 3), dict(padding=1), "flat", "flat"),
+    "volume": (
+        (1, 2, 3, 4, 4),
+        (2, 3, 3, 3, 3),
+        dict(stride=2),
+        "volume(im2col)",
+        "volume(im2col)",
+    ),
+    "line-phases": ((2, 3, 9), (3, 2, 2), dict(stride=2), "phases", "im2col"),
+}
+
+
+@pytest.mark.parametrize("name", CONV)
+def test_convolutions_on_their_path_match_the_oracle(name, rng):
+    x_shape, w_shape, hyper, forward_path, backward_path = CONV[name]
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    assert select(geometry, Pass.FORWARD, np.float64).name == forward_path
+    assert select(geometry, Pass.BACKWARD, np.float64).name == backward_path
+    check_any_rank_against_oracle(rng, x_shape, w_shape, hyper)
+
+
+@pytest.mark.parametrize("name", TRANSPOSED)
+def test_transposed_convolutions_on_their_path_match_the_oracle(name, rng):
+    x_shape, w_shape, hyper, input_path, weight_path = TRANSPOSED[name]
+    conv = ConvGeometry.transposed(x_shape, w_shape, **hyper).conv
+    assert select(conv, Pass.INPUT_GRADIENT, np.float64).name == input_path
+    assert select(conv, Pass.WEIGHT_GRADIENT, np.float64).name == weight_path
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(conv.c)
+    out = conv_transpose(x, w, b, **hyper)
+    np.testing.assert_allclose(out, naive_conv_transpose(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    got = conv_transpose_backward(dout, x, w, **hyper)
+    want = naive_conv_transpose_backward(dout, x, w, **hyper)
+    for grad, expected, label in zip(got, want, ["dx", "dw", "db"]):
+        np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-12, err_msg=label)
+
+
+def test_the_tables_reach_every_path():
+    named = [path for *_, forward, backward in CONV.values() for path in (forward, backward)]
+    named += [path for *_, inputs, weights in TRANSPOSED.values() for path in (inputs, weights)]
+    reached = {part for name in named for part in name.replace(")", "").split("(")}
+    assert reached == {path.value for path in Path} - {"halves"}  # halves: test_halves.py
+
+
+@pytest.mark.parametrize("name", [n for n in CONV if n != "empty"])
+def test_work_elements_bounds_each_convolution_path(name, rng):
+    check_work_bound(rng, *CONV[name][:3])
+
+
+@pytest.mark.parametrize("name", TRANSPOSED)
+def test_work_elements_bounds_each_transposed_path(name, rng):
+    check_work_bound(rng, *TRANSPOSED[name][:3], transposed=True)
+
+
+@pytest.mark.parametrize("name", ["im2col", "depthwise", "flat", "volume"])
+def test_work_elements_bounds_each_path_split_in_halves(name, rng, monkeypatch):
+    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 0)
+    x_shape, w_shape, hyper, forward_path, _ = CONV[name]
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    if x_shape[0] < 2:
+        x_shape = (2, *x_shape[1:])
+        geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    assert select(geometry, Pass.FORWARD).name == f"halves({forward_path})"
+    check_work_bound(rng, x_shape, w_shape, hyper)
+
+
+@pytest.mark.parametrize("name", [n for n in CONV if n != "empty"])
+def test_the_run_computes_what_the_selector_names(name, rng, monkeypatch):
+    """Each piece the run computes is on the path of the selection (a volume's slices on its
+    inner path), so asserting a selection asserts what runs."""
+    seen: list[str] = []
+    original = run._compute
+
+    def record(pass_, selection, geometry, arrays):
+        seen.append(selection.name)
+        return original(pass_, selection, geometry, arrays)
+
+    monkeypatch.setattr(run, "_compute", record)
+    x_shape, w_shape, hyper, forward_path, _ = CONV[name]
+    check_any_rank_against_oracle(rng, x_shape, w_shape, hyper)
+    inner = forward_path.removeprefix("volume(").removesuffix(")")
+    assert seen[0] == forward_path
+    if forward_path.startswith("volume("):
+        assert set(seen[1:]) <= {forward_path, inner} and inner in seen
