@@ -15,19 +15,8 @@ from convengine import Operation
 from . import json, npy, npz
 from .base import Budget, Codec, Decoded, Decoder, Encoder, TensorStyle
 
-__all__ = [
-    "CODECS",
-    "Budget",
-    "Codec",
-    "Decoded",
-    "Decoder",
-    "Encoder",
-    "TensorStyle",
-    "choose_decoder",
-    "choose_encoder",
-    "request_body",
-    "responses_content",
-]
+__all__ = ["CODECS", "choose_decoder", "choose_encoder", "request_body", "responses_content"]
+__all__ += ["Budget", "Codec", "Decoded", "Decoder", "Encoder", "TensorStyle"]  # from .base
 
 # In order of preference for answers when the client accepts anything.
 CODECS: tuple[Codec, ...] = (json.CODEC, npz.CODEC, npy.NPY, npy.MULTIPART)

@@ -25,6 +25,7 @@ __all__ = [
     "Decoded",
     "Decoder",
     "Encoder",
+    "Fields",
     "TensorStyle",
     "check_known",
     "check_names",
@@ -58,7 +59,9 @@ class Decoded:
 
 
 # decode(body, operation, query, budget, media type options such as the multipart boundary)
-Decoder = Callable[[bytes, Operation, Mapping[str, str], "Budget", Mapping[str, str]], Decoded]
+# Text by name: the query string, or a media type's options (the multipart boundary).
+Fields = Mapping[str, str]
+Decoder = Callable[[bytes, Operation, Fields, "Budget", Fields], Decoded]
 # encode(outputs, style of the request's tensors)
 Encoder = Callable[[dict[str, np.ndarray], TensorStyle], bytes]
 OpenAPIEntry = Callable[[Operation], dict[str, Any]]

@@ -13,7 +13,6 @@ import json as stdlib_json
 import math
 import re
 import secrets
-from collections.abc import Mapping
 from functools import cache
 from typing import Annotated, Any
 
@@ -31,6 +30,7 @@ from .base import (
     Budget,
     Codec,
     Decoded,
+    Fields,
     TensorStyle,
     check_names,
     float_dtype,
@@ -46,11 +46,7 @@ _B64_KEYS = {"shape", "dtype", "b64"}
 
 
 def decode(
-    body: bytes,
-    operation: Operation,
-    query: Mapping[str, str],
-    budget: Budget,
-    options: Mapping[str, str],
+    body: bytes, operation: Operation, query: Fields, budget: Budget, options: Fields
 ) -> Decoded:
     set_aside = _set_aside(body, budget.remaining)
     if set_aside is not None:

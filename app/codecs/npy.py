@@ -17,16 +17,7 @@ from app.errors import BadRequest, InvalidInput, NotAcceptable
 from app.schemas import Hyperparameters
 from convengine import Operation
 
-from .base import (
-    Budget,
-    Codec,
-    Decoded,
-    TensorStyle,
-    check_known,
-    check_names,
-    npy_parts,
-    read_npy,
-)
+from .base import Budget, Codec, Decoded, TensorStyle, check_known, check_names, npy_parts, read_npy
 
 __all__ = ["MULTIPART", "NPY", "decode_multipart", "encode"]
 

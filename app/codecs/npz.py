@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from .base import (
     Budget,
     Codec,
     Decoded,
+    Fields,
     TensorStyle,
     check_known,
     check_names,
@@ -59,11 +59,7 @@ _UTF8_NAME = 0x800
 
 
 def decode(
-    body: bytes,
-    operation: Operation,
-    query: Mapping[str, str],
-    budget: Budget,
-    options: Mapping[str, str],
+    body: bytes, operation: Operation, query: Fields, budget: Budget, options: Fields
 ) -> Decoded:
     _check_directory(body)
     try:

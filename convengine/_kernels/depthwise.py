@@ -32,18 +32,9 @@ import numpy as np
 
 from .._geometry import ConvGeometry
 from . import im2col
-from .layout import workspace
+from .layout import PATH_FUNCTIONS, workspace
 
-__all__ = [
-    "as_depthwise",
-    "backward",
-    "forward",
-    "input_gradient",
-    "is_depthwise",
-    "supports",
-    "weight_gradient",
-    "work_elements",
-]
+__all__ = [*PATH_FUNCTIONS, "as_depthwise", "is_depthwise"]
 
 # Bytes of the work buffers of one group of planes (KW shifted copies and KH kernel-row sums
 # per plane). Forward CPU time on this machine's kind (8x64x56x56, 3x3, one thread, best of

@@ -12,16 +12,9 @@ import numpy as np
 from .._geometry import ConvGeometry
 from . import depthwise
 from .im2col import widened
-from .layout import Canvas, row_width, workspace
+from .layout import PATH_FUNCTIONS, Canvas, row_width, workspace
 
-__all__ = [
-    "backward",
-    "forward",
-    "input_gradient",
-    "supports",
-    "weight_gradient",
-    "work_elements",
-]
+__all__ = [*PATH_FUNCTIONS]
 
 CHUNK_BYTES = 1 << 20
 

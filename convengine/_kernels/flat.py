@@ -21,16 +21,9 @@ from dataclasses import replace
 import numpy as np
 
 from .._geometry import ConvGeometry, Sides
-from .layout import exchange_channels, workspace
+from .layout import PATH_FUNCTIONS, exchange_channels, workspace
 
-__all__ = [
-    "backward",
-    "forward",
-    "input_gradient",
-    "supports",
-    "weight_gradient",
-    "work_elements",
-]
+__all__ = [*PATH_FUNCTIONS]
 
 # Columns of one block, in bytes: small enough for the GEMM to read them back from the cache
 # (:func:`work_elements` counts them).

@@ -13,18 +13,9 @@ from typing import cast
 import numpy as np
 
 from .._geometry import ConvGeometry
-from .layout import Canvas, FieldRuns, batch_chunks, row_width, workspace
+from .layout import PATH_FUNCTIONS, Canvas, FieldRuns, batch_chunks, row_width, workspace
 
-__all__ = [
-    "add_weight_gradient",
-    "backward",
-    "forward",
-    "input_gradient",
-    "supports",
-    "weight_gradient",
-    "widened",
-    "work_elements",
-]
+__all__ = [*PATH_FUNCTIONS, "add_weight_gradient", "widened"]
 
 # Elements one kernel offset of one image copies, from which im2col reads x directly.
 DIRECT_IM2COL_MIN_ELEMENTS = 1 << 13

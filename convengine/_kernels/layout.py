@@ -20,12 +20,24 @@ import numpy as np
 from .._geometry import ConvGeometry
 
 __all__ = [
+    "PATH_FUNCTIONS",
     "Canvas",
     "FieldRuns",
     "batch_chunks",
     "exchange_channels",
     "row_width",
     "workspace",
+]
+
+# What a path module offers: a function per pass it runs (named by convengine._kernels.Pass),
+# whether it supports a geometry, and its memory bound.
+PATH_FUNCTIONS = [
+    "backward",
+    "forward",
+    "input_gradient",
+    "supports",
+    "weight_gradient",
+    "work_elements",
 ]
 
 # A chunk of im2col columns is kept small (in practice one image of a mid-sized layer), so

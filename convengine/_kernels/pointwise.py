@@ -12,16 +12,9 @@ import numpy as np
 
 from .._geometry import ConvGeometry
 from . import im2col
-from .layout import batch_chunks
+from .layout import PATH_FUNCTIONS, batch_chunks
 
-__all__ = [
-    "backward",
-    "forward",
-    "input_gradient",
-    "supports",
-    "weight_gradient",
-    "work_elements",
-]
+__all__ = [*PATH_FUNCTIONS]
 
 
 def supports(geometry: ConvGeometry) -> bool:

@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypeAlias, cast
+from typing import Any, NamedTuple, cast
 
 import httpx
 import numpy as np
@@ -27,12 +27,6 @@ from ..npy_header import load_npz
 
 NPZ = "application/x-npz"
 RETRY_AFTER_CAP = 30.0  # seconds: a longer Retry-After is waited out this long at most
-
-IntOrTuple: TypeAlias = int | Sequence[int]
-# An int, one per axis, ((begin, end), ...) per axis, or a word.
-Padding: TypeAlias = IntOrTuple | Sequence[Sequence[int]] | Literal["same", "same_lower", "valid"]
-PaddingMode: TypeAlias = Literal["zeros", "reflect", "replicate", "circular"]
-Rounding: TypeAlias = Literal["exact", "floor"]
 
 # The engine's defaults (``convengine.conv``'s keywords), which the service applies to a
 # hyperparameter left out: a call leaves out those equal to them, so the query says only

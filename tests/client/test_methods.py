@@ -45,13 +45,17 @@ def test_every_operation_is_a_method_with_the_tables_parameters(client, name):
     parameters = list(inspect.signature(method).parameters.values())[1:]  # self
     positional = [p for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
     keywords = [p for p in parameters if p.kind is p.KEYWORD_ONLY]
-    assert len(positional) + len(keywords) == len(parameters), "no *args, no **kwargs"
+    (hyper,) = [p for p in parameters if p.kind is p.VAR_KEYWORD]
+    assert len(positional) + len(keywords) + 1 == len(parameters), "no *args"
     assert tuple(p.name for p in positional) == op.inputs
     for p in positional:
         assert p.default is (None if p.name in op.optional else p.empty), p.name
-    assert {p.name for p in keywords} == op.hyperparameters | set(CALL_OPTIONS)
-    for p in keywords:
-        assert p.default == DEFAULTS.get(p.name), p.name  # the call options default to None
+    assert {p.name for p in keywords} == set(CALL_OPTIONS)
+    assert all(p.default is None for p in keywords)
+    # The hyperparameters: the engine's typed record, **hyper: Unpack[ConvOptions], whose
+    # keys are the table's.
+    (record,) = typing.get_args(typing.get_type_hints(method)[hyper.name])
+    assert frozenset(record.__optional_keys__) == op.hyperparameters
     hints = typing.get_type_hints(method)
     assert hints["return"] is (np.ndarray if len(op.outputs) == 1 else Gradients)
     if len(op.outputs) > 1:
@@ -67,8 +71,9 @@ def test_both_clients_have_the_same_signatures(name):
 
 
 @pytest.mark.parametrize("name", OPERATIONS)
-def test_the_defaults_are_the_engines(name):
-    """A hyperparameter left at its default is what the engine (and so the service) uses."""
+def test_the_defaults_left_out_are_the_engines(name):
+    """A hyperparameter equal to the engine's default is left out of the request (the service
+    applies the same default): the client's list of defaults is the engine's."""
     engine = inspect.signature(PARSER[name]).parameters
     for hyperparameter in OPERATIONS[name].hyperparameters:
         assert engine[hyperparameter].default == DEFAULTS[hyperparameter], hyperparameter

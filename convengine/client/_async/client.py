@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from time import monotonic
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Unpack, cast
 
 import httpx
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..._hyperparameters import ConvOptions, TransposedOptions
 from ..._operations import Explanation
 from ..._shards import Assembly, plan
 from .._concurrency import AsyncShards, asleep
@@ -29,10 +30,6 @@ from .._wire import (
     Call,
     ConvServiceError,
     Gradients,
-    IntOrTuple,
-    Padding,
-    PaddingMode,
-    Rounding,
     chosen,
     dry_run,
     encoded,
@@ -103,28 +100,16 @@ class AsyncConvClient:
         w: ArrayLike,
         b: ArrayLike | None = None,
         *,
-        stride: IntOrTuple = 1,
-        padding: Padding = 0,
-        dilation: IntOrTuple = 1,
-        groups: int = 1,
-        padding_mode: PaddingMode = "zeros",
-        rounding: Rounding = "exact",
         shards: int | None = None,
         max_request_bytes: int | None = None,
         progress: Progress | bool | None = None,
+        **hyper: Unpack[ConvOptions],
     ) -> np.ndarray:
         """The convolution of x with w, plus b, on the service: ``convengine.conv``.
 
-        x (N, C, *spatial), w (F, C/groups, *kernel), b (F,) or None -> out (N, F, *out).
+        x (N, C, *spatial), w (F, C/groups, *kernel), b (F,) or None -> out (N, F, *out);
+        the hyperparameters as :func:`convengine.conv` takes them.
         """
-        hyper = dict(
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            padding_mode=padding_mode,
-            rounding=rounding,
-        )
         call = await self._planned("forward", (x, w, b), hyper, shards, max_request_bytes)
         return cast(np.ndarray, await self._run(call, progress))
 
@@ -134,28 +119,15 @@ class AsyncConvClient:
         x: ArrayLike,
         w: ArrayLike,
         *,
-        stride: IntOrTuple = 1,
-        padding: Padding = 0,
-        dilation: IntOrTuple = 1,
-        groups: int = 1,
-        padding_mode: PaddingMode = "zeros",
-        rounding: Rounding = "exact",
         shards: int | None = None,
         max_request_bytes: int | None = None,
         progress: Progress | bool | None = None,
+        **hyper: Unpack[ConvOptions],
     ) -> Gradients:
-        """The gradients of a convolution from dout: ``convengine.conv_backward``.
+        """Gradients of a loss w.r.t. x, w and b from dout: ``convengine.conv_backward``.
 
-        dout (N, F, *out), x (N, C, *spatial), w (F, C/groups, *kernel) -> dx, dw, db (F,).
+        dout (N, F, *out), x (N, C, *spatial), w (F, C/groups, *kernel) -> dx, dw, db.
         """
-        hyper = dict(
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            padding_mode=padding_mode,
-            rounding=rounding,
-        )
         call = await self._planned("backward", (dout, x, w), hyper, shards, max_request_bytes)
         return Gradients(*await self._run(call, progress))
 
@@ -165,27 +137,16 @@ class AsyncConvClient:
         w: ArrayLike,
         b: ArrayLike | None = None,
         *,
-        stride: IntOrTuple = 1,
-        padding: IntOrTuple = 0,
-        output_padding: IntOrTuple = 0,
-        dilation: IntOrTuple = 1,
-        groups: int = 1,
         shards: int | None = None,
         max_request_bytes: int | None = None,
         progress: Progress | bool | None = None,
+        **hyper: Unpack[TransposedOptions],
     ) -> np.ndarray:
         """The transposed convolution of x with w, plus b: ``convengine.conv_transpose``.
 
         x (N, C_in, *spatial), w (C_in, C_out/groups, *kernel), b (C_out,) or None
         -> out (N, C_out, *out).
         """
-        hyper = dict(
-            stride=stride,
-            padding=padding,
-            output_padding=output_padding,
-            dilation=dilation,
-            groups=groups,
-        )
         call = await self._planned("conv_transpose", (x, w, b), hyper, shards, max_request_bytes)
         return cast(np.ndarray, await self._run(call, progress))
 
@@ -195,30 +156,16 @@ class AsyncConvClient:
         x: ArrayLike,
         w: ArrayLike,
         *,
-        stride: IntOrTuple = 1,
-        padding: IntOrTuple = 0,
-        output_padding: IntOrTuple = 0,
-        dilation: IntOrTuple = 1,
-        groups: int = 1,
         shards: int | None = None,
         max_request_bytes: int | None = None,
         progress: Progress | bool | None = None,
+        **hyper: Unpack[TransposedOptions],
     ) -> Gradients:
-        """The gradients of a transposed convolution: ``convengine.conv_transpose_backward``.
-
-        dout (N, C_out, *out), x (N, C_in, *spatial), w (C_in, C_out/groups, *kernel)
-        -> dx, dw, db (C_out,).
+        """Gradients of a loss w.r.t. x, w and b of a transposed convolution, from dout:
+        ``convengine.conv_transpose_backward``.
         """
-        hyper = dict(
-            stride=stride,
-            padding=padding,
-            output_padding=output_padding,
-            dilation=dilation,
-            groups=groups,
-        )
-        arrays = (dout, x, w)
         call = await self._planned(
-            "conv_transpose_backward", arrays, hyper, shards, max_request_bytes
+            "conv_transpose_backward", (dout, x, w), hyper, shards, max_request_bytes
         )
         return Gradients(*await self._run(call, progress))
 
