@@ -176,7 +176,7 @@ def brief(value: object, limit: int = 60) -> str:
         if item is _END:
             stack.pop()
             continue
-        piece, inner = _opening(item)
+        piece, inner = _opening(item, limit)
         pieces.append(piece)
         size += len(piece)
         if inner is not None:
@@ -192,8 +192,9 @@ class _Text(str):
     """A piece of punctuation already written out."""
 
 
-def _opening(item: object) -> tuple[str, Iterator[object] | None]:
-    """How ``item`` starts, and what follows it (None: nothing, it is whole)."""
+def _opening(item: object, limit: int) -> tuple[str, Iterator[object] | None]:
+    """How ``item`` starts (at most about ``limit`` characters of it), and what follows it
+    (None: nothing, it is whole)."""
     if isinstance(item, _Text):
         return item, None
     if isinstance(item, list | tuple):
@@ -203,10 +204,10 @@ def _opening(item: object) -> tuple[str, Iterator[object] | None]:
         entries = ((key, _Text(": "), entry) for key, entry in item.items())
         return "{", _joined(entries, "}", flatten=True)
     if isinstance(item, str | bytes):
-        return repr(item[:64]) + ("..." if len(item) > 64 else ""), None
-    if isinstance(item, int) and item.bit_length() > 64:
+        return repr(item[: limit + 1]), None  # longer: the whole is cut, "..." marks it
+    if isinstance(item, int) and item.bit_length() > 1024:  # repr: slow, and refused > 4300 digits
         return f"<an integer of {item.bit_length()} bits>", None
-    return repr(item)[:64], None
+    return repr(item)[: limit + 1], None
 
 
 def _joined(items: Iterable[Any], close: str, flatten: bool = False) -> Iterator[object]:

@@ -442,7 +442,11 @@ async def test_an_inference_header_length_of_thousands_of_digits_is_refused(clie
 
 
 _JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**1000), 2**1000)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=300),
     lambda inner: (
         st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5)
     ),
