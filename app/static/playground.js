@@ -826,7 +826,7 @@ const URL_FIELDS = ["mode", "sample", "channels", "ksize", "stride", "padding", 
 /** A filter as text: its preset's name, or its numbers (typed or random ones) row by row. */
 function filterText(filter) {
   return filter.preset === "custom" || filter.preset === "random"
-    ? filter.values.flat().map((v) => String(Math.round(v * 10000) / 10000)).join(",") : filter.preset;
+    ? filter.values.flat().map(String).join(",") : filter.preset; // exact: a shared view computes the same
 }
 
 function writeUrl() {
