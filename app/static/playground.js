@@ -508,7 +508,7 @@ function channelText(f) {
   if (state.last.x.shape[1] === 1) return "";
   const [a, b] = groupChannels(f), names = state.last.x.shape[1] === 3 ? ["R", "G", "B"] : null;
   const one = (c) => (names ? `${c} (${names[c]})` : String(c));
-  return a === b ? `, reads x channel ${one(a)}` : `, reads x channels ${one(a)}–${one(b)}`;
+  return a === b ? `, reads x channel ${one(a)}` : `, reads x channels ${one(a)} to ${one(b)}`;
 }
 
 function drawMaps() {

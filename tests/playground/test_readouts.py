@@ -46,7 +46,9 @@ def test_the_value_under_the_pointer_on_input_output_dx_and_dw(page):
         assert text == f"x[0, 0, {i}, {j}] = {fmt(x[0, 0, i, j])}"
     for f, i, j in [(0, 5, 7), (1, 24, 0), (2, 12, 12)]:
         canvas = page_.locator(f'canvas.feature-map[data-filter="{f}"]')
-        assert _hover(page_, canvas, i, j, 25, 25) == f"out[0, {f}, {i}, {j}] = {fmt(out[0, f, i, j])}"
+        assert (
+            _hover(page_, canvas, i, j, 25, 25) == f"out[0, {f}, {i}, {j}] = {fmt(out[0, f, i, j])}"
+        )
     # The pointer gone, the readout says what to do.
     page_.mouse.move(0, 0)
     assert page_.locator("#input-figure .readout").inner_text() == "hover for values"
@@ -65,7 +67,9 @@ def test_the_value_under_the_pointer_on_input_output_dx_and_dw(page):
         assert text == f"Σc dx[0, c, {i}, {j}] = {fmt(summed[i, j])}"
     dw_canvas = page_.locator("#dw canvas.small").nth(1)
     for i, j in [(0, 0), (1, 2)]:
-        assert _hover(page_, dw_canvas, i, j, 3, 3) == f"Σc dw[1, c, {i}, {j}] = {fmt(dw[1, 0, i, j])}"
+        assert (
+            _hover(page_, dw_canvas, i, j, 3, 3) == f"Σc dw[1, c, {i}, {j}] = {fmt(dw[1, 0, i, j])}"
+        )
     assert problems == []
 
 

@@ -14,7 +14,9 @@ SOBEL_X = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
 
 def _kernel(page: Page, f: int) -> np.ndarray:
     values = page.evaluate(f"window.playground.state.filters[{f}].values")
-    cells = [float(v) for v in page.locator(f"[id^='k-{f}-']").evaluate_all("es => es.map(e => e.value)")]
+    cells = [
+        float(v) for v in page.locator(f"[id^='k-{f}-']").evaluate_all("es => es.map(e => e.value)")
+    ]
     np.testing.assert_allclose(np.array(values).ravel(), cells, atol=1e-3)  # shown as held
     return np.array(values)
 
@@ -95,8 +97,21 @@ def test_labels_and_controls_that_do_not_apply_are_hidden(page):
 
 
 def _controls(page: Page) -> dict[str, str]:
-    ids = ["mode", "sample", "channels", "ksize", "stride", "padding", "output_padding",
-           "padding_mode", "dilation", "groups", "rounding", "loss", "loss-map"]
+    ids = [
+        "mode",
+        "sample",
+        "channels",
+        "ksize",
+        "stride",
+        "padding",
+        "output_padding",
+        "padding_mode",
+        "dilation",
+        "groups",
+        "rounding",
+        "loss",
+        "loss-map",
+    ]
     return {i: page.input_value(f"#{i}") for i in ids}
 
 
