@@ -27,7 +27,7 @@ from app.head import HeadAsGet
 from app.limits import BodyLimit, Gate
 from app.limits.memory import MemoryBudget
 from app.observe import Observe
-from app.routes import health, limits, operations, playground, protocol
+from app.routes import explain, health, limits, operations, playground, protocol
 from app.schemas import ErrorResponse
 from convengine import OPERATIONS
 
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(limits.router)
     app.include_router(operations.router)
+    app.include_router(explain.router)
     protocol.install(app)
     app.include_router(playground.router)
     app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")

@@ -1,51 +1,106 @@
-"""One request, start to end, off the event loop: decode, validate, compute, encode, once each.
+"""One request, read top to bottom: a place, its body, decode, validate, compute, encode.
 
-:func:`prepare` decodes and validates, and says what the request will hold in memory until its
-answer is sent (:func:`memory_need`); :meth:`Prepared.finish` computes and encodes. The gate
-(app.limits.admission) resizes the request's memory reservation between the two.
+:func:`serve` is the whole flow, for every route that computes (the operations' routes and
+the inference protocol's): each step once, the admission gate (app.limits.admission) asked
+for a place and memory between them. :func:`prepare` decodes and validates a request to an
+operation's route and says what it will hold until its answer is sent (:func:`memory_need`);
+:meth:`Prepared.finish` computes and encodes. Shapes and costs come from the engine's table,
+reckoned once when the request is validated; this module computes none.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 import numpy as np
 import pydantic
+from starlette.requests import Request
+from starlette.responses import Response
 
 from app import metrics
 from app.codecs import Budget, Codec, Decoded, choose_decoder, choose_encoder
-from app.codecs import json as json_codec
 from app.config import Settings
 from app.errors import InvalidInput, validation_errors
-from app.limits import WorkLimits
+from app.limits import Gate, WorkLimits
+from app.limits.admission import Answer
+from app.limits.body import declared_length, is_json, reading_cost
 from app.limits.memory import Reservation
 from app.schemas import HYPERPARAMETERS, UNION_TAGS, ConvRequest, TensorSpec, request_model
-from convengine import Geometry, Operation
+from convengine import Cost, Operation
 
-__all__ = ["Prepared", "answer_bytes", "compute", "prepare", "validate"]
-
-# Bytes an encoded answer holds per output element (JSON: up to 24 characters a number and
-# orjson's growing buffer) or per output byte (binary forms: the file written, then copied out).
-_JSON_BYTES_PER_ELEMENT = 32
-_BINARY_COPIES = 2
-# The shape of each output, from the geometry the request was validated with.
-_OUTPUT_SHAPES: dict[str, Callable[[Geometry], tuple[int, ...]]] = {
-    "out": lambda g: g.out_shape,
-    "dx": lambda g: g.x_shape,
-    "dw": lambda g: g.w_shape,
-    "db": lambda g: g.out_shape[1:2],  # one value per output channel
-}
+__all__ = [
+    "Prepared",
+    "Preparing",
+    "answer",
+    "check",
+    "compute",
+    "memory_need",
+    "prepare",
+    "serve",
+    "validate",
+]
 
 
-def answer_bytes(request: ConvRequest, itemsize: int, binary: bool) -> int:
-    """What the encoded answer of ``request`` holds at most, its arrays included."""
-    elements = sum(
-        math.prod(_OUTPUT_SHAPES[name](request.geometry)) for name in request.operation.outputs
+class Preparing(Protocol):
+    """A decoded and validated request, ready to compute."""
+
+    @property
+    def need(self) -> int:
+        """Bytes it holds from now to its answer: decoded arrays, work and encoded answer."""
+
+    def finish(self) -> tuple[bytes, dict[str, str]]:
+        """Compute and encode: the answer's body and headers."""
+
+
+async def serve(
+    request: Request,
+    gate: Gate,
+    least: int,
+    expected: int,
+    prepare: Callable[[bytes, Reservation], Preparing],
+) -> Response:
+    """The answer to ``request``, whose body ``prepare`` decodes and validates (in a thread).
+
+    ``least``: what reading and decoding the body holds for sure; ``expected``: what the
+    whole request is expected to hold (:func:`app.limits.body.reading_cost`).
+    """
+    reservation = gate.reservation()
+    try:
+        gate.check_places()  # no upload, nor memory, for a request that would be refused
+        await gate.reserve_body(reservation, least, expected)
+        body = await request.body()  # holding memory, but no computation place
+        # One place from decoding to the answer, so that work decoded is never refused.
+        async with gate.admit():
+            prepared = await gate.run(partial(prepare, body, reservation))  # decode, validate
+            await gate.hold(reservation, len(body) + prepared.need)
+            reservation.settle()  # from here on it only gives back
+            content, headers = await gate.run(prepared.finish)  # compute, encode
+        del prepared  # its arrays: only the answer and the body remain
+        await gate.hold(reservation, len(body) + len(content))  # shrinks
+        return Answer(content, headers, reservation)
+    except BaseException:
+        reservation.release()
+        raise
+
+
+async def answer(request: Request, operation: Operation) -> Response:
+    """The answer to a request to ``operation``'s own route (/forward, /backward, ...)."""
+    state = request.app.state
+    content_type = request.headers.get("content-type")
+    length = declared_length(request, state.settings, content_type)
+    least, expected = reading_cost(length, length if is_json(content_type) else 0)
+    preparing = partial(
+        prepare,
+        operation,
+        content_type=content_type,
+        accept=request.headers.get("accept"),
+        query=dict(request.query_params),
+        settings=state.settings,
     )
-    per_element = _BINARY_COPIES * itemsize if binary else _JSON_BYTES_PER_ELEMENT
-    return elements * (itemsize + per_element)
+    return await serve(request, state.gate, least, expected, preparing)
 
 
 @dataclass
@@ -64,12 +119,14 @@ class Prepared:
         return content, {"content-type": self.encoder.media_type}
 
 
-def memory_need(request: ConvRequest, arrays: Mapping[str, np.ndarray], binary: bool) -> int:
-    """Decoded arrays, working memory and answer of a validated request, in bytes."""
-    itemsize = arrays[request.operation.inputs[0]].dtype.itemsize
-    work = request.operation.cost(request.geometry, itemsize).work_bytes
+def memory_need(
+    request: ConvRequest, arrays: Mapping[str, np.ndarray], answer_bytes: Callable[[Cost], int]
+) -> int:
+    """Decoded arrays, working memory, outputs and encoded answer of a validated request, in
+    bytes; ``answer_bytes(cost)``: what the answer's encoding holds beside the outputs."""
+    cost = request.cost
     decoded = sum(array.nbytes for array in arrays.values())
-    return decoded + work + answer_bytes(request, itemsize, binary)
+    return decoded + cost.work_bytes + cost.output_bytes + answer_bytes(cost)
 
 
 def prepare(
@@ -100,26 +157,40 @@ def prepare(
             type="extra_forbidden",
         )
     request = validate(operation, decoded, settings)
-    binary = encoder.media_type != json_codec.MEDIA_TYPE
-    return Prepared(request, decoded, encoder, memory_need(request, decoded.arrays, binary))
+    need = memory_need(request, decoded.arrays, encoder.answer_bytes)
+    return Prepared(request, decoded, encoder, need)
 
 
 def validate(operation: Operation, decoded: Decoded, settings: Settings) -> ConvRequest:
-    """The validated request: hyperparameters and array specs checked against each other."""
+    """The validated request: hyperparameters and the decoded arrays' specs checked against
+    each other."""
     specs = {
         name: TensorSpec(shape=array.shape, dtype=array.dtype.name)
         for name, array in decoded.arrays.items()
     }
+    return check(operation, decoded.params, specs, decoded, settings)
+
+
+def check(
+    operation: Operation,
+    params: Mapping[str, object],
+    specs: Mapping[str, TensorSpec],
+    sent: Decoded | None,
+    settings: Settings,
+) -> ConvRequest:
+    """The validated request from hyperparameters and array specs alone (a dry run's too).
+
+    ``sent``: how the hyperparameters arrived (where, and whether as text); None for a JSON
+    body's fields."""
+    location = sent.param_location if sent is not None else "body"
     context = {
-        "text": decoded.params_as_text,
+        "text": sent is not None and sent.params_as_text,
         "limits": WorkLimits(settings.max_work_bytes, settings.max_gflop),
     }
     try:
-        return request_model(operation).model_validate({**decoded.params, **specs}, context=context)
+        return request_model(operation).model_validate({**params, **specs}, context=context)
     except pydantic.ValidationError as exc:
-        raise validation_errors(
-            exc, decoded.param_location, parameters=HYPERPARAMETERS, drop=UNION_TAGS
-        ) from exc
+        raise validation_errors(exc, location, parameters=HYPERPARAMETERS, drop=UNION_TAGS) from exc
 
 
 def compute(request: ConvRequest, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -18,6 +18,8 @@ from pydantic import BaseModel
 
 from app import pipeline
 from app.codecs import Budget, Decoded
+from app.codecs import json as json_codec
+from app.codecs import npz as npz_codec
 from app.codecs import protocol as wire
 from app.config import Settings
 from app.errors import BadRequest, NotFound
@@ -163,7 +165,9 @@ def prepare(
             )
     validated = pipeline.validate(operation, decoded, settings)
     binary = all(wire.wants_binary(request, output) for output in wanted)
-    need = pipeline.memory_need(validated, decoded.arrays, binary)
+    # Answered as raw bytes or as JSON numbers: the same sizes as .npz and JSON answers.
+    encoding = npz_codec.CODEC if binary else json_codec.CODEC
+    need = pipeline.memory_need(validated, decoded.arrays, encoding.answer_bytes)
     return PreparedInference(name, request, validated, decoded, need)
 
 

@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.limits.work import WorkLimits, check_cost
-from convengine import ConvError, DTypeError, Geometry, Operation
+from convengine import ConvError, Cost, DTypeError, Geometry, Operation
 
 __all__ = [
     "HYPERPARAMETERS",
@@ -218,11 +218,17 @@ class ConvRequest(_TextForms):
 
     operation: ClassVar[Operation]
     _geometry: Geometry = PrivateAttr()
+    _cost: Cost = PrivateAttr()
 
     @property
     def geometry(self) -> Geometry:
         """The engine's geometry, built once by the validator."""
         return self._geometry
+
+    @property
+    def cost(self) -> Cost:
+        """What the computation holds and computes, reckoned once by the validator."""
+        return self._cost
 
     def engine_arguments(self) -> dict[str, Any]:
         """The hyperparameters as the engine's keyword arguments."""
@@ -247,11 +253,11 @@ class ConvRequest(_TextForms):
             raise PydanticCustomError(
                 kind, "{message}", {"message": exc.message, "field": exc.field}
             ) from exc
+        cost = self.operation.cost(geometry, specs["x"].dtype)  # every array takes x's dtype
         limits: WorkLimits | None = (info.context or {}).get("limits")
         if limits is not None:
-            itemsize = 4 if specs["x"].dtype == "float32" else 8
-            check_cost(self.operation.cost(geometry, itemsize), geometry.out_shape, limits)
-        self._geometry = geometry
+            check_cost(cost, geometry.out_shape, limits)
+        self._geometry, self._cost = geometry, cost
         return self
 
 

@@ -2,6 +2,7 @@
 as im2col + GEMM on NumPy."""
 
 from ._errors import ConvError, DTypeError, ShapeError
+from ._explain import explain
 from ._functional import (
     backward,
     conv,
@@ -16,17 +17,28 @@ from ._functional import (
 )
 from ._geometry import ConvGeometry, TransposedGeometry
 from ._layer import Conv
-from ._operations import OPERATIONS, RANKS, ArrayDoc, Cost, Geometry, Operation
+from ._operations import (
+    OPERATIONS,
+    RANKS,
+    ArrayDoc,
+    ArraySpec,
+    Cost,
+    Explanation,
+    Geometry,
+    Operation,
+)
 
 __all__ = [
     "OPERATIONS",
     "RANKS",
     "ArrayDoc",
+    "ArraySpec",
     "Conv",
     "ConvError",
     "ConvGeometry",
     "Cost",
     "DTypeError",
+    "Explanation",
     "Geometry",
     "Operation",
     "ShapeError",
@@ -38,6 +50,7 @@ __all__ = [
     "conv_backward",
     "conv_transpose",
     "conv_transpose_backward",
+    "explain",
     "forward",
     "transposed_backward",
     "transposed_forward",

@@ -11,14 +11,14 @@ from dataclasses import replace
 from typing import cast
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _depthwise
 from ._errors import DTypeError, ShapeError
 from ._geometry import ConvGeometry
 from ._im2col import Canvas, FieldRuns, batch_chunks, row_width, workspace
 
-__all__ = ["as_float_array", "exchange_channels"]
+__all__ = ["as_float_array", "as_float_dtype", "exchange_channels"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DEPTHWISE_CHUNK_BYTES = 1 << 20
@@ -34,13 +34,23 @@ def as_float_array(value: ArrayLike, field: str, dtype: np.dtype | None = None) 
         raise ShapeError(
             f"{field} is not a rectangular array of numbers: {exc}", field=field
         ) from exc
-    if array.dtype not in _FLOAT_DTYPES:
+    as_float_dtype(array.dtype, field)
+    return array if dtype is None else array.astype(dtype, copy=False)
+
+
+def as_float_dtype(dtype: DTypeLike, field: str) -> np.dtype:
+    """``dtype`` if the engine computes in it (float32 or float64), else a DTypeError."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError as exc:
+        raise DTypeError(f"{field} has no dtype NumPy knows: {dtype!r:.40}", field=field) from exc
+    if checked not in _FLOAT_DTYPES:
         raise DTypeError(
-            f"{field} has dtype {array.dtype}; the engine computes in float32 or float64: "
+            f"{field} has dtype {checked}; the engine computes in float32 or float64: "
             f"convert {field} to one of them",
             field=field,
         )
-    return array if dtype is None else array.astype(dtype, copy=False)
+    return checked
 
 
 def _forward(

@@ -23,6 +23,7 @@ __all__ = [
     "PaddingMode",
     "Rounding",
     "TransposedGeometry",
+    "array_shapes",
     "normalize_padding",
     "per_axis",
 ]
@@ -438,6 +439,10 @@ class ConvGeometry:
         """``(N, F, *out)``."""
         return self.n, self.f, *self.out
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every array of the layer by name: x, w, b, out, and the gradients dout, dx, dw, db."""
+        return array_shapes(self.x_shape, self.w_shape, self.out_shape)
+
     @cached_property
     def padded(self) -> tuple[int, ...]:
         return tuple(n + sum(p) for n, p in zip(self.size, self.pads, strict=True))
@@ -711,6 +716,10 @@ class TransposedGeometry:
         """``(N, C_out, *out)``."""
         return self.conv.x_shape
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every array of the layer by name, as :meth:`ConvGeometry.shapes`."""
+        return array_shapes(self.x_shape, self.w_shape, self.out_shape)
+
     def work_elements(self) -> int:
         return self.conv.work_elements()
 
@@ -732,6 +741,15 @@ class TransposedGeometry:
                 f"{self.out_shape}, got {tuple(shape)}",
                 field="dout",
             )
+
+
+def array_shapes(
+    x: tuple[int, ...], w: tuple[int, ...], out: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
+    """The shape of every array of a layer of input x, filters w and output out (N, channels,
+    ...): the bias has one value per output channel, and each gradient its array's shape."""
+    bias = out[1:2]
+    return {"x": x, "w": w, "b": bias, "out": out, "dout": out, "dx": x, "dw": w, "db": bias}
 
 
 def _check_groups(groups: int, x_shape: tuple[int, ...], f: int, c_per_group: int) -> None:

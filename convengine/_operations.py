@@ -9,21 +9,53 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from math import prod
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import DTypeLike
 
+from ._conv import as_float_dtype
 from ._functional import backward, forward, transposed_backward, transposed_forward
 from ._geometry import ConvGeometry, TransposedGeometry
 
-__all__ = ["OPERATIONS", "RANKS", "ArrayDoc", "Cost", "Geometry", "Operation"]
+__all__ = [
+    "OPERATIONS",
+    "RANKS",
+    "ArrayDoc",
+    "ArraySpec",
+    "Cost",
+    "Explanation",
+    "Geometry",
+    "Operation",
+]
 
 Shapes = Mapping[str, tuple[int, ...]]
 Arrays = Mapping[str, np.ndarray]
-Geometry = ConvGeometry | TransposedGeometry
 RANKS = (1, 2, 3)
 _SPATIAL = ("*spatial", "*kernel", "*out")
+
+
+class Geometry(Protocol):
+    """What the table asks of a layer's geometry: every array's shape, and what it costs."""
+
+    @property
+    def rank(self) -> int:
+        """Spatial axes: 1, 2 or 3."""
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The layer's output, (N, channels, *out)."""
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every array of the layer by name: inputs, outputs and gradients."""
+
+    def work_elements(self) -> int:
+        """Array elements one pass allocates at most, besides its inputs and outputs."""
+
+    def flops(self) -> int:
+        """Floating-point operations of one GEMM-sized pass."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +79,54 @@ class ArrayDoc:
 
 @dataclass(frozen=True)
 class Cost:
-    """What one call needs at most: bytes of working memory and floating-point operations."""
+    """What one call holds and computes: its input arrays, its working memory at most and its
+    output arrays, in bytes; the output arrays' elements; floating-point operations."""
 
+    input_bytes: int
     work_bytes: int
+    output_bytes: int
+    output_elements: int
     flops: int
+
+    @property
+    def memory_bytes(self) -> int:
+        """Everything the call holds at once, at most: inputs, working memory and outputs."""
+        return self.input_bytes + self.work_bytes + self.output_bytes
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """An array's shape and dtype, without its numbers."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What one call answers and costs.
+
+    ``outputs``: each output array's shape and dtype, by name; ``flops``: floating-point
+    operations; ``memory_bytes``: what the call holds at most (its inputs, working memory and
+    outputs).
+    """
+
+    operation: str
+    outputs: Mapping[str, ArraySpec]
+    flops: int
+    memory_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON would carry it: shapes as lists."""
+        return {
+            "operation": self.operation,
+            "outputs": {
+                name: {"shape": list(spec.shape), "dtype": spec.dtype}
+                for name, spec in self.outputs.items()
+            },
+            "flops": self.flops,
+            "memory_bytes": self.memory_bytes,
+        }
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed as itself: one record per operation
@@ -61,8 +137,9 @@ class Operation:
     ``optional`` may be left out. ``hyperparameters`` are the keyword arguments it takes.
     ``arrays`` describes every input and output for people, by its axes; ``example`` is a
     small call (arrays as nested lists, and hyperparameters). ``plan`` checks the inputs'
-    shapes against the hyperparameters and sizes the geometry; ``run`` computes on arrays
-    that fit it. ``model`` names it in the inference protocol, one model per rank.
+    shapes against the hyperparameters and sizes the geometry, which gives every array's
+    shape (:meth:`shapes`) and the cost (:meth:`cost`); ``run`` computes on arrays that fit
+    it. ``model`` names it in the inference protocol, one model per rank.
     ``batched`` names the inputs and outputs whose first axis is the batch (one slice per
     sample) and ``summed`` the outputs that are sums over the batch: a call split along the
     batch concatenates the one and adds up the other.
@@ -91,8 +168,38 @@ class Operation:
     def model_name(self, rank: int) -> str:
         return self.model.format(rank=rank)
 
-    def cost(self, geometry: Geometry, itemsize: int) -> Cost:
-        return Cost(geometry.work_elements() * itemsize, geometry.flops() * self.passes)
+    def shapes(self, geometry: Geometry) -> dict[str, tuple[int, ...]]:
+        """The shape of each of this operation's inputs and outputs, by name."""
+        every = geometry.shapes()
+        return {name: every[name] for name in (*self.inputs, *self.outputs)}
+
+    def cost(self, geometry: Geometry, dtype: DTypeLike) -> Cost:
+        """What a call on arrays of ``dtype`` (x's: every array takes it) holds and computes.
+
+        The optional inputs are counted as sent."""
+        itemsize = np.dtype(dtype).itemsize
+        shapes = self.shapes(geometry)
+        inputs = sum(prod(shapes[name]) for name in self.inputs)
+        outputs = sum(prod(shapes[name]) for name in self.outputs)
+        return Cost(
+            input_bytes=inputs * itemsize,
+            work_bytes=geometry.work_elements() * itemsize,
+            output_bytes=outputs * itemsize,
+            output_elements=outputs,
+            flops=geometry.flops() * self.passes,
+        )
+
+    def explain(self, geometry: Geometry, dtype: DTypeLike) -> Explanation:
+        """What a call on a planned geometry, with arrays of ``dtype``, answers and costs."""
+        name = as_float_dtype(dtype, "x").name
+        shapes = self.shapes(geometry)
+        cost = self.cost(geometry, name)
+        return Explanation(
+            operation=self.name,
+            outputs={output: ArraySpec(shapes[output], name) for output in self.outputs},
+            flops=cost.flops,
+            memory_bytes=cost.memory_bytes,
+        )
 
 
 def _plan_forward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:

@@ -79,8 +79,8 @@ def _work_bytes_and_gflop(
         geometry = operation.plan(_shapes(operation, arrays, n), hyper)
     except (ValueError, TypeError):  # the service answers with its own message
         return None
-    itemsize = arrays["x"].dtype.itemsize if "x" in arrays else 8  # the answer's dtype is x's
-    cost = operation.cost(geometry, itemsize)
+    dtype = arrays["x"].dtype if "x" in arrays else np.float64  # the answer's dtype is x's
+    cost = operation.cost(geometry, dtype)
     return cost.work_bytes, cost.flops / 1e9
 
 

@@ -14,10 +14,11 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge
-from convengine import Operation
+from convengine import Cost, Operation
 from convengine.npy_header import MAX_HEADER, parse_header
 
 __all__ = [
+    "ANSWER_OVERHEAD",
     "MAX_NDIM",
     "Budget",
     "Codec",
@@ -67,11 +68,22 @@ def _everything(operation: Operation) -> bool:
     return True
 
 
+# Bytes of an answer besides its numbers, at most: a few arrays' .npy headers, zip headers and
+# directory, or JSON's names and shapes.
+ANSWER_OVERHEAD = 4096
+
+
+def _file_and_copy(cost: Cost) -> int:
+    # A binary answer holds the file written, then the copy sent out.
+    return 2 * (cost.output_bytes + ANSWER_OVERHEAD)
+
+
 @dataclass(frozen=True)
 class Codec:
     """One wire format: how it reads requests and writes answers, and how the OpenAPI shows it.
 
-    ``answers`` tells which operations' outputs the format can carry; ``query_parameters``
+    ``answers`` tells which operations' outputs the format can carry; ``answer_bytes`` what
+    its encoded answer holds at most, beside the outputs themselves; ``query_parameters``
     marks a format whose hyperparameters travel in the query string.
     """
 
@@ -81,6 +93,7 @@ class Codec:
     request_doc: OpenAPIEntry | None = None
     response_doc: OpenAPIEntry | None = None
     answers: Callable[[Operation], bool] = _everything
+    answer_bytes: Callable[[Cost], int] = _file_and_copy
     query_parameters: bool = False
 
 

@@ -24,9 +24,18 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from app.errors import BadRequest, InvalidInput
 from app.schemas import DType, Hyperparameters, camel
-from convengine import Operation
+from convengine import Cost, Operation
 
-from .base import Budget, Codec, Decoded, TensorStyle, check_names, float_dtype, shape_of
+from .base import (
+    ANSWER_OVERHEAD,
+    Budget,
+    Codec,
+    Decoded,
+    TensorStyle,
+    check_names,
+    float_dtype,
+    shape_of,
+)
 
 __all__ = ["CODEC", "MEDIA_TYPE", "array_from_lists", "decode", "encode", "wire_model"]
 
@@ -54,23 +63,33 @@ def decode(
             return _decoded(document, operation, budget, payloads)
     # No base64 set aside, or some of it outside the tensors, or a body that is not JSON:
     # the whole body parsed as is, so that every error reads as it always has.
+    return _decoded(parse_object(body), operation, budget, {})
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """A JSON body's top-level object, or the refusal every JSON request gets."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         document = _lenient(body, exc)
-    return _decoded(document, operation, budget, {})
+    return _object(document)
 
 
-def _decoded(
-    document: object, operation: Operation, budget: Budget, payloads: dict[str, bytes]
-) -> Decoded:
+def _object(document: object) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidInput(
             f"the body must be a JSON object with the arrays and hyperparameters, "
             f"got a JSON {type(document).__name__}",
             type="model_type",
         )
-    default_dtype = _default_dtype(document.pop("dtype", "float64"))
+    return document
+
+
+def _decoded(
+    document: object, operation: Operation, budget: Budget, payloads: dict[str, bytes]
+) -> Decoded:
+    document = _object(document)
+    default_dtype = default_dtype_of(document)
     raw = {key: document.pop(key) for key in operation.inputs if key in document}
     for name in operation.optional:  # an explicit null is an optional array left out
         if name in raw and raw[name] is None:
@@ -148,6 +167,11 @@ def _all_in_tensors(document: object, operation: Operation, payloads: dict[str, 
         if isinstance(value, dict) and value.get("b64") in payloads:
             placed += 1
     return placed == len(payloads)
+
+
+def default_dtype_of(document: dict[str, Any]) -> np.dtype:
+    """The dtype of arrays sent without one (as nested lists), taken out of ``document``."""
+    return _default_dtype(document.pop("dtype", "float64"))
 
 
 def _default_dtype(declared: object) -> np.dtype:
@@ -441,6 +465,16 @@ def _response_doc(operation: Operation) -> dict[str, Any]:
     }
 
 
+def _answer_bytes(cost: Cost) -> int:
+    # Up to 24 characters a number, in orjson's growing buffer.
+    return 32 * cost.output_elements + ANSWER_OVERHEAD
+
+
 CODEC = Codec(
-    MEDIA_TYPE, decode=decode, encode=encode, request_doc=_request_doc, response_doc=_response_doc
+    MEDIA_TYPE,
+    decode=decode,
+    encode=encode,
+    request_doc=_request_doc,
+    response_doc=_response_doc,
+    answer_bytes=_answer_bytes,
 )

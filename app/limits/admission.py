@@ -1,17 +1,19 @@
-"""Admission: memory reserved before a body is read, then a computation place; 503 beyond.
+"""Admission: a computation place, and memory reserved from the budget; 503 beyond.
 
-A request goes through :meth:`Gate.serve` in four steps (refused at once with 503 if every
-computation and waiting place is taken, before it uploads anything):
+:class:`Gate` only admits; :func:`app.pipeline.serve` uses it in this order, top to bottom:
 
-1. it reserves what it is expected to hold from the memory budget (its declared length times
-   the format's expansion, :func:`app.limits.body.reading_cost`), waiting in a bounded line
-   for room;
-2. it reads its body, holding those bytes but no computation place, so a stalled upload
-   holds memory (bounded by the body timeout) and never a computation;
-3. in a computation place (held until step 4 ends) it decodes and validates in a thread,
-   then resizes its reservation to its arrays, work and answer (waiting again if need be);
-4. it computes and encodes in a thread, and holds its answer's bytes until the answer has
-   been sent (:class:`Answer`).
+1. :meth:`Gate.check_places` refuses at once with 503 if every computation and waiting place
+   is taken, before the request uploads anything;
+2. :meth:`Gate.reserve_body` reserves what the request is expected to hold from the memory
+   budget (its declared length times the format's expansion,
+   :func:`app.limits.body.reading_cost`), waiting in a bounded line for room; the body is
+   read holding those bytes but no computation place, so a stalled upload holds memory
+   (bounded by the body timeout) and never a computation;
+3. inside :meth:`Gate.admit` (a place from decoding to the answer), :meth:`Gate.run` decodes
+   and validates in a computation thread, :meth:`Gate.hold` resizes the reservation to the
+   arrays, work and answer (waiting again if need be), and :meth:`Gate.run` computes and
+   encodes;
+4. the answer's bytes stay reserved until the answer has been sent (:class:`Answer`).
 
 Computations run in a pool of ``slots`` threads of their own, so that the engine's per-thread
 work buffers exist in at most ``slots`` threads, and in the one thread where the engine
@@ -24,11 +26,9 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from functools import partial
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from anyio import CapacityLimiter
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -37,21 +37,10 @@ from app.errors import InvalidInput, Overloaded, PayloadTooLarge
 
 from .memory import MemoryBudget, MiB, Reservation
 
-__all__ = ["Answer", "Gate", "Prepared"]
+__all__ = ["Answer", "Gate"]
 
 T = TypeVar("T")
 CHUNK = 1 * MiB  # an answer is sent in pieces, so that a client that reads slowly waits on it
-
-
-class Prepared(Protocol):
-    """A decoded and validated request, ready to compute."""
-
-    @property
-    def need(self) -> int:
-        """Bytes it holds from now to its answer: decoded arrays, work and encoded answer."""
-
-    def finish(self) -> tuple[bytes, dict[str, str]]:
-        """Compute and encode: the answer's body and headers."""
 
 
 class Answer(Response):
@@ -125,40 +114,22 @@ class Gate:
         async with self.limiter:
             return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
-    async def serve(
-        self,
-        request: Request,
-        least: int,
-        expected: int,
-        prepare: Callable[[bytes, Reservation], Prepared],
-    ) -> Response:
-        """Reserve, read, prepare, resize, finish: the answer to ``request`` (see the module).
+    def reservation(self) -> Reservation:
+        """A new, empty reservation from this gate's memory budget."""
+        return Reservation(self.memory)
 
-        ``least``: what reading and decoding the body holds for sure; more than the whole
-        budget is a 413. ``expected``: what the whole request is expected to hold, reserved up
-        front (up to the whole budget) so that it rarely needs more once decoded.
-        """
-        reservation = Reservation(self.memory)
-        try:
-            self.check_places()  # no upload, nor memory, for a request that would be refused
-            if least > self.memory.total:
-                raise self._body_too_big(least)
-            await reservation.resize(min(expected, self.memory.total), self._body_too_big)
-            body = await request.body()
-            # One place from decoding to the answer, so that work decoded is never refused;
-            # a thread only while decoding and while computing.
-            async with self.admit():
-                prepared = await self.run(partial(prepare, body, reservation))
-                need = len(body) + prepared.need
-                await reservation.resize(need, self._work_too_big)
-                reservation.settle()  # from here on it only gives back
-                content, headers = await self.run(prepared.finish)
-            del prepared  # its arrays: only the answer and the body remain
-            await reservation.resize(len(body) + len(content), self._work_too_big)  # shrinks
-            return Answer(content, headers, reservation)
-        except BaseException:
-            reservation.release()
-            raise
+    async def reserve_body(self, reservation: Reservation, least: int, expected: int) -> None:
+        """Reserve for reading a body: ``least``, what reading and decoding it holds for sure
+        (more than the whole budget is a 413), and up front, up to the whole budget,
+        ``expected``, what the whole request is expected to hold, so that it rarely needs
+        more once decoded."""
+        if least > self.memory.total:
+            raise self._body_too_big(least)
+        await reservation.resize(min(expected, self.memory.total), self._body_too_big)
+
+    async def hold(self, reservation: Reservation, nbytes: int) -> None:
+        """Resize ``reservation`` to what a validated request holds; 422 beyond the budget."""
+        await reservation.resize(nbytes, self._work_too_big)
 
     def _body_too_big(self, nbytes: int) -> PayloadTooLarge:
         # The body alone (and its decoding) would not fit in the whole budget.

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from app import codecs, pipeline
-from app.limits import Gate
-from app.limits.body import declared_length, is_json, reading_cost
 from app.schemas import Hyperparameters
 from convengine import OPERATIONS, Operation
 
@@ -62,20 +59,7 @@ def _responses(operation: Operation) -> dict[int | str, dict[str, Any]]:
 
 def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        state = request.app.state
-        content_type = request.headers.get("content-type")
-        prepare = partial(
-            pipeline.prepare,
-            operation,
-            content_type=content_type,
-            accept=request.headers.get("accept"),
-            query=dict(request.query_params),
-            settings=state.settings,
-        )
-        length = declared_length(request, state.settings, content_type)
-        least, expected = reading_cost(length, length if is_json(content_type) else 0)
-        gate: Gate = state.gate
-        return await gate.serve(request, least, expected, prepare)
+        return await pipeline.answer(request, operation)
 
     endpoint.__name__ = operation.name
     endpoint.__doc__ = operation.summary

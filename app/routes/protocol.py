@@ -8,10 +8,9 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 
 import convengine
-from app import protocol
+from app import pipeline, protocol
 from app.codecs.protocol import InferRequest
 from app.errors import register_error_shape
-from app.limits import Gate
 from app.limits.body import declared_length, reading_cost
 from app.routes import health
 
@@ -149,6 +148,5 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     json_part = length
     if header_length and header_length.isascii() and header_length.isdigit():
         json_part = int(header_length)
-    gate: Gate = state.gate
     least, expected = reading_cost(length, json_part)
-    return await gate.serve(request, least, expected, prepare)
+    return await pipeline.serve(request, state.gate, least, expected, prepare)

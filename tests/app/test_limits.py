@@ -10,6 +10,8 @@ from app.config import Settings
 from app.errors import InvalidInput, Overloaded
 from app.limits import Gate
 from app.limits.memory import MemoryBudget, Reservation
+from benchmarks.payloads import read, request
+from convengine import OPERATIONS
 
 from .conftest import serve
 
@@ -228,3 +230,14 @@ async def test_an_archive_inflating_beyond_the_budget_is_413_by_name():
         detail = response.json()["detail"][0]
         assert detail["loc"] == ["body", "x"] and "memory budget of 64 MiB" in detail["msg"]
         assert (await client.post("/forward", json={"x": X, "w": [[[[1.0]]]]})).status_code == 200
+
+
+@pytest.mark.parametrize("accept", ["application/x-npz", "application/x-npy", "application/json"])
+@pytest.mark.parametrize("operation", ["forward", "conv_transpose"])
+async def test_the_smallest_answer_fits_its_reservation(client, operation, accept):
+    """A 1x1x1x1 layer's answer is mostly headers: its reservation counts them (it was a 500)."""
+    one = np.ones((1, 1, 1, 1), np.float32)
+    path = OPERATIONS[operation].path
+    response = await client.post(path, **request("npz", {"x": one, "w": one}, {}, accept))
+    assert response.status_code == 200, response.text
+    assert read(response, ["out"])["out"].shape == (1, 1, 1, 1)

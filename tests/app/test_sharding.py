@@ -100,7 +100,7 @@ def test_plan_keeps_work_and_arithmetic_within_limits(rng):
     x, w, _dout, hyper = _problem("forward", rng, n=8)
     operation = OPERATIONS["forward"]
     arrays = {"x": x, "w": w}
-    cost = operation.cost(operation.plan({"x": x.shape, "w": w.shape}, hyper), 8)
+    cost = operation.cost(operation.plan({"x": x.shape, "w": w.shape}, hyper), np.float64)
     assert len(plan(operation, arrays, hyper, Limits(max_work_bytes=cost.work_bytes // 2))) >= 2
     gflop = cost.flops / 1e9
     assert len(plan(operation, arrays, hyper, Limits(max_gflop=gflop / 4))) == 4

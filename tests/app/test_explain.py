@@ -1,0 +1,291 @@
+"""POST /explain and convengine.explain: the dry run agrees with the real routes, answers and
+refusals alike, on every test geometry and on random ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import convengine
+from benchmarks.payloads import read, request
+from convengine import OPERATIONS
+
+from ..engine.test_against_oracle import GRID
+from ..engine.test_errors import GEOMETRY_ERRORS
+from .conftest import serve
+from .test_operations_served import LAYERS
+
+pytestmark = pytest.mark.anyio
+
+_FORWARD_OF = {"backward": "forward", "conv_transpose_backward": "conv_transpose"}
+
+
+def _dry_run(operation, shapes, hyper, dtype="float32"):
+    body = {"operation": operation, **{k: {"shape": list(s)} for k, s in shapes.items()}}
+    return {**body, "dtype": dtype, **_json(hyper)}
+
+
+def _json(hyper):
+    def plain(value):
+        return [plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+    return {key: plain(value) for key, value in hyper.items()}
+
+
+async def _both(client, operation, shapes, hyper, rng):
+    """The dry run's answer and the real request's, for arrays of ``shapes`` in float32."""
+    dry = await client.post("/explain", json=_dry_run(operation, shapes, hyper))
+    arrays = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    real = await client.post(
+        OPERATIONS[operation].path, **request("b64", arrays, hyper, "application/x-npz")
+    )
+    return dry, real
+
+
+def _shapes(operation, x_shape, w_shape, out_shape):
+    shapes = {"x": x_shape, "w": w_shape}
+    if "dout" in OPERATIONS[operation].inputs:
+        shapes["dout"] = out_shape
+    return shapes
+
+
+async def _agree(client, x_shape, w_shape, hyper, rng, operations=("forward", "backward")):
+    """Status and body of the dry run against the real request, for each operation."""
+    checked = 0
+    for name in operations:
+        if not set(hyper) <= OPERATIONS[name].hyperparameters:
+            continue
+        forward = _FORWARD_OF.get(name, name)
+        first = await client.post(
+            "/explain", json=_dry_run(forward, _shapes(forward, x_shape, w_shape, None), hyper)
+        )
+        out_shape = (
+            tuple(first.json()["outputs"]["out"]["shape"]) if first.status_code == 200 else x_shape
+        )
+        dry, real = await _both(
+            client, name, _shapes(name, x_shape, w_shape, out_shape), hyper, rng
+        )
+        assert dry.status_code == real.status_code, (name, dry.text, real.text)
+        if real.status_code == 200:
+            answer = dry.json()
+            got = read(real, list(OPERATIONS[name].outputs))
+            assert answer["operation"] == name
+            assert {k: (tuple(v["shape"]), v["dtype"]) for k, v in answer["outputs"].items()} == {
+                k: (a.shape, a.dtype.name) for k, a in got.items()
+            }
+            assert answer["flops"] > 0 and answer["memory_bytes"] >= sum(
+                a.nbytes for a in got.values()
+            )
+        else:
+            assert dry.json() == real.json()
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "hyper"), GRID.values(), ids=GRID)
+async def test_agrees_with_the_routes_on_the_oracle_grid(client, x_shape, w_shape, hyper, rng):
+    assert await _agree(client, x_shape, w_shape, hyper, rng) == 2
+
+
+@pytest.mark.parametrize("name", LAYERS)
+async def test_agrees_with_the_routes_on_every_rank_and_transposed(client, name, rng):
+    kind, x_shape, w_shape, hyper = LAYERS[name]
+    ops = (
+        ("conv_transpose", "conv_transpose_backward")
+        if kind == "transposed"
+        else ("forward", "backward")
+    )
+    assert await _agree(client, x_shape, w_shape, hyper, rng, ops) == 2
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "hyper"),
+    [(x, w, hyper) for _, x, w, hyper, *_ in GEOMETRY_ERRORS],
+    ids=[case[0] for case in GEOMETRY_ERRORS],
+)
+async def test_refuses_exactly_as_the_routes_do(client, x_shape, w_shape, hyper, rng):
+    assert await _agree(client, x_shape, w_shape, hyper, rng, ("forward",)) == 1
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    x=st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 9), st.integers(1, 9)),
+    f=st.integers(1, 4),
+    k=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 3),
+    dilation=st.integers(1, 2),
+    groups=st.sampled_from([1, 2]),
+    rounding=st.sampled_from(["exact", "floor"]),
+)
+async def test_agrees_with_the_routes_on_random_geometry(
+    x, f, k, stride, padding, dilation, groups, rounding
+):
+    rng = np.random.default_rng(0)
+    hyper = dict(
+        stride=stride, padding=padding, dilation=dilation, groups=groups, rounding=rounding
+    )
+    w = (f, max(1, x[1] // groups), *k)
+    async with serve() as client:
+        await _agree(client, x, w, hyper, rng)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "hyper"), GRID.values(), ids=GRID)
+async def test_the_library_and_the_route_give_the_same_explanation(client, x_shape, w_shape, hyper):
+    dry = await client.post(
+        "/explain", json=_dry_run("forward", {"x": x_shape, "w": w_shape}, hyper)
+    )
+    assert (
+        dry.json()
+        == convengine.explain("forward", x=x_shape, w=w_shape, dtype="float32", **hyper).to_dict()
+    )
+
+
+async def test_the_dtype_of_the_answer_is_x_s(client):
+    body = {
+        "operation": "forward",
+        "x": {"shape": [1, 1, 4, 4], "dtype": "float64"},
+        "w": {"shape": [1, 1, 3, 3], "dtype": "float32"},
+    }
+    answer = (await client.post("/explain", json=body)).json()
+    assert answer["outputs"] == {"out": {"shape": [1, 1, 2, 2], "dtype": "float64"}}
+    # Without a dtype: the top-level one, float64 by default, as in a JSON request.
+    del body["x"]["dtype"]
+    answer = (await client.post("/explain", json={**body, "dtype": "float32"})).json()
+    assert answer["outputs"]["out"]["dtype"] == "float32"
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "message"),
+    [
+        (
+            {"x": {"shape": [1, 1, 4, 4]}},
+            ["body", "operation"],
+            "operation must be one of forward, backward, conv_transpose, conv_transpose_backward, got 'None'",
+        ),
+        (
+            {"operation": "fwd"},
+            ["body", "operation"],
+            "operation must be one of forward, backward, conv_transpose, conv_transpose_backward, got 'fwd'",
+        ),
+        (
+            {"operation": "forward", "x": {"shape": [1, 1, 4, 4]}},
+            ["body", "w"],
+            "array 'w' is required",
+        ),
+        (
+            {"operation": "forward", "x": [[1.0]], "w": {"shape": [1, 1, 1, 1]}},
+            ["body", "x"],
+            'x must be {"shape": [...], "dtype": "float32" | "float64"} in a dry run (dtype optional), got [[1.0]]',
+        ),
+        (
+            {"operation": "forward", "x": {"shape": [1, -1, 4, 4]}, "w": {"shape": [1, 1, 1, 1]}},
+            ["body", "x", "shape"],
+            "x.shape must be a list of at most 8 non-negative integers, got [1, -1, 4, 4]",
+        ),
+        (
+            {
+                "operation": "forward",
+                "x": {"shape": [1, 1, 4, 4], "dtype": "int8"},
+                "w": {"shape": [1, 1, 1, 1]},
+            },
+            ["body", "x", "dtype"],
+            "x has dtype 'int8'; the service computes in float32 or float64",
+        ),
+    ],
+    ids=[
+        "no-operation",
+        "unknown-operation",
+        "missing-array",
+        "numbers-not-a-spec",
+        "negative-axis",
+        "int8",
+    ],
+)
+async def test_refuses_what_is_not_a_dry_run(client, body, loc, message):
+    response = await client.post("/explain", json=body)
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert (detail["loc"], detail["msg"]) == (loc, message)
+
+
+async def test_a_body_of_arrays_is_refused_before_it_is_read_whole(client):
+    huge = b'{"operation": "forward", "x": {"shape": [1]}, "pad": "' + b"x" * 100_000 + b'"}'
+    response = await client.post(
+        "/explain", content=huge, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert "send shapes, not arrays" in response.json()["detail"][0]["msg"]
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_explain_is_in_the_openapi_document(client):
+    document = (await client.get("/openapi.json")).json()
+    entry = document["paths"]["/explain"]["post"]
+    assert entry["operationId"] == "explain"
+    example = entry["requestBody"]["content"]["application/json"]["example"]
+    assert example["operation"] == "forward"
+    answer = await client.post("/explain", json=example)
+    assert answer.status_code == 200, answer.text
+    assert set(document["components"]["schemas"]["Explanation"]["properties"]) == {
+        "operation",
+        "outputs",
+        "flops",
+        "memory_bytes",
+    }
+
+
+def test_the_library_takes_arrays_and_tensors_for_shapes():
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    explained = convengine.explain("forward", x=x, w=(4, 3, 3, 3), padding=1)
+    assert explained.outputs["out"] == convengine.ArraySpec((2, 4, 8, 8), "float32")
+    torch = pytest.importorskip("torch")
+    explained = convengine.explain(
+        "conv_transpose",
+        x=torch.zeros(1, 4, 3, 3, dtype=torch.float64),
+        w=torch.zeros(4, 2, 2, 2),
+        stride=2,
+    )
+    assert explained.outputs["out"] == convengine.ArraySpec((1, 2, 6, 6), "float64")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        (dict(x=(1, 1, 4, 4)), TypeError, "forward needs w: give each its shape"),
+        (
+            dict(x=(1, 1, 4, 4), w=(1, 1, 3, 3), output_padding=1),
+            TypeError,
+            "forward takes no argument 'output_padding'",
+        ),
+        (
+            dict(x=(1, 1, 4, 4), w=(1, 1, 3, 3), dtype=np.int16),
+            convengine.DTypeError,
+            "x has dtype int16; the engine computes in float32 or float64",
+        ),
+        (
+            dict(x="1, 1, 4, 4", w=(1, 1, 3, 3)),
+            convengine.ShapeError,
+            "x must be a shape (a sequence of ints), got '1, 1, 4, 4'",
+        ),
+        (
+            dict(x=(1, 1, 4.0, 4), w=(1, 1, 3, 3)),
+            convengine.ShapeError,
+            "x must be a shape of non-negative ints, got (1, 1, 4.0, 4)",
+        ),
+        (
+            dict(x=(1, 1, 4, 4), w=(1, 1, 3, 3), stride=3),
+            convengine.ShapeError,
+            "output height (4 + 2*0 - 1*(3-1) - 1)/3 + 1 = 1.33333 is not a whole number",
+        ),
+    ],
+    ids=["missing", "unknown", "int16", "text", "float-axis", "stride"],
+)
+def test_the_library_refuses_as_a_call_would(arguments, error, message):
+    with pytest.raises(error, match=None) as raised:
+        convengine.explain("forward", **arguments)
+    assert str(raised.value).startswith(message)
