@@ -8,7 +8,7 @@ const SVG = "http://www.w3.org/2000/svg";
 
 const MODES = {
   conv2d: {
-    rank: 2, forward: "/forward", backward: "/backward", size: 49,
+    rank: 2, operation: "forward", forward: "/forward", backward: "/backward", size: 49,
     hyper: ["stride", "padding", "dilation", "groups", "padding_mode", "rounding"],
     defaults: { stride: "1", padding: "same", dilation: "1", groups: "1" },
     filters: ["sobel x", "sobel y", "gaussian"],
@@ -17,7 +17,7 @@ const MODES = {
       "Groups must divide the channels and the filters (RGB with 3 filters and groups 3: one filter per colour).",
   },
   transposed: {
-    rank: 2, forward: "/conv_transpose/forward", backward: "/conv_transpose/backward", size: 17,
+    rank: 2, operation: "conv_transpose", forward: "/conv_transpose/forward", backward: "/conv_transpose/backward", size: 17,
     hyper: ["stride", "padding", "output_padding", "dilation", "groups"],
     defaults: { stride: "2", padding: "1", output_padding: "1", dilation: "1", groups: "1" },
     filters: ["tent", "sobel x"],
@@ -27,7 +27,7 @@ const MODES = {
       "the tent kernel then upsamples bilinearly.",
   },
   conv1d: {
-    rank: 1, forward: "/forward", backward: "/backward", size: 64,
+    rank: 1, operation: "forward", forward: "/forward", backward: "/backward", size: 64,
     hyper: ["stride", "padding", "dilation", "groups", "padding_mode", "rounding"],
     defaults: { stride: "1", padding: "same", dilation: "1", groups: "1" },
     filters: ["gaussian", "difference", "second difference"],
@@ -474,10 +474,20 @@ function taps(o, axis) {
 
 // --- forward ---------------------------------------------------------------------------------
 
-async function forward() {
+/** Convolve with the controls as they are; a backward pass started meanwhile waits for it. */
+function forward() {
+  state.inflight = forwardPass();
+  return state.inflight;
+}
+
+async function forwardPass() {
   stopPlaying();
   const x = inputTensor(), w = weightTensor(x.shape[1]), hp = hyperparameters(), m = $("mode").value;
   writeUrl();
+  // The service's dry run first: the output's size and the cost, from shapes alone, refused
+  // exactly as the real request would be (without sending the arrays).
+  const plan = await post("/explain", { operation: mode().operation, x: { shape: x.shape, dtype: "float32" }, w: { shape: w.shape }, ...hp });
+  if (!plan || m !== $("mode").value) { invalidate(); return; }
   const answer = await post(mode().forward, { x: wire(x), w: wire(w), ...hp });
   if (!answer || m !== $("mode").value) { invalidate(); return; }
   state.lastInput = x; state.lastWeights = w; state.lastHyper = hp;
@@ -485,7 +495,8 @@ async function forward() {
   state.lastForward = unb64(answer.out);
   $("results").classList.remove("stale-forward");
   invalidateBackward(); // the gradients shown were of the last forward pass
-  writeArithmetic(x, w, hp, state.lastForward.shape);
+  state.lastPlan = plan;
+  writeArithmetic(x, w, hp, plan);
   const f = state.lastForward.shape[1], select = $("loss-map"), keep = select.value;
   select.textContent = "";
   for (let fi = 0; fi < f; fi++) select.add(new Option(`map ${fi}`, String(fi)));
@@ -609,8 +620,9 @@ function writeProbeHint() {
   $("probe-hint").textContent = text;
 }
 
-function writeArithmetic(x, w, hp, outShape) {
-  const m = $("mode").value, rank = x.shape.length - 2, size = x.shape.slice(2), k = w.shape[2];
+/** The size arithmetic spelled out per axis, each result as the service's dry run answered it. */
+function writeArithmetic(x, w, hp, plan) {
+  const outShape = plan.outputs.out.shape, m = $("mode").value, rank = x.shape.length - 2, size = x.shape.slice(2), k = w.shape[2];
   const stride = pairOf(hp.stride, rank), dil = pairOf(hp.dilation, rank), pads = sides(hp, size, k);
   const axes = rank === 2 ? ["height", "width"] : ["length"];
   const lines = [{
@@ -635,6 +647,7 @@ function writeArithmetic(x, w, hp, outShape) {
   }
   const names = { conv2d: "out (N, F, H_out, W_out)", transposed: "out (N, C_out, H_out, W_out)", conv1d: "out (N, F, L_out)" }[m];
   lines.push(`${names} = (${outShape.join(", ")})`);
+  lines.push(`${plan.flops.toLocaleString("en")} flops, ${(plan.memory_bytes / 1024).toFixed(1)} KiB at most (POST /explain)`);
   $("arithmetic").textContent = lines.join("\n");
 }
 
@@ -752,6 +765,7 @@ function lossGradient() {
 
 async function backward() {
   stopPlaying();
+  await state.inflight; // the maps on screen are about to change: differentiate those
   if (!state.lastForward) await forward();
   if (!state.lastForward) return;
   const dout = lossGradient(), x = state.lastInput, w = state.lastWeights;
@@ -907,7 +921,11 @@ function init() {
   $("add-filter").onclick = () => { addFilter("random"); invalidate(); writeUrl(); };
   $("run-forward").onclick = forward;
   $("authorization").value = sessionStorage.getItem("convengine-api-key") || "";
-  $("authorization").onchange = () => { sessionStorage.setItem("convengine-api-key", $("authorization").value.trim()); forward(); };
+  $("authorization").onchange = () => {
+    const key = $("authorization").value.trim();
+    if (key === (sessionStorage.getItem("convengine-api-key") || "")) return; // nothing new to try
+    sessionStorage.setItem("convengine-api-key", key); forward();
+  };
   $("run-backward").onclick = backward;
   $("loss").onchange = () => { showApplicable(); invalidateBackward(); writeUrl(); };
   const repick = () => { if (state.lastForward) { placePixel({ f: Number($("loss-map").value), i: Number($("pixel-row").value), j: Number($("pixel-col").value) }); invalidateBackward(); writeUrl(); } };

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page
 
-from convengine import conv, conv_backward, conv_transpose, conv_transpose_backward
+from convengine import conv, conv_backward, conv_transpose, conv_transpose_backward, explain
 
 from .test_access import _switch
 from .test_page import _array, _convolve
@@ -266,3 +266,34 @@ def test_transposed_groups_and_dilation(page):
         _array(page_, "window.playground.state.lastBackward.dw"), dw, atol=1e-4
     )
     assert problems == []
+
+
+@pytest.mark.parametrize("mode", ["conv2d", "transposed", "conv1d"])
+def test_the_size_and_cost_come_from_the_services_dry_run(page, mode):
+    page_, problems = page
+    if mode != "conv2d":
+        _switch(page_, mode)
+    posted: list[str] = []
+    page_.on(
+        "request", lambda r: posted.append(r.url.split("/", 3)[3]) if r.method == "POST" else None
+    )
+    _convolve(page_)
+    x, w, out = _arrays(page_)
+    operation = "conv_transpose" if mode == "transposed" else "forward"
+    hyper = page_.evaluate("window.playground.state.lastHyper")
+    plan = explain(operation, x=x.shape, w=w.shape, dtype="float32", **hyper)
+    assert plan.outputs["out"].shape == out.shape
+    lines = page_.inner_text("#arithmetic").splitlines()
+    assert lines[-1] == (
+        f"{plan.flops:,} flops, {plan.memory_bytes / 1024:.1f} KiB at most (POST /explain)"
+    )
+    assert lines[-2].endswith(f"= ({', '.join(map(str, out.shape))})")
+    assert posted == ["explain", "conv_transpose/forward" if mode == "transposed" else "forward"]
+    # A refused request is refused by the dry run: the arrays are never sent.
+    posted.clear()
+    page_.fill("#stride", "0")
+    page_.click("#run-forward")
+    page_.wait_for_function("document.getElementById('error-stride').textContent.length")
+    assert "greater than or equal to 1" in page_.inner_text("#error-stride")
+    assert posted == ["explain"]
+    assert [p for p in problems if "status of 422" not in p] == []
