@@ -486,10 +486,15 @@ async function forwardPass() {
   writeUrl();
   // The service's dry run first: the output's size and the cost, from shapes alone, refused
   // exactly as the real request would be (without sending the arrays).
+  // Only the latest pass draws: an answer to an older one, arriving late, is dropped.
+  const generation = (state.generation = (state.generation || 0) + 1);
   const plan = await post("/explain", { operation: mode().operation, x: { shape: x.shape, dtype: "float32" }, w: { shape: w.shape }, ...hp });
-  if (!plan || m !== $("mode").value) { invalidate(); return; }
+  if (generation !== state.generation) return;
+  if (!plan) { invalidate(); return; }
   const answer = await post(mode().forward, { x: wire(x), w: wire(w), ...hp });
-  if (!answer || m !== $("mode").value) { invalidate(); return; }
+  if (generation !== state.generation) return;
+  if (!answer) { invalidate(); return; }
+  const sameInput = state.lastInput && state.lastInput.shape.join(",") === x.shape.join(",");
   state.lastInput = x; state.lastWeights = w; state.lastHyper = hp;
   state.last = { x, w, hp, mode: m };
   state.lastForward = unb64(answer.out);
@@ -502,8 +507,12 @@ async function forwardPass() {
   for (let fi = 0; fi < f; fi++) select.add(new Option(`map ${fi}`, String(fi)));
   if (Number(keep) < f) select.value = keep;
   if (mode().rank === 1) drawSignals(); else drawMaps();
-  placePixel(state.pending || state.pixel || {}); state.pending = null;
-  if (m === "transposed") placeSource(state.source || {});
+  // The picked pixel stays while the maps keep their size; on new sizes it starts at the centre.
+  const sameSize = state.pickedOn === state.lastForward.shape.join(",");
+  placePixel(state.pending || (sameSize && state.pixel) || { f: state.pixel && state.pixel.f });
+  state.pending = null; state.pickedOn = state.lastForward.shape.join(",");
+  if (m === "transposed") placeSource(state.pendingSource || (sameInput && state.source) || {});
+  state.pendingSource = null;
   writeUrl();
 }
 
@@ -656,14 +665,15 @@ function writeArithmetic(x, w, hp, plan) {
 const PLOT = { w: 360, h: 150, left: 46, right: 8, top: 10, bottom: 22 };
 
 /** A line plot of values with its axis numbers, a layer for the kernel's window, and a readout. */
-function plotFigure(figure, { values, caption, name, valueAt }) {
+function plotFigure(figure, { values, caption, name, valueAt, small }) {
   figure.textContent = "";
+  const P = small ? { ...PLOT, w: 200, h: 110 } : PLOT;
   const n = values.length, scale = scaleOf(values, false);
   const lo = Math.min(0, scale.lo), hi = Math.max(0, scale.hi) > lo ? Math.max(0, scale.hi) : lo + 1;
-  const x = (i) => PLOT.left + ((i + 0.5) * (PLOT.w - PLOT.left - PLOT.right)) / n;
-  const y = (v) => PLOT.top + ((hi - v) * (PLOT.h - PLOT.top - PLOT.bottom)) / (hi - lo);
+  const x = (i) => P.left + ((i + 0.5) * (P.w - P.left - P.right)) / n;
+  const y = (v) => P.top + ((hi - v) * (P.h - P.top - P.bottom)) / (hi - lo);
   const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("viewBox", `0 0 ${PLOT.w} ${PLOT.h}`); svg.setAttribute("class", "plot");
+  svg.setAttribute("viewBox", `0 0 ${P.w} ${P.h}`); svg.setAttribute("class", "plot");
   svg.setAttribute("role", "img"); svg.setAttribute("aria-label", `${name}: ${n} values from ${fmt(scale.lo)} to ${fmt(scale.hi)}`);
   const el = (tag, attrs, text) => {
     const e = document.createElementNS(SVG, tag);
@@ -672,20 +682,22 @@ function plotFigure(figure, { values, caption, name, valueAt }) {
     svg.append(e); return e;
   };
   const layer = el("g", { class: "window" });
-  el("line", { x1: PLOT.left, x2: PLOT.w - PLOT.right, y1: y(0), y2: y(0), class: "axis" });
-  el("line", { x1: PLOT.left, x2: PLOT.left, y1: PLOT.top, y2: PLOT.h - PLOT.bottom, class: "axis" });
-  [hi, 0, lo].filter((v, i, all) => all.indexOf(v) === i).forEach((v) => {
-    el("text", { x: PLOT.left - 4, y: y(v) + 3, class: "tick y" }, fmt(v));
+  el("line", { x1: P.left, x2: P.w - P.right, y1: y(0), y2: y(0), class: "axis" });
+  el("line", { x1: P.left, x2: P.left, y1: P.top, y2: P.h - P.bottom, class: "axis" });
+  // Zero is marked unless it is an end already, or so near one that the numbers would overlap.
+  [hi, 0, lo].filter((v) => v !== 0 || (Math.abs(y(0) - y(lo)) > 12 && Math.abs(y(0) - y(hi)) > 12) || lo === 0 || hi === 0)
+    .filter((v, i, all) => all.indexOf(v) === i).forEach((v) => {
+    el("text", { x: P.left - 4, y: y(v) + 3, class: "tick y" }, fmt(v));
   });
-  el("text", { x: x(0), y: PLOT.h - 6, class: "tick x" }, "0");
-  el("text", { x: x(n - 1), y: PLOT.h - 6, class: "tick x" }, String(n - 1));
+  el("text", { x: x(0), y: P.h - 6, class: "tick x" }, "0");
+  el("text", { x: x(n - 1), y: P.h - 6, class: "tick x" }, String(n - 1));
   el("polyline", { points: Array.from(values, (v, i) => `${x(i).toFixed(2)},${y(v).toFixed(2)}`).join(" "), class: "line" });
   Array.from(values).forEach((v, i) => el("circle", { cx: x(i), cy: y(v), r: n > 40 ? 1.6 : 2.4, class: "point" }));
   const readout = document.createElement("output"); readout.className = "readout";
   readout.textContent = "hover for values";
   svg.addEventListener("mousemove", (event) => {
-    const box = svg.getBoundingClientRect(), u = ((event.clientX - box.left) / box.width) * PLOT.w;
-    const i = Math.min(n - 1, Math.max(0, Math.floor(((u - PLOT.left) / (PLOT.w - PLOT.left - PLOT.right)) * n)));
+    const box = svg.getBoundingClientRect(), u = ((event.clientX - box.left) / box.width) * P.w;
+    const i = Math.min(n - 1, Math.max(0, Math.floor(((u - P.left) / (P.w - P.left - P.right)) * n)));
     readout.textContent = valueAt(i);
   });
   svg.addEventListener("mouseleave", () => { readout.textContent = "hover for values"; });
@@ -826,7 +838,7 @@ function drawGradients1d(summed, { planes }) {
   const box = $("dw"); box.textContent = "";
   planes.forEach((plane, fi) => {
     const figure = document.createElement("figure");
-    plotFigure(figure, { values: plane, name: `dw of filter ${fi}`, caption: `dw[${fi}]`, valueAt: (i) => `dw[${fi}, 0, ${i}] = ${fmt(plane[i])}` })
+    plotFigure(figure, { values: plane, name: `dw of filter ${fi}`, caption: `dw[${fi}]`, small: true, valueAt: (i) => `dw[${fi}, 0, ${i}] = ${fmt(plane[i])}` })
       .svg.classList.add("small");
     box.append(figure);
   });
@@ -874,7 +886,7 @@ function readUrl() {
   }
   const ints = (name) => (q.get(name) || "").split(",").map(Number);
   if (q.get("pixel")) { const [f, i, j] = ints("pixel"); state.pending = { f, i, j }; }
-  if (q.get("source")) { const [i, j] = ints("source"); state.source = { i, j }; }
+  if (q.get("source")) { const [i, j] = ints("source"); state.pendingSource = { i, j }; }
 }
 
 // --- wiring ----------------------------------------------------------------------------------
@@ -916,7 +928,7 @@ function init() {
   };
   $("sample").onchange = () => { loadSample($("sample").value); forward(); };
   $("upload").onchange = (event) => { if (event.target.files[0]) loadUpload(event.target.files[0]); };
-  $("channels").onchange = () => { loadSample($("sample").value); forward(); };
+  $("channels").onchange = forward;
   $("ksize").onchange = renderFilters;
   $("add-filter").onclick = () => { addFilter("random"); invalidate(); writeUrl(); };
   $("run-forward").onclick = forward;

@@ -156,13 +156,9 @@ def test_one_d_kernel_slides_by_slider_keys_and_play(page):
     assert out.shape == (1, 3, 32)
     step = _plot_points(page_, "#input-figure")[1, 0] - _plot_points(page_, "#input-figure")[0, 0]
     points = _plot_points(page_, "#input-figure")
-    # The picked position is kept over a new pass, clamped to the new length.
-    assert page_.input_value("#position") == "31"
-    page_.evaluate(
-        "(() => { const p = document.getElementById('position'); p.value = '16';"
-        " p.dispatchEvent(new Event('input')); })()"
-    )
-    # Output position 16 reads input 16*2 - 2 + (0, 2, 4) = 30, 32, 34.
+    # A new length: the picked position starts again at the middle, 16 of 32, which reads
+    # input 16*2 - 2 + (0, 2, 4) = 30, 32, 34.
+    assert page_.input_value("#position") == "16"
     left, width, taps = _band(page_)
     assert taps == pytest.approx([points[30, 0], points[32, 0], points[34, 0]], abs=0.02)
     assert width == pytest.approx(5 * step, abs=0.02)

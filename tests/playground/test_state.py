@@ -208,3 +208,32 @@ def test_a_url_with_nonsense_falls_back_to_what_it_can(browser, base_url):
         assert page.locator(".filter").count() == 3
     finally:
         page.close()
+
+
+def test_a_late_answer_to_an_older_pass_is_not_drawn(page):
+    """Two passes in flight, the first answered last: the page shows the second."""
+    page_, problems = page
+    page_.evaluate(
+        """() => {
+            const real = window.fetch; let first = true;
+            window.fetch = async (url, options) => {
+                const response = await real(url, options);
+                if (url === "/forward" && first) {
+                    first = false; await new Promise((r) => setTimeout(r, 800));
+                }
+                return response;
+            };
+        }"""
+    )
+    page_.fill("#stride", "2")
+    page_.fill("#padding", "1")
+    page_.evaluate("window.playground.state.lastForward = null")
+    page_.click("#run-forward")  # stride 2: answered late
+    page_.fill("#stride", "1")
+    page_.click("#run-forward")  # stride 1
+    page_.wait_for_function("window.playground.state.lastForward")
+    page_.wait_for_timeout(1200)  # the late answer has come and gone
+    assert _array(page_, "window.playground.state.lastForward").shape == (1, 3, 49, 49)
+    assert "= (1, 3, 49, 49)" in page_.inner_text("#arithmetic")
+    assert page_.evaluate("window.playground.state.lastHyper.stride") == 1
+    assert problems == []
