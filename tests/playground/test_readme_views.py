@@ -62,6 +62,10 @@ def test_transposed_view(page):
     page_.dispatch_event("#source-col", "change")
     out = _array(page_, "window.playground.state.lastForward")
     assert out.shape == (1, 2, 34, 34)
+    assert page_.evaluate("window.playground.state.source") == {"i": 6, "j": 8}
+    assert page_.inner_text("#probe-hint").startswith(
+        "Click the input, or type a row and column: input pixel (6, 8)"
+    )
     _save(page_, "transposed")
     assert problems == []
 
