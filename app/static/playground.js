@@ -494,7 +494,6 @@ async function forwardPass() {
   const answer = await post(mode().forward, { x: wire(x), w: wire(w), ...hp });
   if (generation !== state.generation) return;
   if (!answer) { invalidate(); return; }
-  const sameInput = state.lastInput && state.lastInput.shape.join(",") === x.shape.join(",");
   state.lastInput = x; state.lastWeights = w; state.lastHyper = hp;
   state.last = { x, w, hp, mode: m };
   state.lastForward = unb64(answer.out);
@@ -511,7 +510,7 @@ async function forwardPass() {
   const sameSize = state.pickedOn === state.lastForward.shape.join(",");
   placePixel(state.pending || (sameSize && state.pixel) || { f: state.pixel && state.pixel.f });
   state.pending = null; state.pickedOn = state.lastForward.shape.join(",");
-  if (m === "transposed") placeSource(state.pendingSource || (sameInput && state.source) || {});
+  if (m === "transposed") placeSource(state.pendingSource || state.source || {});
   state.pendingSource = null;
   writeUrl();
 }
@@ -912,7 +911,7 @@ function setMode(m, withDefaults) {
     $("ksize").value = "3";
     state.filters = mode().filters.map((preset) => ({ preset }));
   }
-  if (m !== "transposed") state.source = null;
+  state.source = null; // a transposed view starts at the input's middle pixel
   showApplicable();
 }
 
