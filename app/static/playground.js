@@ -422,7 +422,7 @@ function mapFigure(figure, { plane, h, w, scale, colours, caption, name, valueAt
   canvas.addEventListener("mouseleave", () => { readout.textContent = "hover for values"; });
   const cap = document.createElement("figcaption"); cap.textContent = caption;
   figure.append(stage, scaleBar(scale), readout, cap);
-  return { canvas, layer, readout };
+  return { canvas, layer, readout, valueAt };
 }
 
 /** The pixel under the pointer. offsetX/Y and clientWidth/Height both leave the border out. */
@@ -581,6 +581,9 @@ function placePixel({ f, i, j }) {
   $("pixel-col").value = pixel.j; $("pixel-col").max = wo - 1;
   $("position").max = wo - 1; $("position").value = pixel.j;
   $("loss-pixel").textContent = rank === 2 ? `pixel (${pixel.i}, ${pixel.j}) of map ${pixel.f}` : `position ${pixel.j} of map ${pixel.f}`;
+  // The picked value in its map's readout: what a pointer would show, for the keyboard too.
+  const picked = state.outputFigures[pixel.f];
+  picked.readout.textContent = rank === 2 ? picked.valueAt(pixel.i, pixel.j) : picked.valueAt(pixel.j);
   if (rank === 1) { drawWindow(); return; }
   state.outputFigures.forEach((fig, fi) => {
     const boxes = fi === pixel.f ? [{ top: pixel.i, left: pixel.j, bottom: pixel.i, right: pixel.j, cls: "picked" }] : [];
@@ -702,7 +705,7 @@ function plotFigure(figure, { values, caption, name, valueAt, small }) {
   svg.addEventListener("mouseleave", () => { readout.textContent = "hover for values"; });
   const cap = document.createElement("figcaption"); cap.textContent = caption;
   figure.append(svg, readout, cap);
-  return { svg, layer, x, y, values };
+  return { svg, layer, x, y, values, readout, valueAt };
 }
 
 function drawSignals() {

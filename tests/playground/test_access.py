@@ -96,6 +96,10 @@ def test_the_page_works_from_the_keyboard_alone(page):
     page_.keyboard.type("10")
     page_.keyboard.press("Tab")  # change fires on leaving the field
     assert page_.inner_text("#loss-pixel") == "pixel (10, 24) of map 0"
+    value = page_.evaluate("window.playground.state.lastForward.data[10 * 49 + 24]")
+    shown = page_.inner_text("#outputs figure:nth-child(1) .readout")
+    assert shown.startswith("out[0, 0, 10, 24] = ")
+    assert float(shown.split(" = ")[1]) == pytest.approx(value, rel=2e-3, abs=1e-6)
     field = page_.locator("#input-figure svg.overlay rect.field")
     assert (field.get_attribute("y"), field.get_attribute("x")) == ("9", "23")
     # Backpropagate by keyboard.
