@@ -582,6 +582,7 @@ function placePixel({ f, i, j }) {
   $("position").max = wo - 1; $("position").value = pixel.j;
   $("loss-pixel").textContent = rank === 2 ? `pixel (${pixel.i}, ${pixel.j}) of map ${pixel.f}` : `position ${pixel.j} of map ${pixel.f}`;
   // The picked value in its map's readout: what a pointer would show, for the keyboard too.
+  state.outputFigures.forEach((fig) => { fig.readout.textContent = "hover for values"; });
   const picked = state.outputFigures[pixel.f];
   picked.readout.textContent = rank === 2 ? picked.valueAt(pixel.i, pixel.j) : picked.valueAt(pixel.j);
   if (rank === 1) { drawWindow(); return; }

@@ -139,3 +139,12 @@ def test_axe_does_see_a_missing_label_and_poor_contrast(page):
     assert found["label"]["impact"] == "critical"
     assert found["label"]["targets"] == ["#stride"]
     assert found["color-contrast"]["impact"] == "serious"
+
+
+def test_only_the_picked_maps_readout_holds_a_value(page):
+    page_, _ = page
+    page_.select_option("#loss-map", "2")
+    page_.dispatch_event("#loss-map", "change")
+    readouts = page_.locator("#outputs .readout").all_inner_texts()
+    assert readouts[:2] == ["hover for values"] * 2
+    assert readouts[2].startswith("out[0, 2, 24, 24] = ")
