@@ -31,6 +31,16 @@ def _canvas(page: Page, selector: str) -> np.ndarray:
     return np.array(data, dtype=np.uint8).reshape(height, width, 4)
 
 
+RED, BLUE = np.array([178, 24, 43]), np.array([33, 102, 172])
+
+
+def diverging(plane: np.ndarray) -> np.ndarray:
+    """The page's diverging colour map, written out again: (H, W) -> (H, W, 3) RGB."""
+    t = plane / np.abs(plane).max()
+    end = np.where(t[..., None] >= 0, RED, BLUE)
+    return np.round(255 + (end - 255) * np.abs(t)[..., None]).astype(int)
+
+
 def _convolve(page: Page) -> None:
     page.evaluate("window.playground.state.lastForward = null")
     page.click("#run-forward")
@@ -57,10 +67,18 @@ def test_sobel_feature_map_is_what_the_engine_computes(page):
     np.testing.assert_array_equal(w[0, 0], [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]])
     expected = conv2d(x, w, padding=1)
     np.testing.assert_array_equal(_array(page_, "window.playground.state.lastForward"), expected)
-    # What the page shows: the map scaled from its minimum (black) to its maximum (white).
+    # What the page shows: signed data on a diverging scale, white at zero, red above, blue below.
     plane = expected[0, 0]
-    grey = np.round((plane - plane.min()) / (plane.max() - plane.min()) * 255)
     shown = _canvas(page_, 'canvas.feature-map[data-filter="0"]')
+    assert np.abs(shown[..., :3].astype(int) - diverging(plane)).max() <= 1
+    # ...and its colour scale's numbers: -max|out|, 0, max|out|.
+    ticks = page_.locator("#outputs figure").nth(0).locator(".ticks span").all_inner_texts()
+    m = np.abs(plane).max()
+    assert [float(t) for t in ticks] == pytest.approx([-m, 0, m], rel=1e-3)
+    # A map of one sign (the Gaussian's) stays grey, from its minimum to its maximum.
+    gauss = expected[0, 2]
+    grey = np.round((gauss - gauss.min()) / (gauss.max() - gauss.min()) * 255)
+    shown = _canvas(page_, 'canvas.feature-map[data-filter="2"]')
     assert np.abs(shown[..., 0].astype(int) - grey).max() <= 1
     assert problems == []
 
