@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from math import prod
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -16,10 +17,15 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._conv import as_float_dtype
-from ._functional import backward, forward, transposed_backward, transposed_forward
-from ._geometry import ConvGeometry, TransposedGeometry
+from . import _tensors
+from ._dtypes import TensorType, answer_type, tensor_type
 from ._hyperparameters import CONV_HYPERPARAMETERS, TRANSPOSED_HYPERPARAMETERS
+from ._public import (
+    backward_kernel,
+    forward_kernel,
+    transposed_backward_kernel,
+    transposed_kernel,
+)
 
 __all__ = [
     "OPERATIONS",
@@ -174,25 +180,42 @@ class Operation:
         every = geometry.shapes()
         return {name: every[name] for name in (*self.inputs, *self.outputs)}
 
-    def cost(self, geometry: Geometry, dtype: DTypeLike) -> Cost:
-        """What a call on arrays of ``dtype`` (x's: every array takes it) holds and computes.
+    def cost(self, geometry: Geometry, dtype: DTypeLike | str) -> Cost:
+        """What a call on arrays of ``dtype`` (x's: every array takes it; a name such as
+        "bfloat16" will do) holds and computes.
 
-        The optional inputs are counted as sent."""
-        itemsize = np.dtype(dtype).itemsize
+        The optional inputs are counted as sent. Half-precision arrays are computed in
+        float32, complex ones as four real products of their parts (see ``_tensors``):
+        the work counts the kernels' in their computing dtype and the adaptation's."""
+        kind = tensor_type(dtype, "x")
         shapes = self.shapes(geometry)
         inputs = sum(prod(shapes[name]) for name in self.inputs)
         outputs = sum(prod(shapes[name]) for name in self.outputs)
+        kernels = geometry.work_elements() * kind.compute.itemsize
+        adapting = _tensors.adaptation_bytes(kind, inputs, outputs) if kernels else 0
         return Cost(
-            input_bytes=inputs * itemsize,
-            work_bytes=geometry.work_elements() * itemsize,
-            output_bytes=outputs * itemsize,
+            input_bytes=inputs * kind.itemsize,
+            work_bytes=kernels + adapting,
+            output_bytes=outputs * kind.itemsize,
             output_elements=outputs,
-            flops=geometry.flops() * self.passes,
+            flops=geometry.flops() * self.passes * kind.products,
         )
 
-    def explain(self, geometry: Geometry, dtype: DTypeLike) -> Explanation:
+    def answer_type(self, dtypes: Mapping[str, DTypeLike | str]) -> TensorType:
+        """The dtype of the answer to inputs of these dtypes (by name): x's, which every
+        array takes; DTypeError for a dtype the engine does not take, or a complex array
+        beside a real x."""
+        return answer_type(dtypes)
+
+    def ndims(self, name: str, rank: int) -> tuple[int, ...]:
+        """The numbers of axes array ``name`` may have in a layer of ``rank`` spatial axes:
+        one fewer too for a batched array (one sample, without its batch axis)."""
+        ndim = self.arrays[name].ndim(rank)
+        return (ndim, ndim - 1) if name in _tensors.BATCHED else (ndim,)
+
+    def explain(self, geometry: Geometry, dtype: DTypeLike | str) -> Explanation:
         """What a call on a planned geometry, with arrays of ``dtype``, answers and costs."""
-        name = as_float_dtype(dtype, "x").name
+        name = tensor_type(dtype, "x").name
         shapes = self.shapes(geometry)
         cost = self.cost(geometry, name)
         return Explanation(
@@ -203,48 +226,14 @@ class Operation:
         )
 
 
-def _plan_forward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
-    geometry = ConvGeometry.build(shapes["x"], shapes["w"], **hyper)
-    if "b" in shapes:
-        geometry.check_bias(shapes["b"])
-    return geometry
-
-
-def _run_forward(geometry: ConvGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
-    return {"out": forward(arrays["x"], arrays["w"], arrays.get("b"), geometry)}
-
-
-def _plan_backward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
-    geometry = ConvGeometry.build(shapes["x"], shapes["w"], **hyper)
-    geometry.check_dout(shapes["dout"])
-    return geometry
-
-
-def _run_backward(geometry: ConvGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
-    dx, dw, db = backward(arrays["dout"], arrays["x"], arrays["w"], geometry)
-    return {"dx": dx, "dw": dw, "db": db}
-
-
-def _plan_transposed(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
-    geometry = ConvGeometry.transposed(shapes["x"], shapes["w"], **hyper)
-    if "b" in shapes:
-        geometry.check_bias(shapes["b"])
-    return geometry
-
-
-def _run_transposed(geometry: TransposedGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
-    return {"out": transposed_forward(arrays["x"], arrays["w"], arrays.get("b"), geometry)}
-
-
-def _plan_transposed_backward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
-    geometry = ConvGeometry.transposed(shapes["x"], shapes["w"], **hyper)
-    geometry.check_dout(shapes["dout"])
-    return geometry
-
-
-def _run_transposed_backward(geometry: TransposedGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
-    dx, dw, db = transposed_backward(arrays["dout"], arrays["x"], arrays["w"], geometry)
-    return {"dx": dx, "dw": dw, "db": db}
+# Planned and run by the tensor layer (``_tensors``): one sample or an empty batch, and every
+# dtype, on the strict kernels, which take batched float32/float64 arrays only.
+_plan_conv = partial(_tensors.plan, "conv")
+_plan_transposed = partial(_tensors.plan, "transposed")
+_run_forward = partial(_tensors.run, forward_kernel, ("out",))
+_run_backward = partial(_tensors.run, backward_kernel, ("dx", "dw", "db"))
+_run_transposed = partial(_tensors.run, transposed_kernel, ("out",))
+_run_transposed_backward = partial(_tensors.run, transposed_backward_kernel, ("dx", "dw", "db"))
 
 
 _CONV = {
@@ -290,7 +279,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 summed=frozenset(),
                 hyperparameters=CONV_HYPERPARAMETERS,
                 arrays=_described(_CONV, "x", "w", "b", "out"),
-                plan=_plan_forward,
+                plan=_plan_conv,
                 run=_run_forward,
                 passes=1,
                 example={
@@ -314,7 +303,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 summed=frozenset({"dw", "db"}),
                 hyperparameters=CONV_HYPERPARAMETERS,
                 arrays=_described(_CONV, "dout", "x", "w", "dx", "dw", "db"),
-                plan=_plan_backward,
+                plan=_plan_conv,
                 run=_run_backward,
                 passes=2,
                 example={
@@ -358,7 +347,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 summed=frozenset({"dw", "db"}),
                 hyperparameters=TRANSPOSED_HYPERPARAMETERS,
                 arrays=_described(_TRANSPOSED, "dout", "x", "w", "dx", "dw", "db"),
-                plan=_plan_transposed_backward,
+                plan=_plan_transposed,
                 run=_run_transposed_backward,
                 passes=3,  # a convolution's forward pass, and its backward for dw
                 example={
