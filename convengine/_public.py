@@ -175,22 +175,27 @@ def conv_transpose_backward(
 
 def _on_geometry(
     kernel: _tensors.Kernel,
-    geometry: ConvGeometry | TransposedGeometry,
+    outputs: tuple[str, ...],
+    geometry: ConvGeometry | TransposedGeometry | _tensors.TensorGeometry,
     arrays: dict[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """``kernel`` on arrays of any dtype the engine takes, for a geometry already built."""
+    """``kernel`` on arrays of any dtype the engine takes, for a geometry already built: the
+    kernels' own (batched), or the table's (:class:`~convengine._tensors.TensorGeometry`,
+    which plans one sample and empty batches too)."""
+    if isinstance(geometry, _tensors.TensorGeometry):
+        return _tensors.run(kernel, outputs, geometry, arrays)
     kind = answer_type({name: array.dtype for name, array in arrays.items()})
     return _tensors.typed(kernel, geometry, arrays, kind)
 
 
 def forward(x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: ConvGeometry) -> np.ndarray:
-    """:func:`conv` for a geometry already built (batched): the arrays are checked against it.
+    """:func:`conv` for a geometry already built: the arrays are checked against it.
 
-    For callers that validate a request once and must not size it twice; every dtype of
-    :func:`conv`. x (N, C, *spatial), w (F, C/groups, *kernel), b (F,) or None
-    -> out (N, F, *out)
+    For callers that validate a request once and must not size it twice (a geometry of the
+    table's plans takes one sample and empty batches too); every dtype of :func:`conv`.
+    x (N, C, *spatial), w (F, C/groups, *kernel), b (F,) or None -> out (N, F, *out)
     """
-    return _on_geometry(forward_kernel, geometry, _arrays(x=x, w=w, b=b))["out"]
+    return _on_geometry(forward_kernel, ("out",), geometry, _arrays(x=x, w=w, b=b))["out"]
 
 
 def backward(
@@ -200,14 +205,15 @@ def backward(
 
     dout (N, F, *out), x (N, C, *spatial), w (F, C/groups, *kernel) -> dx, dw, db
     """
-    return _gradients(_on_geometry(backward_kernel, geometry, _arrays(dout=dout, x=x, w=w)))
+    arrays = _arrays(dout=dout, x=x, w=w)
+    return _gradients(_on_geometry(backward_kernel, _GRADIENTS, geometry, arrays))
 
 
 def transposed_forward(
     x: ArrayLike, w: ArrayLike, b: ArrayLike | None, geometry: TransposedGeometry
 ) -> np.ndarray:
     """:func:`conv_transpose` for a geometry already built; the arrays are checked against it."""
-    return _on_geometry(transposed_kernel, geometry, _arrays(x=x, w=w, b=b))["out"]
+    return _on_geometry(transposed_kernel, ("out",), geometry, _arrays(x=x, w=w, b=b))["out"]
 
 
 def transposed_backward(
@@ -215,4 +221,4 @@ def transposed_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`conv_transpose_backward` for a geometry already built."""
     arrays = _arrays(dout=dout, x=x, w=w)
-    return _gradients(_on_geometry(transposed_backward_kernel, geometry, arrays))
+    return _gradients(_on_geometry(transposed_backward_kernel, _GRADIENTS, geometry, arrays))

@@ -249,10 +249,10 @@ def _typed(value: dict[str, Any], name: str, budget: Budget) -> np.ndarray:
     flat = array_from_lists(value["data"], name, number, ("body", name, "data"))
     needed = math.prod(shape) * parts
     if flat.size != needed or flat.ndim != 1:
-        each = " (each complex number as its real and imaginary parts)" if parts == 2 else ""
+        each = f" of {dtype.name}, each its real and imaginary parts," if parts == 2 else ""
         raise InvalidInput(
-            f"{name}.data holds {flat.size} numbers but shape {list(shape)} of {dtype.name} "
-            f"needs {needed} in a flat list{each}",
+            f"{name}.data holds {flat.size} numbers but shape {list(shape)}{each} needs "
+            f"{needed} in a flat list",
             loc=("body", name, "data"),
         )
     return (flat.view(dtype) if parts == 2 else flat).reshape(shape)
