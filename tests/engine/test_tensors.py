@@ -22,7 +22,7 @@ from convengine import (
     conv_transpose_backward,
 )
 
-from ..tensors import DTYPES, dtype_of, sample
+from ..tensors import DTYPES, assert_rounded, dtype_of, sample
 from .oracle import oracle
 
 # name: (layer, x shape, w shape, hyperparameters), each rank, convolutions and transposed
@@ -45,15 +45,6 @@ OPERATION = {
     "conv": ("forward", "backward"),
     "transposed": ("conv_transpose", "conv_transpose_backward"),
 }
-# How far from the exactly rounded answer each dtype may be, in units of its own epsilon.
-_EPSILON = {
-    "float16": 2.0**-10,
-    "bfloat16": 2.0**-7,
-    "float32": 2.0**-23,
-    "float64": 2.0**-52,
-    "complex64": 2.0**-23,
-    "complex128": 2.0**-52,
-}
 
 
 def _arrays(rng, name, dtype, batch):
@@ -69,17 +60,6 @@ def _arrays(rng, name, dtype, batch):
     )
 
 
-def _close(got, want, dtype, scale):
-    """got (in dtype) within the dtype's rounding of the exact answer want: one unit in the
-    last place of the half types (their float32 sums rounded once), a few epsilons of the
-    inputs' scale otherwise."""
-    assert got.dtype == dtype_of(dtype), (got.dtype, dtype)
-    assert got.shape == want.shape
-    error = np.abs(got.astype(want.dtype) - want)
-    bound = _EPSILON[dtype] * (np.abs(want) + 64 * scale)
-    assert (error <= bound).all(), f"{dtype}: worst {error.max():.3g}, bound {bound.min():.3g}"
-
-
 def _check(name, dtype, batch, rng):
     layer, hyper, x, w, b = _arrays(rng, name, dtype, batch)
     run, gradients = FUNCTIONS[layer]
@@ -87,13 +67,13 @@ def _check(name, dtype, batch, rng):
     out = run(x, w, b, **hyper)
     want = oracle(forward, {"x": x, "w": w, "b": b}, hyper)["out"]
     scale = np.abs(x.astype(want.dtype)).max(initial=1) * np.abs(w.astype(want.dtype)).sum()
-    _close(out, want, dtype, scale)
+    assert_rounded(out, want, dtype, scale)
     dout = sample(rng, out.shape, dtype)
     got = dict(zip(("dx", "dw", "db"), gradients(dout, x, w, **hyper), strict=True))
     expected = oracle(backward, {"dout": dout, "x": x, "w": w}, hyper)
     scale = np.abs(dout.astype(want.dtype)).max(initial=1) * max(w.size, x.size)
     for key in ("dx", "dw", "db"):
-        _close(got[key], expected[key], dtype, scale)
+        assert_rounded(got[key], expected[key], dtype, scale)
     return out, got
 
 
@@ -141,7 +121,7 @@ def test_random_geometry_of_every_dtype(seed, c, f, size, k, stride, padding, dt
     hyper = dict(stride=stride, padding=padding, rounding="floor")
     want = oracle("forward", {"x": x, "w": w}, hyper)["out"]
     scale = np.abs(x.astype(want.dtype)).max() * np.abs(w.astype(want.dtype)).sum()
-    _close(conv(x, w, **hyper), want, dtype, scale)
+    assert_rounded(conv(x, w, **hyper), want, dtype, scale)
 
 
 @pytest.mark.parametrize("half", ["float16", "bfloat16"])
