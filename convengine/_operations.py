@@ -53,7 +53,7 @@ class Geometry(Protocol):
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """The layer's output, (N, channels, *out)."""
+        """The layer's output, (N, channels, *out), or (channels, *out) for one sample."""
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every array of the layer by name: inputs, outputs and gradients."""
@@ -148,8 +148,9 @@ class Operation:
     shape (:meth:`shapes`) and the cost (:meth:`cost`); ``run`` computes on arrays that fit
     it. ``model`` names it in the inference protocol, one model per rank.
     ``batched`` names the inputs and outputs whose first axis is the batch (one slice per
-    sample) and ``summed`` the outputs that are sums over the batch: a call split along the
-    batch concatenates the one and adds up the other.
+    sample; one sample may come without it, see ``_tensors``) and ``summed`` the outputs
+    that are sums over the batch: a call split along the batch concatenates the one and adds
+    up the other.
     """
 
     name: str  # the client's method

@@ -240,3 +240,12 @@ def test_bfloat16_is_named_without_its_package():
     by_name = OPERATIONS["forward"].cost(geometry, "bfloat16")
     assert by_name == OPERATIONS["forward"].cost(geometry, ml_dtypes.bfloat16)
     assert by_name.input_bytes == 2 * (4 + 3 + 1)  # x, w and b, two bytes each
+
+
+def test_every_operations_batch_arrays_are_the_layers():
+    """The tensor layer drops or empties the batch axis of BATCHED arrays: every operation's
+    batched arrays are among them."""
+    from convengine._tensors import BATCHED
+
+    for operation in OPERATIONS.values():
+        assert operation.batched <= BATCHED, operation.name
