@@ -18,7 +18,11 @@ One layer above the kernels, which stay strict: it plans and runs a call on
   conjugate Wirtinger derivative, times two), which for a layer linear in each input are
   ``dx = Bᵀ(dout, conj w)``, ``dw = Gᵀ(dout, conj x)`` and ``db = Σ dout``: the real
   backward pass applied to the conjugated partner. The tests check both PyTorch's answers
-  and central differences of that real loss (tests/engine/test_tensors.py).
+  and central differences of that real loss (tests/engine/test_tensors.py). Three products
+  (Gauss's trick, ``(xr + xi) ⋆ (wr + wi)`` for the imaginary part) were measured on an
+  8x32x32x32 layer with 3x3 kernels: a quarter faster, but 1.7 times the error in complex64
+  (8.6e-7 against 5.1e-7 of the largest value), its imaginary part a difference of larger
+  sums; four are kept, and the cost counts four.
 
 :class:`TensorGeometry` wraps the kernels' geometry and implements the table's ``Geometry``;
 :func:`plan` and :func:`run` are what the table's operations plan and run with.
