@@ -189,5 +189,6 @@ if __name__ == "__main__":
         main()
     else:
         configs = build()
-        CORPUS.write_text(json.dumps(configs, indent=1) + "\n")
+        lines = ",\n".join(json.dumps(config, sort_keys=True) for config in configs)
+        CORPUS.write_text(f"[\n{lines}\n]\n")  # one configuration a line
         print(f"{len(configs)} configurations written to {CORPUS}")
