@@ -87,13 +87,15 @@ class ArrayDoc:
 @dataclass(frozen=True)
 class Cost:
     """What one call holds and computes: its input arrays, its working memory at most and its
-    output arrays, in bytes; the output arrays' elements; floating-point operations."""
+    output arrays, in bytes; the output arrays' elements; floating-point operations; the
+    real numbers the outputs are written as in text (two per complex element)."""
 
     input_bytes: int
     work_bytes: int
     output_bytes: int
     output_elements: int
     flops: int
+    output_numbers: int = 0
 
     @property
     def memory_bytes(self) -> int:
@@ -200,6 +202,7 @@ class Operation:
             output_bytes=outputs * kind.itemsize,
             output_elements=outputs,
             flops=geometry.flops() * self.passes * kind.products,
+            output_numbers=outputs * (2 if kind.complex else 1),
         )
 
     def answer_type(self, dtypes: Mapping[str, DTypeLike | str]) -> TensorType:

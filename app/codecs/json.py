@@ -515,8 +515,8 @@ def _response_doc(operation: Operation) -> dict[str, Any]:
 
 
 def _answer_bytes(cost: Cost) -> int:
-    # Up to 24 characters a number, in orjson's growing buffer.
-    return 32 * cost.output_elements + ANSWER_OVERHEAD
+    # Up to 24 characters a number (two for a complex element), in orjson's growing buffer.
+    return 32 * max(cost.output_elements, cost.output_numbers) + ANSWER_OVERHEAD
 
 
 CODEC = Codec(

@@ -170,6 +170,10 @@ def test_the_library_costs_each_dtype_as_it_computes():
     assert half.input_bytes * 2 == single.input_bytes
     assert half.output_bytes * 2 == single.output_bytes
     assert convengine.explain("forward", x=(0, 8, 32, 32), w=(16, 8, 3, 3)).flops == 0
+    # A JSON answer writes two numbers per complex element, and reserves room for them.
+    complex_cost = records["complex64"].cost(geometry, "complex64")
+    assert complex_cost.output_numbers == 2 * complex_cost.output_elements
+    assert single.output_numbers == single.output_elements
 
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "hyper"), GRID.values(), ids=GRID)
