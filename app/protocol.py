@@ -154,7 +154,8 @@ def metadata(operation: Operation, rank: int) -> dict[str, Any]:
         "inputs": [tensor(name) for name in operation.inputs],
         "outputs": [tensor(name) for name in operation.outputs],
         "parameters": {
-            "datatypes": "FP32 or FP64, the same for every input; outputs follow x",
+            "datatypes": f"{', '.join(wire.DATATYPES)}, the same for every input; outputs "
+            "follow x (the protocol has no complex datatype)",
             "hyperparameters": forms,
         },
     }
@@ -212,11 +213,13 @@ def prepare(
         )
         decoded = wire.decode(operation, name, request, blob, budget)
         for array, value in decoded.arrays.items():
-            expected = operation.arrays[array].ndim(rank)
-            if value.ndim != expected:
+            expected = operation.ndims(array, rank)
+            if value.ndim not in expected:
+                forms = " or ".join(f"{ndim}-D" for ndim in expected)
+                one = ", or one sample without N" if len(expected) > 1 else ""
                 raise BadRequest(
-                    f"model {name} takes {rank}-D layers: input {array} must be {expected}-D "
-                    f"({operation.arrays[array].axes}), got shape {list(value.shape)}"
+                    f"model {name} takes {rank}-D layers: input {array} must be {forms} "
+                    f"({operation.arrays[array].axes}{one}), got shape {list(value.shape)}"
                 )
         validated = pipeline.validate(operation, decoded, settings)
         binary = all(wire.wants_binary(request, output) for output in wanted)

@@ -51,7 +51,8 @@ __all__ = [
 # Bounds far beyond any real layer; the work limits refuse big geometry long before these.
 _LIMIT = 1 << 20
 UNION_TAGS = frozenset({"int", "axes", "sides", "word"})
-DType = Literal["float32", "float64"]
+# Every dtype the engine takes (convengine._dtypes); the codecs carry each.
+DType = Literal["float16", "bfloat16", "float32", "float64", "complex64", "complex128"]
 
 
 def _axes_kind(value: Any) -> str:
@@ -253,12 +254,14 @@ class ConvRequest(_TextForms):
             geometry = self.operation.plan(
                 {name: spec.shape for name, spec in specs.items()}, self.engine_arguments()
             )
+            # Every array takes x's dtype; a complex one beside a real x is refused.
+            dtype = self.operation.answer_type({n: spec.dtype for n, spec in specs.items()})
         except ConvError as exc:
             kind = "dtype_error" if isinstance(exc, DTypeError) else "shape_error"
             raise PydanticCustomError(
                 kind, "{message}", {"message": exc.message, "field": exc.field}
             ) from exc
-        cost = self.operation.cost(geometry, specs["x"].dtype)  # every array takes x's dtype
+        cost = self.operation.cost(geometry, dtype.name)
         limits: WorkLimits | None = (info.context or {}).get("limits")
         if limits is not None:
             check_cost(cost, geometry.out_shape, limits)

@@ -7,6 +7,7 @@ import io
 import json
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 REQUEST_FORMS = ["nested", "typed", "b64", "multipart", "npz"]
@@ -25,14 +26,23 @@ def npz_bytes(compressed: bool = False, **arrays: Any) -> bytes:
     return stream.getvalue()
 
 
+def _numbers(array: np.ndarray) -> np.ndarray:
+    """An array as JSON numbers carry it: complex numbers as their real and imaginary parts
+    (the array's real view), bfloat16 widened to float32 (exactly)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.kind == "c":
+        return array.view(f"f{array.dtype.itemsize // 2}")
+    return array.astype(np.float32) if array.dtype == ml_dtypes.bfloat16 else array
+
+
 def _json_tensor(array: np.ndarray, form: str) -> Any:
     if form == "nested":
-        return array.tolist()
+        return _numbers(array).tolist()
     if form == "typed":
         return {
             "shape": list(array.shape),
             "dtype": array.dtype.name,
-            "data": array.ravel().tolist(),
+            "data": _numbers(array).ravel().tolist(),
         }
     raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
     return {
@@ -80,15 +90,20 @@ def request(
     }
 
 
+def _typed_array(array: np.ndarray) -> np.ndarray:
+    # .npy has no bfloat16: the service writes it as "<V2", as np.save does.
+    return array.view(ml_dtypes.bfloat16) if array.dtype.kind == "V" else array
+
+
 def read(response: Any, names: list[str]) -> dict[str, np.ndarray]:
     """The arrays of a 200 response, whatever its media type."""
     kind = response.headers["content-type"]
     if kind == "application/x-npy":
-        return {"out": np.load(io.BytesIO(response.content), allow_pickle=False)}
+        return {"out": _typed_array(np.load(io.BytesIO(response.content), allow_pickle=False))}
     if kind == "application/x-npz":
         with np.load(io.BytesIO(response.content), allow_pickle=False) as archive:
             assert sorted(archive.files) == sorted(names)
-            return {name: archive[name] for name in names}
+            return {name: _typed_array(archive[name]) for name in names}
     document = response.json()
     arrays = {}
     for name in names:
@@ -101,5 +116,8 @@ def read(response: Any, names: list[str]) -> dict[str, np.ndarray]:
                 raw, dtype=np.dtype(value["dtype"]).newbyteorder("<")
             ).reshape(value["shape"])
         else:
-            arrays[name] = np.array(value["data"], dtype=value["dtype"]).reshape(value["shape"])
+            dtype = np.dtype(value["dtype"])
+            parts = np.dtype(f"f{dtype.itemsize // 2}") if dtype.kind == "c" else dtype
+            data = np.array(value["data"], dtype=parts)
+            arrays[name] = (data.view(dtype) if dtype.kind == "c" else data).reshape(value["shape"])
     return arrays

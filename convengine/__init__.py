@@ -3,18 +3,7 @@ as im2col + GEMM on NumPy."""
 
 from ._errors import ConvError, DTypeError, ShapeError
 from ._explain import explain
-from ._functional import (
-    backward,
-    conv,
-    conv2d,
-    conv2d_backward,
-    conv_backward,
-    conv_transpose,
-    conv_transpose_backward,
-    forward,
-    transposed_backward,
-    transposed_forward,
-)
+from ._functional import conv2d, conv2d_backward
 from ._geometry import ConvGeometry, PaddingMode, Rounding, TransposedGeometry
 from ._hyperparameters import ConvOptions, LayerOptions, TransposedOptions
 from ._layer import Conv
@@ -27,6 +16,16 @@ from ._operations import (
     Explanation,
     Geometry,
     Operation,
+)
+from ._public import (
+    backward,
+    conv,
+    conv_backward,
+    conv_transpose,
+    conv_transpose_backward,
+    forward,
+    transposed_backward,
+    transposed_forward,
 )
 
 __all__ = [

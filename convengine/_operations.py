@@ -9,18 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from math import prod
 from types import MappingProxyType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._arrays import as_float_dtype
-from ._functional import backward, forward, transposed_backward, transposed_forward
+from . import _tensors
+from ._dtypes import TensorType, answer_type, tensor_type
 from ._geometry import ConvGeometry, TransposedGeometry
 from ._hyperparameters import CONV_HYPERPARAMETERS, TRANSPOSED_HYPERPARAMETERS
-from ._kernels import Pass, select, work_elements
+from ._kernels import Pass, select
+from ._public import (
+    backward_kernel,
+    forward_kernel,
+    transposed_backward_kernel,
+    transposed_kernel,
+)
+from ._tensors import TensorGeometry
 
 __all__ = [
     "OPERATIONS",
@@ -48,10 +56,13 @@ class Geometry(Protocol):
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """The layer's output, (N, channels, *out)."""
+        """The layer's output, (N, channels, *out), or (channels, *out) for one sample."""
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every array of the layer by name: inputs, outputs and gradients."""
+
+    def work_elements(self) -> int:
+        """Array elements one pass allocates at most, besides its inputs and outputs."""
 
     def flops(self) -> int:
         """Floating-point operations of one GEMM-sized pass."""
@@ -79,13 +90,15 @@ class ArrayDoc:
 @dataclass(frozen=True)
 class Cost:
     """What one call holds and computes: its input arrays, its working memory at most and its
-    output arrays, in bytes; the output arrays' elements; floating-point operations."""
+    output arrays, in bytes; the output arrays' elements; floating-point operations; the
+    real numbers the outputs are written as in text (two per complex element)."""
 
     input_bytes: int
     work_bytes: int
     output_bytes: int
     output_elements: int
     flops: int
+    output_numbers: int = 0
 
     @property
     def memory_bytes(self) -> int:
@@ -144,8 +157,9 @@ class Operation:
     shape (:meth:`shapes`) and the cost (:meth:`cost`); ``run`` computes on arrays that fit
     it. ``model`` names it in the inference protocol, one model per rank.
     ``batched`` names the inputs and outputs whose first axis is the batch (one slice per
-    sample) and ``summed`` the outputs that are sums over the batch: a call split along the
-    batch concatenates the one and adds up the other.
+    sample; one sample may come without it, see ``_tensors``) and ``summed`` the outputs
+    that are sums over the batch: a call split along the batch concatenates the one and adds
+    up the other.
     """
 
     name: str  # the client's method
@@ -177,98 +191,90 @@ class Operation:
         every = geometry.shapes()
         return {name: every[name] for name in (*self.inputs, *self.outputs)}
 
-    def cost(self, geometry: Geometry, dtype: DTypeLike) -> Cost:
-        """What a call on arrays of ``dtype`` (x's: every array takes it) holds and computes.
+    def cost(self, geometry: Geometry, dtype: DTypeLike | str) -> Cost:
+        """What a call on arrays of ``dtype`` (x's: every array takes it; a name such as
+        "bfloat16" will do) holds and computes.
 
-        The optional inputs are counted as sent."""
-        itemsize = np.dtype(dtype).itemsize
+        The optional inputs are counted as sent. Half-precision arrays are computed in
+        float32, complex ones as four real products of their parts (see ``_tensors``):
+        the work counts the kernels' in their computing dtype and the adaptation's."""
+        kind = tensor_type(dtype, "x")
         shapes = self.shapes(geometry)
         inputs = sum(prod(shapes[name]) for name in self.inputs)
         outputs = sum(prod(shapes[name]) for name in self.outputs)
+        kernels = geometry.work_elements() * kind.compute.itemsize
+        adapting = _tensors.adaptation_bytes(kind, inputs, outputs) if kernels else 0
         return Cost(
-            input_bytes=inputs * itemsize,
-            work_bytes=work_elements(cast(ConvGeometry | TransposedGeometry, geometry)) * itemsize,
-            output_bytes=outputs * itemsize,
+            input_bytes=inputs * kind.itemsize,
+            work_bytes=kernels + adapting,
+            output_bytes=outputs * kind.itemsize,
             output_elements=outputs,
-            flops=geometry.flops() * self.passes,
+            flops=geometry.flops() * self.passes * kind.products,
+            output_numbers=outputs * (2 if kind.complex else 1),
         )
 
-    def explain(self, geometry: Geometry, dtype: DTypeLike) -> Explanation:
+    def answer_type(self, dtypes: Mapping[str, DTypeLike | str]) -> TensorType:
+        """The dtype of the answer to inputs of these dtypes (by name): x's, which every
+        array takes; DTypeError for a dtype the engine does not take, or a complex array
+        beside a real x."""
+        return answer_type(dtypes)
+
+    def ndims(self, name: str, rank: int) -> tuple[int, ...]:
+        """The numbers of axes array ``name`` may have in a layer of ``rank`` spatial axes:
+        one fewer too for a batched array (one sample, without its batch axis)."""
+        ndim = self.arrays[name].ndim(rank)
+        return (ndim, ndim - 1) if name in _tensors.BATCHED else (ndim,)
+
+    def explain(self, geometry: Geometry, dtype: DTypeLike | str) -> Explanation:
         """What a call on a planned geometry, with arrays of ``dtype``, answers and costs."""
-        name = as_float_dtype(dtype, "x").name
+        kind = tensor_type(dtype, "x")
         shapes = self.shapes(geometry)
-        cost = self.cost(geometry, name)
+        cost = self.cost(geometry, kind.name)
         return Explanation(
             operation=self.name,
-            outputs={output: ArraySpec(shapes[output], name) for output in self.outputs},
+            outputs={output: ArraySpec(shapes[output], kind.name) for output in self.outputs},
             flops=cost.flops,
             memory_bytes=cost.memory_bytes,
-            path=self.kernel(geometry, np.dtype(name)),
+            # An empty batch runs no kernel; others run in their computing dtype.
+            path=self.kernel(geometry, kind.compute) if cost.flops else "empty",
         )
 
 
-def _kernel_forward(geometry: ConvGeometry, dtype: np.dtype) -> str:
-    return select(geometry, Pass.FORWARD, dtype).name
+def _convolution(geometry: TensorGeometry) -> ConvGeometry:
+    """The kernels' convolution of a layer: its own, or a transposed layer's, whose input
+    gradient the transposed layer is."""
+    core = geometry.core
+    return core.conv if isinstance(core, TransposedGeometry) else core
 
 
-def _kernel_backward(geometry: ConvGeometry, dtype: np.dtype) -> str:
-    return select(geometry, Pass.BACKWARD, dtype).name
+def _kernel_forward(geometry: TensorGeometry, dtype: np.dtype) -> str:
+    return select(_convolution(geometry), Pass.FORWARD, dtype).name
 
 
-def _kernel_transposed(geometry: TransposedGeometry, dtype: np.dtype) -> str:
-    # The input gradient of the convolution whose output gradient is x.
-    return select(geometry.conv, Pass.INPUT_GRADIENT, dtype).name
+def _kernel_backward(geometry: TensorGeometry, dtype: np.dtype) -> str:
+    return select(_convolution(geometry), Pass.BACKWARD, dtype).name
 
 
-def _kernel_transposed_backward(geometry: TransposedGeometry, dtype: np.dtype) -> str:
+def _kernel_transposed(geometry: TensorGeometry, dtype: np.dtype) -> str:
+    return select(_convolution(geometry), Pass.INPUT_GRADIENT, dtype).name
+
+
+def _kernel_transposed_backward(geometry: TensorGeometry, dtype: np.dtype) -> str:
     # dx is that convolution's forward pass, dw its weight gradient (roles exchanged).
-    dx = select(geometry.conv, Pass.FORWARD, dtype).name
-    dw = select(geometry.conv, Pass.WEIGHT_GRADIENT, dtype).name
+    conv = _convolution(geometry)
+    dx = select(conv, Pass.FORWARD, dtype).name
+    dw = select(conv, Pass.WEIGHT_GRADIENT, dtype).name
     return f"dx: {dx}, dw: {dw}"
 
 
-def _plan_forward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
-    geometry = ConvGeometry.build(shapes["x"], shapes["w"], **hyper)
-    if "b" in shapes:
-        geometry.check_bias(shapes["b"])
-    return geometry
-
-
-def _run_forward(geometry: ConvGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
-    return {"out": forward(arrays["x"], arrays["w"], arrays.get("b"), geometry)}
-
-
-def _plan_backward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
-    geometry = ConvGeometry.build(shapes["x"], shapes["w"], **hyper)
-    geometry.check_dout(shapes["dout"])
-    return geometry
-
-
-def _run_backward(geometry: ConvGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
-    dx, dw, db = backward(arrays["dout"], arrays["x"], arrays["w"], geometry)
-    return {"dx": dx, "dw": dw, "db": db}
-
-
-def _plan_transposed(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
-    geometry = ConvGeometry.transposed(shapes["x"], shapes["w"], **hyper)
-    if "b" in shapes:
-        geometry.check_bias(shapes["b"])
-    return geometry
-
-
-def _run_transposed(geometry: TransposedGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
-    return {"out": transposed_forward(arrays["x"], arrays["w"], arrays.get("b"), geometry)}
-
-
-def _plan_transposed_backward(shapes: Shapes, hyper: Mapping[str, Any]) -> Geometry:
-    geometry = ConvGeometry.transposed(shapes["x"], shapes["w"], **hyper)
-    geometry.check_dout(shapes["dout"])
-    return geometry
-
-
-def _run_transposed_backward(geometry: TransposedGeometry, arrays: Arrays) -> dict[str, np.ndarray]:
-    dx, dw, db = transposed_backward(arrays["dout"], arrays["x"], arrays["w"], geometry)
-    return {"dx": dx, "dw": dw, "db": db}
+# Planned and run by the tensor layer (``_tensors``): one sample or an empty batch, and every
+# dtype, on the strict kernels, which take batched float32/float64 arrays only.
+_plan_conv = partial(_tensors.plan, "conv")
+_plan_transposed = partial(_tensors.plan, "transposed")
+_run_forward = partial(_tensors.run, forward_kernel, ("out",))
+_run_backward = partial(_tensors.run, backward_kernel, ("dx", "dw", "db"))
+_run_transposed = partial(_tensors.run, transposed_kernel, ("out",))
+_run_transposed_backward = partial(_tensors.run, transposed_backward_kernel, ("dx", "dw", "db"))
 
 
 _CONV = {
@@ -314,7 +320,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 summed=frozenset(),
                 hyperparameters=CONV_HYPERPARAMETERS,
                 arrays=_described(_CONV, "x", "w", "b", "out"),
-                plan=_plan_forward,
+                plan=_plan_conv,
                 run=_run_forward,
                 kernel=_kernel_forward,
                 passes=1,
@@ -339,7 +345,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 summed=frozenset({"dw", "db"}),
                 hyperparameters=CONV_HYPERPARAMETERS,
                 arrays=_described(_CONV, "dout", "x", "w", "dx", "dw", "db"),
-                plan=_plan_backward,
+                plan=_plan_conv,
                 run=_run_backward,
                 kernel=_kernel_backward,
                 passes=2,
@@ -385,7 +391,7 @@ OPERATIONS: Mapping[str, Operation] = MappingProxyType(
                 summed=frozenset({"dw", "db"}),
                 hyperparameters=TRANSPOSED_HYPERPARAMETERS,
                 arrays=_described(_TRANSPOSED, "dout", "x", "w", "dx", "dw", "db"),
-                plan=_plan_transposed_backward,
+                plan=_plan_transposed,
                 run=_run_transposed_backward,
                 kernel=_kernel_transposed_backward,
                 passes=3,  # a convolution's forward pass, and its backward for dw

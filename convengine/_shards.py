@@ -59,11 +59,13 @@ class Limits:
 
 
 def batch_size(operation: Operation, arrays: Mapping[str, np.ndarray]) -> int | None:
-    """N, the first axis of every batched input; None if there is none or they disagree
-    (then the call goes whole, and the service names the problem)."""
+    """N, the first axis of every batched input; None if there is none or they disagree, or
+    x is one sample (then the call goes whole, and the service names any problem)."""
     present = [arrays[name] for name in sorted(operation.batched) if name in arrays]
     if not present or any(array.ndim == 0 for array in present):
         return None
+    if "x" in arrays and "w" in arrays and arrays["x"].ndim < arrays["w"].ndim:
+        return None  # one sample without its batch axis: nothing to split
     sizes = {array.shape[0] for array in present}
     return sizes.pop() if len(sizes) == 1 else None
 
@@ -196,7 +198,8 @@ class Assembly:
         self.parts[index] = outputs
 
     def result(self) -> dict[str, np.ndarray]:
-        """Batched outputs concatenated, summed ones added in float64, both in shard order."""
+        """Batched outputs concatenated, summed ones added in float64 (complex128 for complex
+        ones), both in shard order."""
         parts = [part for part in self.parts if part is not None]
         if len(parts) != len(self.parts):
             raise RuntimeError(f"{len(self.parts) - len(parts)} shards have no answer yet")
@@ -204,7 +207,8 @@ class Assembly:
         for name in self.operation.outputs:
             pieces = [part[name] for part in parts]
             if name in self.operation.summed:
-                total = np.zeros(pieces[0].shape, dtype=np.float64)
+                wide = np.complex128 if pieces[0].dtype.kind == "c" else np.float64
+                total = np.zeros(pieces[0].shape, dtype=wide)
                 for piece in pieces:
                     total += piece
                 result[name] = total.astype(pieces[0].dtype)

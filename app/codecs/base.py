@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import ml_dtypes
 import numpy as np
 from numpy.lib import format as npy_format
 
@@ -19,6 +20,8 @@ from convengine.npy_header import MAX_HEADER, parse_header
 
 __all__ = [
     "ANSWER_OVERHEAD",
+    "BFLOAT16",
+    "DTYPES",
     "MAX_NDIM",
     "Budget",
     "Codec",
@@ -29,6 +32,7 @@ __all__ = [
     "TensorStyle",
     "check_known",
     "check_names",
+    "file_dtype",
     "float_dtype",
     "npy_parts",
     "read_npy",
@@ -39,6 +43,20 @@ __all__ = [
 # protocol's binary data) are answered as nested lists.
 TensorStyle = Literal["nested", "typed", "b64", "file"]
 MAX_NDIM = 8
+# The dtypes arrays travel in, by their names (and the inference protocol's where it has
+# them). NumPy has no bfloat16: ml_dtypes' is a NumPy dtype like the others, whose casts
+# round to nearest even; a .npy of it is written with descr "<V2" (np.save does the same).
+BFLOAT16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+DTYPES: dict[str, np.dtype] = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": BFLOAT16,
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+    "complex64": np.dtype(np.complex64),
+    "complex128": np.dtype(np.complex128),
+}
+_ALIASES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64"}
+_LISTED = f"{', '.join(DTYPES)}"
 # A .npy header's bytes at most: magic, version, length field and the longest header read.
 _HEADER_BYTES = 12 + MAX_HEADER
 
@@ -166,15 +184,29 @@ def shape_of(value: object, name: str) -> tuple[int, ...]:
 
 
 def float_dtype(value: object, name: str, loc: tuple[str, ...]) -> np.dtype:
-    """float32 or float64 from a name ("float32", "FP32", ...) or a NumPy dtype."""
-    names = {"float32": np.float32, "fp32": np.float32, "float64": np.float64, "fp64": np.float64}
-    if isinstance(value, str) and value.lower() in names:
-        return np.dtype(names[value.lower()])
+    """A dtype the service takes (:data:`DTYPES`) from its name ("float16", "FP16", ...)."""
+    if isinstance(value, str):
+        key = value.lower()
+        key = _ALIASES.get(key, key)
+        if key in DTYPES:
+            return DTYPES[key]
     raise InvalidInput(
-        f"{name} has dtype {brief(value, 40)}; the service computes in float32 or float64",
+        f"{name} has dtype {brief(value, 40)}; the service takes {_LISTED}",
         loc=loc,
         type="dtype_error",
     )
+
+
+def file_dtype(dtype: np.dtype | None) -> np.dtype | None:
+    """The dtype of a .npy file's data, if the service takes it: "<f2", "<f4", "<f8",
+    "<c8", "<c16" (either byte order), and "V2" for bfloat16 (what np.save writes for an
+    ml_dtypes.bfloat16 array: .npy has no name for it)."""
+    if dtype is None:
+        return None
+    if dtype.kind == "V" and dtype.itemsize == 2 and dtype.names is None:
+        return BFLOAT16
+    known = dtype.kind in "fc" and dtype.newbyteorder("=").name in DTYPES
+    return dtype if known else None
 
 
 def read_npy(data: bytes | memoryview, name: str, budget: Budget | None) -> np.ndarray:
@@ -183,17 +215,19 @@ def read_npy(data: bytes | memoryview, name: str, budget: Budget | None) -> np.n
     ``budget`` is charged for the array unless the caller already charged for ``data``. The
     array is a read-only view of ``data`` when its byte order is native and its order C.
 
-    Only float32 and float64 (either byte order) are accepted; never pickles.
+    Only the dtypes of :func:`file_dtype` are accepted; never pickles.
     """
     try:
         header = parse_header(bytes(data[:_HEADER_BYTES]))
     except (ValueError, UnicodeDecodeError, struct.error) as exc:
         raise BadRequest(f"{name} is not a valid .npy file: {exc}", loc=("body", name)) from exc
-    shape, fortran_order, dtype = header.shape, header.fortran_order, header.dtype
-    if dtype is None or dtype.kind != "f" or dtype.itemsize not in (4, 8) or len(shape) > MAX_NDIM:
+    shape, fortran_order = header.shape, header.fortran_order
+    dtype = file_dtype(header.dtype)
+    if dtype is None or len(shape) > MAX_NDIM:
         raise InvalidInput(
-            f"{name} has dtype {_dtype_name(dtype)} and {len(shape)} dimensions; "
-            "the service takes float32 or float64 arrays",
+            f"{name} has dtype {_dtype_name(header.dtype)} and {len(shape)} dimensions; "
+            f"the service takes arrays of {_LISTED} (bfloat16 as descr '<V2', as np.save "
+            f"writes ml_dtypes.bfloat16)",
             loc=("body", name),
             type="dtype_error",
         )

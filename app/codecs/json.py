@@ -14,7 +14,7 @@ import math
 import re
 import secrets
 from functools import cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import orjson
@@ -27,6 +27,8 @@ from convengine import Cost, Operation
 
 from .base import (
     ANSWER_OVERHEAD,
+    BFLOAT16,
+    DTYPES,
     Budget,
     Codec,
     Decoded,
@@ -41,6 +43,9 @@ __all__ = ["CODEC", "MEDIA_TYPE", "array_from_lists", "decode", "encode", "wire_
 
 MEDIA_TYPE = "application/json"
 
+# Nested lists carry real numbers only, and never an empty axis (their shape would be lost).
+NestedDType = Literal["float16", "bfloat16", "float32", "float64"]
+NESTED_DTYPES: tuple[str, ...] = get_args(NestedDType)
 _TYPED_KEYS = {"shape", "dtype", "data"}
 _B64_KEYS = {"shape", "dtype", "b64"}
 
@@ -171,14 +176,22 @@ def default_dtype_of(document: dict[str, Any]) -> np.dtype:
 
 
 def _default_dtype(declared: object) -> np.dtype:
-    if declared not in ("float32", "float64"):
+    if declared in ("complex64", "complex128"):
         raise InvalidInput(
-            f"dtype must be 'float32' or 'float64' (the dtype of arrays sent as nested lists), "
-            f"got {brief(declared, 40)}",
+            f"dtype {declared}: nested lists cannot carry complex numbers; send each array as "
+            f'{{"shape", "dtype": "{declared}", "data"}} (real and imaginary parts interleaved) '
+            f'or {{"shape", "dtype", "b64"}}',
             loc=("body", "dtype"),
             type="literal_error",
         )
-    return np.dtype(str(declared))
+    if declared not in NESTED_DTYPES:
+        raise InvalidInput(
+            f"dtype must be one of {', '.join(NESTED_DTYPES)} (the dtype of arrays sent as "
+            f"nested lists), got {brief(declared, 40)}",
+            loc=("body", "dtype"),
+            type="literal_error",
+        )
+    return DTYPES[str(declared)]
 
 
 def _lenient(body: bytes, error: orjson.JSONDecodeError) -> Any:
@@ -198,22 +211,17 @@ def _tensor(
 ) -> tuple[np.ndarray, TensorStyle]:
     if isinstance(value, list):
         array = array_from_lists(value, name, default_dtype, ("body", name))
+        if array.size == 0:
+            raise InvalidInput(
+                f"{name} is an empty nested list: nested lists cannot carry an empty axis (an "
+                f"empty batch's shape is lost); send {name} as {{shape, dtype, data}} or "
+                f"{{shape, dtype, b64}}",
+                loc=("body", name),
+            )
         budget.take(array.nbytes, name)
         return array, "nested"
     if isinstance(value, dict) and set(value) == _TYPED_KEYS:
-        shape = shape_of(value["shape"], name)
-        dtype = float_dtype(value["dtype"], name, ("body", name, "dtype"))
-        budget.take(math.prod(shape) * dtype.itemsize, name)
-        if not isinstance(value["data"], list):
-            raise InvalidInput(f"{name}.data must be a list of numbers", loc=("body", name, "data"))
-        flat = array_from_lists(value["data"], name, dtype, ("body", name, "data"))
-        if flat.size != math.prod(shape):
-            raise InvalidInput(
-                f"{name}.data holds {flat.size} numbers but shape {list(shape)} needs "
-                f"{math.prod(shape)}",
-                loc=("body", name, "data"),
-            )
-        return flat.reshape(shape), "typed"
+        return _typed(value, name, budget), "typed"
     if isinstance(value, dict) and set(value) == _B64_KEYS:
         return _from_b64(value, name, budget, payloads), "b64"
     raise InvalidInput(
@@ -222,6 +230,28 @@ def _tensor(
         loc=("body", name),
         type="tensor_type",
     )
+
+
+def _typed(value: dict[str, Any], name: str, budget: Budget) -> np.ndarray:
+    """A typed tensor: flat row-major data, a complex number as its real and imaginary
+    parts one after the other (the array's view as real numbers)."""
+    shape = shape_of(value["shape"], name)
+    dtype = float_dtype(value["dtype"], name, ("body", name, "dtype"))
+    budget.take(math.prod(shape) * dtype.itemsize, name)
+    if not isinstance(value["data"], list):
+        raise InvalidInput(f"{name}.data must be a list of numbers", loc=("body", name, "data"))
+    parts = 2 if dtype.kind == "c" else 1
+    number = np.dtype(f"f{dtype.itemsize // parts}") if parts == 2 else dtype
+    flat = array_from_lists(value["data"], name, number, ("body", name, "data"))
+    needed = math.prod(shape) * parts
+    if flat.size != needed or flat.ndim != 1:
+        each = f" of {dtype.name}, each its real and imaginary parts," if parts == 2 else ""
+        raise InvalidInput(
+            f"{name}.data holds {flat.size} numbers but shape {list(shape)}{each} needs "
+            f"{needed} in a flat list",
+            loc=("body", name, "data"),
+        )
+    return (flat.view(dtype) if parts == 2 else flat).reshape(shape)
 
 
 def _describe(value: object) -> str:
@@ -302,8 +332,13 @@ def _from_b64(
 
 
 def encode(outputs: dict[str, np.ndarray], style: TensorStyle) -> bytes:
-    """The outputs as a JSON object, each tensor in ``style`` (binary requests: nested)."""
+    """The outputs as a JSON object, each tensor in ``style`` (binary requests: nested).
+
+    Complex numbers and empty arrays, which nested lists cannot carry, are answered as
+    typed tensors."""
     document: dict[str, Any] = {}
+    if style in ("nested", "file") and any(_not_nested(a) for a in outputs.values()):
+        style = "typed"
     payloads: dict[str, np.ndarray] = {}
     nonce = secrets.token_hex(8)
     for name, array in outputs.items():
@@ -326,13 +361,25 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle) -> bytes:
             document[name] = {
                 "shape": list(array.shape),
                 "dtype": array.dtype.name,
-                "data": array.ravel(),
+                "data": _numbers(array).ravel(),
             }
         else:
-            document[name] = array
+            document[name] = _numbers(array)
     if style in ("nested", "file"):
         document["dtype"] = next(iter(outputs.values())).dtype.name
     return _put_back(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), payloads)
+
+
+def _not_nested(array: np.ndarray) -> bool:
+    return array.dtype.kind == "c" or array.size == 0
+
+
+def _numbers(array: np.ndarray) -> np.ndarray:
+    """What orjson writes of an array: a complex one as its real view (each number's real
+    and imaginary parts), a bfloat16 one widened to float32 (exactly)."""
+    if array.dtype.kind == "c":
+        return array.view(f"f{array.dtype.itemsize // 2}")
+    return array.astype(np.float32) if array.dtype == BFLOAT16 else array
 
 
 def _put_back(text: bytes, payloads: dict[str, np.ndarray]) -> bytes:
@@ -367,7 +414,8 @@ NestedList = list[Any]
 
 
 class TypedTensor(BaseModel):
-    """A tensor in the inference protocol's layout: flat row-major data with its shape."""
+    """A tensor in the inference protocol's layout: flat row-major data with its shape; a
+    complex number as its real and imaginary parts, one after the other."""
 
     model_config = ConfigDict(extra="forbid")
     shape: list[Annotated[int, Field(ge=0)]]
@@ -389,9 +437,10 @@ Tensor = NestedList | TypedTensor | B64Tensor
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dtype: DType = Field(
+    dtype: NestedDType = Field(
         "float64",
-        description="dtype of arrays sent as nested lists (typed tensors carry their own)",
+        description="dtype of arrays sent as nested lists (typed tensors carry their own); "
+        "nested lists carry neither complex numbers nor empty axes",
     )
 
 
@@ -462,8 +511,8 @@ def _response_doc(operation: Operation) -> dict[str, Any]:
 
 
 def _answer_bytes(cost: Cost) -> int:
-    # Up to 24 characters a number, in orjson's growing buffer.
-    return 32 * cost.output_elements + ANSWER_OVERHEAD
+    # Up to 24 characters a number (two for a complex element), in orjson's growing buffer.
+    return 32 * max(cost.output_elements, cost.output_numbers) + ANSWER_OVERHEAD
 
 
 CODEC = Codec(

@@ -21,7 +21,7 @@ from app.errors import BadRequest, InvalidInput, PayloadTooLarge, brief
 from app.schemas import HYPERPARAMETERS, Hyperparameters
 from convengine import Operation
 
-from .base import Budget, Decoded
+from .base import DTYPES, Budget, Decoded
 from .json import array_from_lists
 
 __all__ = [
@@ -39,7 +39,13 @@ __all__ = [
     "wants_binary",
 ]
 
-DATATYPES: dict[str, np.dtype] = {"FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64)}
+DATATYPES: dict[str, np.dtype] = {
+    "FP16": DTYPES["float16"],
+    "BF16": DTYPES["bfloat16"],
+    "FP32": DTYPES["float32"],
+    "FP64": DTYPES["float64"],
+}
+_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
 # Triton's own request parameters, which a stateless convolution has no use for.
 _IGNORED = {
     "binary_data_output",
@@ -155,8 +161,9 @@ def _inputs(
         dtype = DATATYPES.get(tensor.datatype)
         if dtype is None:
             raise BadRequest(
-                f"input {tensor.name} has datatype {tensor.datatype[:20]!r}; the models "
-                f"compute in FP32 or FP64"
+                f"input {tensor.name} has datatype {tensor.datatype[:20]!r}; the models take "
+                f"{', '.join(DATATYPES)} (the protocol has no complex datatype: send complex "
+                f"arrays to the REST routes as .npz or JSON)"
             )
         if any(d < 0 for d in tensor.shape):
             raise BadRequest(f"input {tensor.name} has a negative dimension: {tensor.shape}")
@@ -232,12 +239,17 @@ def check_outputs(operation: Operation, model: str, request: InferRequest) -> li
 
 def datatype(array: np.ndarray) -> str:
     """The protocol's name of an output's type."""
-    return "FP32" if array.dtype == np.float32 else "FP64"
+    return _DATATYPE_OF[array.dtype]
 
 
 def little_endian(array: np.ndarray) -> bytes:
     """An array's numbers as the protocol's binary data: little-endian, C order."""
     return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _json_numbers(array: np.ndarray) -> np.ndarray:
+    # orjson writes no bfloat16: widened to float32, exactly.
+    return array.astype(np.float32) if array.dtype == DATATYPES["BF16"] else array
 
 
 def encode(
@@ -263,7 +275,7 @@ def encode(
                     f"output {name} holds NaN or Infinity, which JSON cannot carry: "
                     f"request it with binary_data"
                 )
-            entry["data"] = array.ravel()
+            entry["data"] = _json_numbers(array).ravel()
         tensors.append(entry)
     document = {"model_name": model, "model_version": version, "outputs": tensors}
     if request.id is not None:

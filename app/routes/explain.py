@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from app import pipeline
 from app.codecs import json as json_codec
-from app.codecs.base import check_names, float_dtype, shape_of
+from app.codecs.base import DTYPES, check_names, float_dtype, shape_of
 from app.config import Settings
 from app.errors import InvalidInput, PayloadTooLarge, brief
 from app.schemas import TensorSpec
@@ -74,7 +74,7 @@ def _body(operations: Mapping[str, Operation]) -> dict[str, Any]:
                         "properties": {
                             "operation": {"enum": list(operations)},
                             "dtype": {
-                                "enum": ["float32", "float64"],
+                                "enum": list(DTYPES),
                                 "default": "float64",
                                 "description": "the dtype of inputs given without one",
                             },
@@ -132,7 +132,8 @@ def explanation(
     """The dry run of the request ``body`` describes (in a worker thread)."""
     document = json_codec.parse_object(body)
     operation = _operation(document.pop("operation", None), operations)
-    default = json_codec.default_dtype_of(document)
+    # Shapes alone: every dtype, complex ones too (nested lists' limits do not apply).
+    default = float_dtype(document.pop("dtype", "float64"), "dtype", ("body", "dtype"))
     given = {name: document.pop(name) for name in operation.inputs if name in document}
     for name in operation.optional:  # an explicit null is an optional array left out
         if given.get(name, 0) is None:
@@ -158,8 +159,8 @@ def _spec(value: object, name: str, default: Any) -> TensorSpec:
     """An input described as ``{"shape": [...], "dtype": ...}`` (dtype optional)."""
     if not isinstance(value, dict) or "shape" not in value or set(value) - {"shape", "dtype"}:
         raise InvalidInput(
-            f'{name} must be {{"shape": [...], "dtype": "float32" | "float64"}} in a dry run '
-            f"(dtype optional), got {brief(value, 60)}",
+            f'{name} must be {{"shape": [...], "dtype": "float32" | ...}} in a dry run '
+            f"(dtype optional: {', '.join(DTYPES)}), got {brief(value, 60)}",
             loc=("body", name),
         )
     shape = shape_of(value["shape"], name)

@@ -14,6 +14,7 @@ from convengine import OPERATIONS
 
 from ..engine.test_against_oracle import GRID
 from ..engine.test_errors import GEOMETRY_ERRORS
+from ..tensors import DTYPES, sample
 from .conftest import serve
 from .test_operations_served import LAYERS
 
@@ -34,10 +35,10 @@ def _json(hyper):
     return {key: plain(value) for key, value in hyper.items()}
 
 
-async def _both(client, operation, shapes, hyper, rng):
-    """The dry run's answer and the real request's, for arrays of ``shapes`` in float32."""
-    dry = await client.post("/explain", json=_dry_run(operation, shapes, hyper))
-    arrays = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+async def _both(client, operation, shapes, hyper, rng, dtype="float32"):
+    """The dry run's answer and the real request's, for arrays of ``shapes`` in ``dtype``."""
+    dry = await client.post("/explain", json=_dry_run(operation, shapes, hyper, dtype))
+    arrays = {k: sample(rng, s, dtype) for k, s in shapes.items()}
     real = await client.post(
         OPERATIONS[operation].path, **request("b64", arrays, hyper, "application/x-npz")
     )
@@ -51,7 +52,9 @@ def _shapes(operation, x_shape, w_shape, out_shape):
     return shapes
 
 
-async def _agree(client, x_shape, w_shape, hyper, rng, operations=("forward", "backward")):
+async def _agree(
+    client, x_shape, w_shape, hyper, rng, operations=("forward", "backward"), dtype="float32"
+):
     """Status and body of the dry run against the real request, for each operation."""
     checked = 0
     for name in operations:
@@ -59,13 +62,14 @@ async def _agree(client, x_shape, w_shape, hyper, rng, operations=("forward", "b
             continue
         forward = _FORWARD_OF.get(name, name)
         first = await client.post(
-            "/explain", json=_dry_run(forward, _shapes(forward, x_shape, w_shape, None), hyper)
+            "/explain",
+            json=_dry_run(forward, _shapes(forward, x_shape, w_shape, None), hyper, dtype),
         )
         out_shape = (
             tuple(first.json()["outputs"]["out"]["shape"]) if first.status_code == 200 else x_shape
         )
         dry, real = await _both(
-            client, name, _shapes(name, x_shape, w_shape, out_shape), hyper, rng
+            client, name, _shapes(name, x_shape, w_shape, out_shape), hyper, rng, dtype
         )
         assert dry.status_code == real.status_code, (name, dry.text, real.text)
         if real.status_code == 200:
@@ -75,9 +79,9 @@ async def _agree(client, x_shape, w_shape, hyper, rng, operations=("forward", "b
             assert {k: (tuple(v["shape"]), v["dtype"]) for k, v in answer["outputs"].items()} == {
                 k: (a.shape, a.dtype.name) for k, a in got.items()
             }
-            assert answer["flops"] > 0 and answer["memory_bytes"] >= sum(
-                a.nbytes for a in got.values()
-            )
+            empty = len(x_shape) == len(w_shape) and x_shape[0] == 0
+            assert (answer["flops"] > 0) != empty
+            assert answer["memory_bytes"] >= sum(a.nbytes for a in got.values())
         else:
             assert dry.json() == real.json()
         checked += 1
@@ -121,17 +125,55 @@ async def test_refuses_exactly_as_the_routes_do(client, x_shape, w_shape, hyper,
     dilation=st.integers(1, 2),
     groups=st.sampled_from([1, 2]),
     rounding=st.sampled_from(["exact", "floor"]),
+    batch=st.sampled_from(["batch", "one sample", "empty"]),
+    dtype=st.sampled_from(DTYPES),
 )
 async def test_agrees_with_the_routes_on_random_geometry(
-    x, f, k, stride, padding, dilation, groups, rounding
+    x, f, k, stride, padding, dilation, groups, rounding, batch, dtype
 ):
     rng = np.random.default_rng(0)
     hyper = dict(
         stride=stride, padding=padding, dilation=dilation, groups=groups, rounding=rounding
     )
     w = (f, max(1, x[1] // groups), *k)
+    x = {"batch": x, "one sample": x[1:], "empty": (0, *x[1:])}[batch]
     async with serve() as client:
-        await _agree(client, x, w, hyper, rng)
+        await _agree(client, x, w, hyper, rng, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", ["one sample", "empty"])
+@pytest.mark.parametrize("name", LAYERS)
+async def test_agrees_on_every_tensor(client, name, batch, dtype, rng):
+    kind, x_shape, w_shape, hyper = LAYERS[name]
+    x_shape = x_shape[1:] if batch == "one sample" else (0, *x_shape[1:])
+    ops = (
+        ("conv_transpose", "conv_transpose_backward")
+        if kind == "transposed"
+        else ("forward", "backward")
+    )
+    assert await _agree(client, x_shape, w_shape, hyper, rng, ops, dtype) == 2
+
+
+def test_the_library_costs_each_dtype_as_it_computes():
+    """Half precision holds half of float32's arrays, and works in float32; complex numbers
+    take four real products."""
+    shapes = dict(x=(4, 8, 32, 32), w=(16, 8, 3, 3), padding=1)
+    cost = {d: convengine.explain("forward", dtype=d, **shapes) for d in DTYPES}
+    records = {d: convengine.OPERATIONS["forward"] for d in DTYPES}
+    assert cost["float16"].flops == cost["bfloat16"].flops == cost["float32"].flops
+    assert cost["complex64"].flops == cost["complex128"].flops == 4 * cost["float32"].flops
+    assert cost["float16"].memory_bytes > cost["float32"].memory_bytes  # the float32 copies
+    assert cost["complex64"].memory_bytes < cost["complex128"].memory_bytes
+    geometry = records["float16"].plan({"x": (4, 8, 32, 32), "w": (16, 8, 3, 3)}, {"padding": 1})
+    half, single = (records["float16"].cost(geometry, d) for d in ("float16", "float32"))
+    assert half.input_bytes * 2 == single.input_bytes
+    assert half.output_bytes * 2 == single.output_bytes
+    assert convengine.explain("forward", x=(0, 8, 32, 32), w=(16, 8, 3, 3)).flops == 0
+    # A JSON answer writes two numbers per complex element, and reserves room for them.
+    complex_cost = records["complex64"].cost(geometry, "complex64")
+    assert complex_cost.output_numbers == 2 * complex_cost.output_elements
+    assert single.output_numbers == single.output_elements
 
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "hyper"), GRID.values(), ids=GRID)
@@ -180,7 +222,7 @@ async def test_the_dtype_of_the_answer_is_x_s(client):
         (
             {"operation": "forward", "x": [[1.0]], "w": {"shape": [1, 1, 1, 1]}},
             ["body", "x"],
-            'x must be {"shape": [...], "dtype": "float32" | "float64"} in a dry run (dtype optional), got [[1.0]]',
+            'x must be {"shape": [...], "dtype": "float32" | ...} in a dry run (dtype optional: float16, bfloat16, float32, float64, complex64, complex128), got [[1.0]]',
         ),
         (
             {"operation": "forward", "x": {"shape": [1, -1, 4, 4]}, "w": {"shape": [1, 1, 1, 1]}},
@@ -194,7 +236,7 @@ async def test_the_dtype_of_the_answer_is_x_s(client):
                 "w": {"shape": [1, 1, 1, 1]},
             },
             ["body", "x", "dtype"],
-            "x has dtype 'int8'; the service computes in float32 or float64",
+            "x has dtype 'int8'; the service takes float16, bfloat16, float32, float64, complex64, complex128",
         ),
     ],
     ids=[
@@ -244,12 +286,23 @@ def test_the_library_takes_arrays_and_tensors_for_shapes():
     x = np.zeros((2, 3, 8, 8), np.float32)
     explained = convengine.explain("forward", x=x, w=(4, 3, 3, 3), padding=1)
     assert explained.outputs["out"] == convengine.ArraySpec((2, 4, 8, 8), "float32")
-    torch = pytest.importorskip("torch")
+
+    class Tensor:
+        """What a framework's tensor shows: a shape (a tuple subclass) and a dtype of its own
+        type that names itself "torch.float64" (torch is not installed for the tests)."""
+
+        class Size(tuple):
+            pass
+
+        class DType:
+            def __str__(self):
+                return "torch.float64"
+
+        def __init__(self, *shape):
+            self.shape, self.dtype = Tensor.Size(shape), Tensor.DType()
+
     explained = convengine.explain(
-        "conv_transpose",
-        x=torch.zeros(1, 4, 3, 3, dtype=torch.float64),
-        w=torch.zeros(4, 2, 2, 2),
-        stride=2,
+        "conv_transpose", x=Tensor(1, 4, 3, 3), w=Tensor(4, 2, 2, 2), stride=2
     )
     assert explained.outputs["out"] == convengine.ArraySpec((1, 2, 6, 6), "float64")
 
@@ -266,7 +319,7 @@ def test_the_library_takes_arrays_and_tensors_for_shapes():
         (
             dict(x=(1, 1, 4, 4), w=(1, 1, 3, 3), dtype=np.int16),
             convengine.DTypeError,
-            "x has dtype int16; the engine computes in float32 or float64",
+            "x has dtype int16; the engine takes float16, bfloat16, float32, float64, complex64 or complex128",
         ),
         (
             dict(x="1, 1, 4, 4", w=(1, 1, 3, 3)),

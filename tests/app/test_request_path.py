@@ -45,7 +45,14 @@ def test_the_validated_request_carries_the_geometry_it_built():
     request = model.model_validate(
         {"padding": "same", **_specs(x=(2, 3, 8, 8), w=(4, 3, 3, 3), dout=(2, 4, 8, 8))}
     )
-    assert request.geometry == ConvGeometry.build((2, 3, 8, 8), (4, 3, 3, 3), padding="same")
+    built = ConvGeometry.build((2, 3, 8, 8), (4, 3, 3, 3), padding="same")
+    assert request.geometry.core == built and request.geometry.batch == 2
+    # One sample is planned as a batch of one, and shaped without the batch axis.
+    one = model.model_validate(
+        {"padding": "same", **_specs(x=(3, 8, 8), w=(4, 3, 3, 3), dout=(4, 8, 8))}
+    )
+    assert one.geometry.core == ConvGeometry.build((1, 3, 8, 8), (4, 3, 3, 3), padding="same")
+    assert one.geometry.shapes()["dx"] == (3, 8, 8) and one.geometry.batch is None
     assert request.engine_arguments() == {
         "stride": 1,
         "padding": "same",
@@ -67,7 +74,7 @@ def test_work_limits_apply_only_with_limits_in_the_context():
 def test_text_forms_are_read_only_when_asked():
     model = request_model(OPERATIONS["forward"])
     data = {"stride": "2", "padding": "[1, 1]", **_specs(x=(1, 1, 9, 9), w=(1, 1, 3, 3))}
-    assert model.model_validate(data, context={"text": True}).geometry.stride == (2, 2)
+    assert model.model_validate(data, context={"text": True}).geometry.core.stride == (2, 2)
     with pytest.raises(pydantic.ValidationError, match="valid integer"):
         model.model_validate(data)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from convengine import conv2d, conv2d_backward
+from convengine import conv, conv2d, conv2d_backward
 
 from ..servers import start_service
 
@@ -99,3 +100,36 @@ def test_errors_reach_the_client(client):
         )
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_metadata("resnet50")
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_half_precision_and_one_sample(client, binary):
+    """FP16 and BF16 both ways, for one sample without its batch axis."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6, 6)).astype(np.float16)
+    w = rng.standard_normal((2, 3, 3, 3)).astype(np.float16)
+    inputs = [
+        triton.InferInput("x", [3, 6, 6], "FP16"),
+        triton.InferInput("w", [2, 3, 3, 3], "FP16"),
+    ]
+    for tensor, array in zip(inputs, (x, w), strict=True):
+        tensor.set_data_from_numpy(array, binary_data=binary)
+    outputs = [triton.InferRequestedOutput("out", binary_data=binary)]
+    result = client.infer("conv2d", inputs, outputs=outputs, parameters={"padding": 1})
+    out = result.as_numpy("out")
+    assert out.dtype == np.float16 and out.shape == (2, 6, 6)
+    np.testing.assert_array_equal(out, conv(x, w, padding=1))
+    if not binary:
+        return  # tritonclient sends BF16 as binary data only
+    # tritonclient carries BF16 as ml_dtypes.bfloat16 arrays too (since r26.06).
+    x, w = x.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16)
+    inputs = [
+        triton.InferInput("x", [3, 6, 6], "BF16"),
+        triton.InferInput("w", [2, 3, 3, 3], "BF16"),
+    ]
+    for tensor, array in zip(inputs, (x, w), strict=True):
+        tensor.set_data_from_numpy(array, binary_data=binary)
+    result = client.infer("conv2d", inputs, outputs=outputs, parameters={"padding": 1})
+    out = result.as_numpy("out")
+    assert out.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(out.astype(np.float32), conv(x, w, padding=1).astype(np.float32))

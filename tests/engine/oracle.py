@@ -87,7 +87,9 @@ def _unpad(dxp, x_shape, pads, mode):
     units = np.eye(count).reshape(count, *spatial)
     copies = np.pad(units, ((0, 0), *pads), mode=mode)  # (pixels, *padded)
     flat = copies.reshape(count, -1)
-    return np.einsum("kp,ncp->nck", flat, dxp.reshape(*dxp.shape[:2], -1)).reshape(x_shape)
+    return np.einsum("kp,ncp->nck", flat, dxp.reshape(*dxp.shape[:2], flat.shape[1])).reshape(
+        x_shape
+    )
 
 
 def naive_conv_backward(
@@ -173,3 +175,59 @@ def naive_conv_transpose_backward(
         dx[(n, ci, *position)] += float(w[(ci, co, *offset)]) * g
         dw[(ci, co, *offset)] += float(x[(n, ci, *position)]) * g
     return dx, dw, dout.sum(axis=(0, *range(2, dout.ndim)))
+
+
+# --- every tensor: one sample, empty batches, half precision, complex numbers ----------------
+
+_REAL = {
+    "forward": lambda a, h: {"out": naive_conv(a["x"], a["w"], a.get("b"), **h)},
+    "backward": lambda a, h: dict(
+        zip(("dx", "dw", "db"), naive_conv_backward(a["dout"], a["x"], a["w"], **h))
+    ),
+    "conv_transpose": lambda a, h: {"out": naive_conv_transpose(a["x"], a["w"], a.get("b"), **h)},
+    "conv_transpose_backward": lambda a, h: dict(
+        zip(("dx", "dw", "db"), naive_conv_transpose_backward(a["dout"], a["x"], a["w"], **h))
+    ),
+}
+
+
+def oracle(operation, arrays, hyper):
+    """The exact answer (float64, or complex128) of a table operation for arrays of any dtype:
+    one sample (x one axis short of w) via N=1, half precision via its exact float64 values
+    (round the answer to the half type to compare), complex numbers via their real and
+    imaginary parts, with PyTorch's gradients: dx = B(dout, conj w), dw = G(dout, conj x)."""
+    one = arrays["x"].ndim == arrays["w"].ndim - 1
+    exact = {
+        name: np.asarray(a).astype(np.complex128 if a.dtype.kind == "c" else np.float64)
+        for name, a in arrays.items()
+    }
+    lifted = {k: v[None] if one and k in ("x", "dout") else v for k, v in exact.items()}
+    complex_ = any(a.dtype.kind == "c" for a in lifted.values())
+    result = _complex(operation, lifted, hyper) if complex_ else _REAL[operation](lifted, hyper)
+    return {k: v[0] if one and k in ("out", "dx") else v for k, v in result.items()}
+
+
+def _complex(operation, arrays, hyper):
+    real = _REAL[operation]
+    re = {k: v.real.copy() for k, v in arrays.items()}
+    im = {k: v.imag.copy() for k, v in arrays.items()}
+    if "dout" not in arrays:
+
+        def product(parts_x, parts_w, bias):
+            given = {"x": parts_x["x"], "w": parts_w["w"]}
+            return real({**given, **({"b": bias["b"]} if bias and "b" in bias else {})}, hyper)[
+                "out"
+            ]
+
+        out_re = product(re, re, re) - product(im, im, None)
+        out_im = product(re, im, im) + product(im, re, None)
+        return {"out": out_re + 1j * out_im}
+
+    def grads(dout, x, w):
+        return real({"dout": dout, "x": x, "w": w}, hyper)
+
+    rr, ii = grads(re["dout"], re["x"], re["w"]), grads(im["dout"], im["x"], im["w"])
+    ir, ri = grads(im["dout"], re["x"], re["w"]), grads(re["dout"], im["x"], im["w"])
+    result = {k: rr[k] + ii[k] + 1j * (ir[k] - ri[k]) for k in ("dx", "dw")}
+    result["db"] = rr["db"] + 1j * ir["db"]
+    return result

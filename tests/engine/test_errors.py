@@ -240,18 +240,42 @@ GEOMETRY_ERRORS = [
 ]
 
 
+# What the functions answer where the kernels' geometry refuses: x one axis short of w's rank
+# is one sample, an empty batch is computed, and the rank comes from w (see _tensors).
+FUNCTIONAL = {
+    "x-3d": None,
+    "x-6d": (
+        "x",
+        "x must be 4-D (N, C, H, W) or 3-D (C, H, W) for one sample, as w of 4 axes "
+        "(F, C/groups, KH, KW) makes a 2-D layer; got 6-D shape (1, 1, 2, 2, 2, 2)",
+    ),
+    "w-5d": (
+        "w",
+        "w must have C/groups = 2/1 = 2 input channels (axis 1 of (F, C/groups, KD, KH, KW)), "
+        "got 4 (x of shape (2, 4, 32, 32) is read as one sample, without the batch axis: w has "
+        "5 axes)",
+    ),
+    "x-empty-axis": None,
+}
+
+
 @pytest.mark.parametrize(
-    "x_shape, w_shape, hyper, field, message",
-    [case[1:] for case in GEOMETRY_ERRORS],
+    "name, x_shape, w_shape, hyper, field, message",
+    GEOMETRY_ERRORS,
     ids=[case[0] for case in GEOMETRY_ERRORS],
 )
-def test_geometry_errors(x_shape, w_shape, hyper, field, message):
+def test_geometry_errors(name, x_shape, w_shape, hyper, field, message):
     with pytest.raises(ShapeError, match="^" + re.escape(message)) as info:
         ConvGeometry.build(x_shape, w_shape, **hyper)
     assert info.value.field == field
-    # The functional API raises exactly the same error.
-    with pytest.raises(ShapeError, match="^" + re.escape(message)):
+    # The functional API raises exactly the same error, but where it takes more tensors.
+    if name in FUNCTIONAL and FUNCTIONAL[name] is None:
+        assert conv(np.zeros(x_shape), np.zeros(w_shape), **hyper).ndim == len(x_shape)
+        return
+    field, message = FUNCTIONAL.get(name, (field, message))
+    with pytest.raises(ShapeError, match="^" + re.escape(message)) as info:
         conv(np.zeros(x_shape), np.zeros(w_shape), **hyper)
+    assert info.value.field == field
 
 
 def test_bias_length():

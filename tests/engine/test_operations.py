@@ -51,16 +51,22 @@ def test_the_table_describes_every_array():
     assert [OPERATIONS["backward"].arrays["dw"].ndim(rank) for rank in (1, 2, 3)] == [3, 4, 5]
 
 
+def _planned():
+    """The table's plan of a forward layer (what the service and explain cost)."""
+    return OPERATIONS["forward"].plan({"x": (2, 3, 8, 8), "w": (4, 3, 3, 3)}, {"padding": 1})
+
+
 def test_cost_counts_both_passes_of_backward():
-    geometry = ConvGeometry.build((2, 3, 8, 8), (4, 3, 3, 3), padding=1)
+    geometry = _planned()
+    core = ConvGeometry.build((2, 3, 8, 8), (4, 3, 3, 3), padding=1)
     forward_cost = OPERATIONS["forward"].cost(geometry, "float32")
     backward_cost = OPERATIONS["backward"].cost(geometry, np.float32)
-    assert backward_cost.flops == 2 * forward_cost.flops == 2 * geometry.flops()
-    assert forward_cost.work_bytes == work_elements(geometry) * 4
+    assert backward_cost.flops == 2 * forward_cost.flops == 2 * core.flops()
+    assert forward_cost.work_bytes == work_elements(core) * 4
 
 
 def test_cost_counts_the_arrays_in_and_out_by_the_dtype():
-    geometry = ConvGeometry.build((2, 3, 8, 8), (4, 3, 3, 3), padding=1)
+    geometry = _planned()
     forward = OPERATIONS["forward"].cost(geometry, np.float64)
     # x, w and b in; out (2, 4, 8, 8) out.
     assert forward.input_bytes == 8 * (2 * 3 * 8 * 8 + 4 * 3 * 3 * 3 + 4)

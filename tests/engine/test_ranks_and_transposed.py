@@ -283,4 +283,14 @@ def test_rank_mismatch_names_both_shapes():
             "w has shape (4, 3, 3, 3, 3) (3 spatial axes) but x has shape (2, 3, 8, 8) (2)"
         ),
     ):
+        ConvGeometry.build((2, 3, 8, 8), (4, 3, 3, 3, 3))
+    # The functions take the rank from w, as PyTorch's modules do: x one axis short is one
+    # sample, and the refusal says how x was read.
+    with pytest.raises(
+        ShapeError,
+        match=re.escape(
+            "got 3 (x of shape (2, 3, 8, 8) is read as one sample, without the batch axis: "
+            "w has 5 axes)"
+        ),
+    ):
         conv(np.zeros((2, 3, 8, 8)), np.zeros((4, 3, 3, 3, 3)))
