@@ -21,18 +21,11 @@ from ._hyperparameters import ConvOptions, TransposedOptions
 from ._kernels import Pass, Path, run, select
 from ._padding import fold, pad
 
-__all__ = [
-    "backward",
-    "conv",
-    "conv2d",
-    "conv2d_backward",
-    "conv_backward",
-    "conv_transpose",
-    "conv_transpose_backward",
-    "forward",
-    "transposed_backward",
-    "transposed_forward",
-]
+# The library's functions on batched float32/float64 arrays (convengine._public wraps them for
+# every tensor), and the checked entry points for a geometry built once.
+__all__ = ["conv", "conv2d", "conv2d_backward", "conv_backward", "conv_transpose"]
+__all__ += ["backward", "conv_transpose_backward", "forward"]
+__all__ += ["transposed_backward", "transposed_forward"]
 
 
 def conv(
