@@ -292,6 +292,10 @@ function unb64(tensor) {
 }
 
 const wire = (t) => ({ shape: t.shape, dtype: "float32", b64: b64(t.data) });
+/** The page holds one image or signal: it is sent as one sample, without its batch axis
+ *  ((C, H, W), as PyTorch's modules take a single image), and out and dx come back so. */
+const asSample = (t) => ({ shape: t.shape.slice(1), data: t.data });
+const asBatch = (t) => ({ shape: [1, ...t.shape], data: t.data });
 
 /** "2" -> 2, "2,1" -> [2, 1], "[[1,0],[1,0]]" -> nested list, "same" -> "same"; anything
  *  else is sent as typed, for the service to judge. */
@@ -488,15 +492,15 @@ async function forwardPass() {
   // exactly as the real request would be (without sending the arrays).
   // Only the latest pass draws: an answer to an older one, arriving late, is dropped.
   const generation = (state.generation = (state.generation || 0) + 1);
-  const plan = await post("/explain", { operation: mode().operation, x: { shape: x.shape, dtype: "float32" }, w: { shape: w.shape }, ...hp });
+  const plan = await post("/explain", { operation: mode().operation, x: { shape: asSample(x).shape, dtype: "float32" }, w: { shape: w.shape }, ...hp });
   if (generation !== state.generation) return;
   if (!plan) { invalidate(); return; }
-  const answer = await post(mode().forward, { x: wire(x), w: wire(w), ...hp });
+  const answer = await post(mode().forward, { x: wire(asSample(x)), w: wire(w), ...hp });
   if (generation !== state.generation) return;
   if (!answer) { invalidate(); return; }
   state.lastInput = x; state.lastWeights = w; state.lastHyper = hp;
   state.last = { x, w, hp, mode: m };
-  state.lastForward = unb64(answer.out);
+  state.lastForward = asBatch(unb64(answer.out));
   $("results").classList.remove("stale-forward");
   invalidateBackward(); // the gradients shown were of the last forward pass
   state.lastPlan = plan;
@@ -634,14 +638,14 @@ function writeProbeHint() {
 
 /** The size arithmetic spelled out per axis, each result as the service's dry run answered it. */
 function writeArithmetic(x, w, hp, plan) {
-  const outShape = plan.outputs.out.shape, m = $("mode").value, rank = x.shape.length - 2, size = x.shape.slice(2), k = w.shape[2];
+  const outShape = [1, ...plan.outputs.out.shape], m = $("mode").value, rank = x.shape.length - 2, size = x.shape.slice(2), k = w.shape[2];
   const stride = pairOf(hp.stride, rank), dil = pairOf(hp.dilation, rank), pads = sides(hp, size, k);
   const axes = rank === 2 ? ["height", "width"] : ["length"];
   const lines = [{
     conv2d: `x (N, C, H, W) = (${x.shape.join(", ")});  w (F, C/groups, KH, KW) = (${w.shape.join(", ")})`,
     transposed: `x (N, C_in, H, W) = (${x.shape.join(", ")});  w (C_in, C_out/groups, KH, KW) = (${w.shape.join(", ")})`,
     conv1d: `x (N, C, L) = (${x.shape.join(", ")});  w (F, C/groups, K) = (${w.shape.join(", ")})`,
-  }[m]];
+  }[m], `sent as one sample, without the batch axis: x (${x.shape.slice(1).join(", ")}), out (${plan.outputs.out.shape.join(", ")})`];
   axes.forEach((axis, a) => {
     const out = outShape[2 + a], [before, after] = pads[a];
     if (m === "transposed") {
@@ -784,9 +788,9 @@ async function backward() {
   if (!state.lastForward) await forward();
   if (!state.lastForward) return;
   const dout = lossGradient(), x = state.lastInput, w = state.lastWeights;
-  const answer = await post(mode().backward, { x: wire(x), w: wire(w), dout: wire({ shape: dout.shape, data: dout.data }), ...state.lastHyper });
+  const answer = await post(mode().backward, { x: wire(asSample(x)), w: wire(w), dout: wire(asSample(dout)), ...state.lastHyper });
   if (!answer) { invalidateBackward(); return; }
-  const dx = unb64(answer.dx), dw = unb64(answer.dw);
+  const dx = asBatch(unb64(answer.dx)), dw = unb64(answer.dw);
   state.lastBackward = { dout, dx, dw, db: unb64(answer.db) };
   const [, c, ...size] = dx.shape, per = size.reduce((a, b) => a * b, 1), summed = new Float32Array(per);
   for (let ch = 0; ch < c; ch++) for (let p = 0; p < per; p++) summed[p] += dx.data[ch * per + p];

@@ -3,6 +3,8 @@ sliding, dilation and groups; each answer checked against the engine."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from playwright.sync_api import Page
@@ -270,11 +272,19 @@ def test_the_size_and_cost_come_from_the_services_dry_run(page, mode):
     if mode != "conv2d":
         _switch(page_, mode)
     posted: list[str] = []
-    page_.on(
-        "request", lambda r: posted.append(r.url.split("/", 3)[3]) if r.method == "POST" else None
-    )
+    bodies: list[dict] = []
+
+    def record(request):
+        if request.method == "POST":
+            posted.append(request.url.split("/", 3)[3])
+            bodies.append(json.loads(request.post_data))
+
+    page_.on("request", record)
     _convolve(page_)
     x, w, out = _arrays(page_)
+    # The page's one image or signal travels as one sample, without its batch axis, as
+    # PyTorch's modules take a single image; the answer comes back so, the page adds N=1.
+    assert [body["x"]["shape"] for body in bodies] == [list(x.shape[1:])] * 2
     operation = "conv_transpose" if mode == "transposed" else "forward"
     hyper = page_.evaluate("window.playground.state.lastHyper")
     plan = explain(operation, x=x.shape, w=w.shape, dtype="float32", **hyper)
@@ -284,6 +294,10 @@ def test_the_size_and_cost_come_from_the_services_dry_run(page, mode):
         f"{plan.flops:,} flops, {plan.memory_bytes / 1024:.1f} KiB at most (POST /explain)"
     )
     assert lines[-2].endswith(f"= ({', '.join(map(str, out.shape))})")
+    assert lines[1] == (
+        f"sent as one sample, without the batch axis: x ({', '.join(map(str, x.shape[1:]))}), "
+        f"out ({', '.join(map(str, out.shape[1:]))})"
+    )
     assert posted == ["explain", "conv_transpose/forward" if mode == "transposed" else "forward"]
     # A refused request is refused by the dry run: the arrays are never sent.
     posted.clear()
