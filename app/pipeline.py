@@ -148,7 +148,9 @@ async def admitted(
         content, headers = await gate.run(partial(finish, prepared), waited)
     metrics.QUEUE_SECONDS.observe(sum(waited))
     del prepared  # its arrays: only the answer and the body remain
-    await gate.hold(reservation, len(body) + len(content))  # shrinks
+    # Shrinks to what is left: the body and the answer, which the estimate bounds; were an
+    # answer ever larger, it is sent on what is held rather than refused after computing.
+    await gate.hold(reservation, min(reservation.held, len(body) + len(content)))
     return content, headers
 
 
