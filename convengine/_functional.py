@@ -17,15 +17,15 @@ from numpy.typing import ArrayLike
 from ._arrays import as_float_array
 from ._errors import ShapeError
 from ._geometry import ConvGeometry, TransposedGeometry
-from ._hyperparameters import ConvOptions, TransposedOptions
+from ._hyperparameters import ConvOptions
 from ._kernels import Pass, Path, run, select
 from ._padding import fold, pad
 
-# The library's functions on batched float32/float64 arrays (convengine._public wraps them for
-# every tensor), and the checked entry points for a geometry built once.
-__all__ = ["conv", "conv2d", "conv2d_backward", "conv_backward", "conv_transpose"]
-__all__ += ["backward", "conv_transpose_backward", "forward"]
-__all__ += ["transposed_backward", "transposed_forward"]
+# Convolutions of batched float32/float64 arrays (the planar conv2d ones public as they are),
+# and the checked entry points for a geometry built once, which convengine._public wraps for
+# every tensor; transposed convolutions have only their entry points here.
+__all__ = ["conv", "conv2d", "conv2d_backward", "conv_backward"]
+__all__ += ["backward", "forward", "transposed_backward", "transposed_forward"]
 
 
 def conv(
@@ -209,43 +209,6 @@ def _full_dx(
 
 
 # --- transposed convolutions -----------------------------------------------------------------
-
-
-def conv_transpose(
-    x: ArrayLike,
-    w: ArrayLike,
-    b: ArrayLike | None = None,
-    **options: Unpack[TransposedOptions],
-) -> np.ndarray:
-    """The transposed convolution of x with w, as PyTorch's ``conv_transpose{1,2,3}d``.
-
-    x (N, C_in, *spatial), w (C_in, C_out/groups, *kernel), b (C_out,) or None
-    -> out (N, C_out, *out), out per axis ``(size - 1)*stride - pad_begin - pad_end +
-    dilation*(K-1) + output_padding + 1``. padding: an int, one per axis, or one (begin, end)
-    pair per axis (ONNX's ConvTranspose pads).
-    """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
-    geometry = ConvGeometry.transposed(x.shape, w.shape, **options)
-    return transposed_forward(x, w, b, geometry)
-
-
-def conv_transpose_backward(
-    dout: ArrayLike,
-    x: ArrayLike,
-    w: ArrayLike,
-    **options: Unpack[TransposedOptions],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of a loss w.r.t. x, w and b of :func:`conv_transpose`, given dout w.r.t. out.
-
-    dout (N, C_out, *out), x (N, C_in, *spatial), w (C_in, C_out/groups, *kernel)
-    -> dx (N, C_in, *spatial), dw (C_in, C_out/groups, *kernel), db (C_out,)
-    """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w", x.dtype)
-    dout = as_float_array(dout, "dout", x.dtype)
-    geometry = ConvGeometry.transposed(x.shape, w.shape, **options)
-    return transposed_backward(dout, x, w, geometry)
 
 
 def transposed_forward(
