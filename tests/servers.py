@@ -27,6 +27,7 @@ class Service:
     log_path: Path
     host: str = "127.0.0.1"
     grpc_port: int = 0  # the inference protocol over gRPC; 0: off
+    starts: int = 1  # the "Application startup complete" lines to expect (one per worker)
 
     @property
     def grpc_target(self) -> str:
@@ -38,9 +39,10 @@ class Service:
         return f"http://{self.host}:{self.port}"
 
     def wait_ready(self, timeout: float = 60, streak: int = 1) -> None:
-        """Until /readyz answers 200 ``streak`` times in a row (several workers: all up)."""
+        """Until /readyz answers 200 ``streak`` times in a row and every worker has logged its
+        start (the kernel may hand all the probes to the first worker up)."""
         deadline, ready = time.monotonic() + timeout, 0
-        while ready < streak:
+        while ready < streak or self.log().count("Application startup complete") < self.starts:
             assert self.process.poll() is None, f"the service exited:\n{self.log()}"
             assert time.monotonic() < deadline, f"not ready in {timeout} s:\n{self.log()}"
             try:
@@ -80,4 +82,6 @@ def start_service(log_dir: Path, **settings: str) -> Service:
         process = subprocess.Popen(
             [sys.executable, "-m", "app"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    return Service(process, port, log_path, host, grpc_port)
+    logs_starts = str(settings.get("log_level", "info")).lower() in ("trace", "debug", "info")
+    starts = int(settings.get("workers", 1)) if logs_starts else 0
+    return Service(process, port, log_path, host, grpc_port, starts)
