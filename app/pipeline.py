@@ -10,7 +10,8 @@ reckoned once when the request is validated; this module computes none.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -23,9 +24,10 @@ from starlette.responses import Response
 from app import metrics
 from app.codecs import Budget, Codec, Decoded, choose_decoder, choose_encoder
 from app.codecs import json as json_codec
+from app.codecs.base import DTYPES, Announced
 from app.config import Settings
 from app.encoding import gzip_answer
-from app.errors import InvalidInput, validation_errors
+from app.errors import InvalidInput, Overloaded, ServiceError, validation_errors
 from app.limits import Gate, WorkLimits
 from app.limits.admission import Answer
 from app.limits.body import declared, holding, is_json
@@ -34,6 +36,7 @@ from app.schemas import HYPERPARAMETERS, UNION_TAGS, ConvRequest, TensorSpec, re
 from convengine import Cost, Operation
 
 __all__ = [
+    "Foresight",
     "Prepared",
     "Preparing",
     "admitted",
@@ -66,16 +69,28 @@ class Preparing(Protocol):
         """Compute and encode: the answer's body and headers."""
 
 
+@dataclass
+class Foresight:
+    """What a body announces of its arrays before they arrive (``announced``, fed the bytes),
+    and ``plan``: what the request would hold beside its body, from what was announced (None
+    until every array it needs has been), raising the request's own refusal if it has one."""
+
+    announced: Announced
+    plan: Callable[[Announced], int | None]
+
+
 async def serve(
     request: Request,
     gate: Gate,
     holding: Callable[[int], int],
     prepare: Callable[[bytes, Reservation], Preparing],
+    foresight: Foresight | None = None,
 ) -> Response:
     """The answer to ``request``, whose body ``prepare`` decodes and validates (in a thread).
 
     ``holding(n)``: what reading and decoding the body holds once ``n`` of its bytes have
-    arrived (:func:`app.limits.body.holding`).
+    arrived (:func:`app.limits.body.holding`). ``foresight``: what the body says of the
+    request before all of it has arrived, for a body that says it (:func:`_read`).
     """
     reservation = gate.reservation()
     try:
@@ -83,7 +98,7 @@ async def serve(
         length = declared(request)
         if length is not None:
             gate.check_body(holding(length))  # a 413 before a byte is read
-        body = await _read(request, gate, reservation, holding)  # no computation place
+        body = await _read(request, gate, reservation, holding, foresight)  # no place yet
         finish = partial(_coded, request=request)
         content, headers = await admitted(gate, reservation, body, prepare, finish)
         return Answer(content, headers, reservation)
@@ -93,18 +108,66 @@ async def serve(
 
 
 async def _read(
-    request: Request, gate: Gate, reservation: Reservation, holding: Callable[[int], int]
+    request: Request,
+    gate: Gate,
+    reservation: Reservation,
+    holding: Callable[[int], int],
+    foresight: Foresight | None,
 ) -> bytes:
     """The body, its reservation grown as its bytes arrive (and a step ahead): a body that
-    has not arrived holds no memory, so a stalled upload keeps no one else waiting."""
+    has not arrived holds no memory, so a stalled upload keeps no one else waiting.
+
+    When there is no room for the rest of it (503), a body that announces its arrays is read
+    on, holding none of it, until they are known: a request that could never be answered is
+    refused for good (422), not asked to come back.
+    """
     pieces: list[bytes] = []
     received = 0
-    async for piece in request.stream():
-        pieces.append(piece)
-        received += len(piece)
-        if holding(received) > reservation.held:
-            await gate.grow(reservation, holding(received + _READ_AHEAD))
+    stream = request.stream()
+    try:
+        async for piece in stream:
+            pieces.append(piece)
+            received += len(piece)
+            if holding(received) > reservation.held:
+                await gate.grow(reservation, holding(received + _READ_AHEAD))
+    except Overloaded:
+        if foresight is not None:
+            reservation.release()
+            length = max(received, declared(request) or 0)  # the whole body's, if declared
+            await _foresee(foresight, gate, pieces, stream, length)
+        raise
     return b"".join(pieces)
+
+
+async def _foresee(
+    foresight: Foresight,
+    gate: Gate,
+    pieces: list[bytes],
+    stream: AsyncIterator[bytes],
+    length: int,
+) -> None:
+    """Raise the refusal for good of a request whose body says it could never be answered:
+    ``pieces`` have arrived (they are let go), the rest are read from ``stream`` and passed
+    over until the body has announced all it needs; ``length``: the body's, as far as known."""
+    announced = foresight.announced
+    arrived = sum(map(len, pieces))
+    for piece in pieces:
+        announced.feed(piece)
+    pieces.clear()
+
+    def need() -> int | None:
+        return None if announced.lost else foresight.plan(announced)
+
+    needed = need()
+    if needed is None and not (announced.lost or announced.ended):
+        async for piece in stream:
+            announced.feed(piece)
+            arrived += len(piece)
+            needed = need()
+            if needed is not None or announced.lost or announced.ended:
+                break
+    if needed is not None:
+        gate.check_need(max(length, arrived) + needed)
 
 
 def _coded(prepared: Preparing, request: Request) -> tuple[bytes, dict[str, str]]:
@@ -167,7 +230,50 @@ async def answer(request: Request, operation: Operation) -> Response:
         settings=state.settings,
     )
     held = holding(None if is_json(content_type) else 0)
-    return await serve(request, state.gate, held, preparing)
+    return await serve(request, state.gate, held, preparing, _foresight(request, operation))
+
+
+def _foresight(request: Request, operation: Operation) -> Foresight | None:
+    """For a body whose form announces its arrays (an .npz's headers come before each
+    member's data): what it says, and the plan of the request from it."""
+    content_type = request.headers.get("content-type")
+    try:
+        codec, _ = choose_decoder(content_type)
+    except ServiceError:  # an unknown form: prepare refuses it, once the body has arrived
+        return None
+    if codec.announced is None:
+        return None
+    query = dict(request.query_params)
+    plan = partial(
+        _plan,
+        operation,
+        accept=request.headers.get("accept"),
+        content_type=content_type,
+        settings=request.app.state.settings,
+    )
+    return Foresight(codec.announced(query), plan)
+
+
+def _plan(
+    operation: Operation,
+    announced: Announced,
+    accept: str | None,
+    content_type: str | None,
+    settings: Settings,
+) -> int | None:
+    """What a request would hold beside its body, from the arrays its body announced (None
+    until every array it needs has been, or if one the operation has no use for is)."""
+    if any(name not in announced.specs for name in operation.required) or any(
+        name not in operation.inputs for name in announced.specs
+    ):
+        return None
+    specs = {
+        name: TensorSpec(shape=shape, dtype=dtype.name)
+        for name, (shape, dtype) in announced.specs.items()
+    }
+    sent = announced.sent
+    request = check(operation, sent.params, specs, sent, settings)
+    return memory_need(request, choose_encoder(accept, operation, content_type).answer_bytes)
 
 
 @dataclass
@@ -191,13 +297,13 @@ class Prepared:
         return content, {"content-type": self.encoder.media_type}
 
 
-def memory_need(
-    request: ConvRequest, arrays: Mapping[str, np.ndarray], answer_bytes: Callable[[Cost], int]
-) -> int:
+def memory_need(request: ConvRequest, answer_bytes: Callable[[Cost], int]) -> int:
     """Decoded arrays, working memory, outputs and encoded answer of a validated request, in
     bytes; ``answer_bytes(cost)``: what the answer's encoding holds beside the outputs."""
     cost = request.cost
-    decoded = sum(array.nbytes for array in arrays.values())
+    decoded = sum(
+        math.prod(spec.shape) * DTYPES[spec.dtype].itemsize for spec in request.specs().values()
+    )
     return decoded + cost.work_bytes + cost.output_bytes + answer_bytes(cost)
 
 
@@ -229,7 +335,7 @@ def prepare(
             type="extra_forbidden",
         )
     request = validate(operation, decoded, settings)
-    need = memory_need(request, decoded.arrays, encoder.answer_bytes)
+    need = memory_need(request, encoder.answer_bytes)
     return Prepared(request, decoded, encoder, need)
 
 

@@ -225,7 +225,7 @@ def prepare(
         binary = all(wire.wants_binary(request, output) for output in wanted)
         # Answered as raw bytes or as JSON numbers: the same sizes as .npz and JSON answers.
         encoding = npz_codec.CODEC if binary else json_codec.CODEC
-        need = pipeline.memory_need(validated, decoded.arrays, encoding.answer_bytes)
+        need = pipeline.memory_need(validated, encoding.answer_bytes)
         text = not any(wire.wants_binary(request, output) for output in wanted)
     return PreparedInference(name, request, validated, decoded, need, text, encode, timing)
 

@@ -8,7 +8,7 @@ import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import ml_dtypes
 import numpy as np
@@ -23,6 +23,7 @@ __all__ = [
     "BFLOAT16",
     "DTYPES",
     "MAX_NDIM",
+    "Announced",
     "Budget",
     "Codec",
     "Decoded",
@@ -85,6 +86,24 @@ Encoder = Callable[[dict[str, np.ndarray], TensorStyle], bytes]
 OpenAPIEntry = Callable[[Operation], dict[str, Any]]
 
 
+class Announced(Protocol):
+    """What a body says of its arrays before all of it has arrived: their shapes and dtypes,
+    read from headers as the bytes are fed, and what else it sent (its hyperparameters).
+
+    ``lost``: the bytes could not be followed (the decoder names why once the body is whole);
+    ``ended``: every array has been announced.
+    """
+
+    specs: dict[str, tuple[tuple[int, ...], np.dtype]]
+    lost: bool
+    ended: bool
+
+    @property
+    def sent(self) -> Decoded: ...
+
+    def feed(self, piece: bytes | memoryview) -> None: ...
+
+
 def _everything(operation: Operation) -> bool:
     return True
 
@@ -105,7 +124,9 @@ class Codec:
 
     ``answers`` tells which operations' outputs the format can carry; ``answer_bytes`` what
     its encoded answer holds at most, beside the outputs themselves; ``query_parameters``
-    marks a format whose hyperparameters travel in the query string.
+    marks a format whose hyperparameters travel in the query string; ``announced`` reads
+    the arrays' shapes from a body's first bytes (given the query), for a format that says
+    them before the data.
     """
 
     media_type: str
@@ -116,6 +137,7 @@ class Codec:
     answers: Callable[[Operation], bool] = _everything
     answer_bytes: Callable[[Cost], int] = _file_and_copy
     query_parameters: bool = False
+    announced: Callable[[Fields], Announced] | None = None
 
 
 @dataclass

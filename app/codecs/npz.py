@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from isal.isal_zlib import crc32
 
 from app.errors import BadRequest, InvalidInput
 from convengine import Operation
+from convengine.npy_header import MAX_HEADER, parse_header
 
 from .base import (
     Budget,
@@ -26,11 +28,12 @@ from .base import (
     TensorStyle,
     check_known,
     check_names,
+    file_dtype,
     npy_parts,
     read_npy,
 )
 
-__all__ = ["CODEC", "decode", "encode"]
+__all__ = ["CODEC", "Members", "decode", "encode"]
 
 MAX_MEMBERS = 16
 # A directory entry is 46 bytes plus its name, extra field and comment: 64 KiB holds
@@ -85,6 +88,10 @@ def decode(
                 data = _read_member(archive, member, name)
             arrays[name] = read_npy(data, name, None)
     check_names(arrays, operation)
+    return _decoded(arrays, query)
+
+
+def _decoded(arrays: dict[str, np.ndarray], query: Fields) -> Decoded:
     return Decoded(arrays, dict(query), "file", param_location="query", params_as_text=True)
 
 
@@ -167,6 +174,138 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -
     return data
 
 
+_ZIP64_EXTRA = 0x0001
+_DEFLATED = 8
+_SIZES_AFTER_DATA = 0x8  # general purpose flag: sizes in a descriptor after the data
+_NPY_PREFIX = 12  # magic, version and the longest length field
+
+
+class Members:
+    """The shapes and dtypes of an archive's members, read from the bytes as they arrive,
+    holding only headers (app.pipeline reads what a body says before it has all arrived).
+
+    Each local header and the start of its member's data (the .npy header, inflated when the
+    member is deflated) are parsed; the rest of the data is passed over. Anything unusual (a
+    member whose sizes come after its data, an unknown compression, a header that cannot be
+    read) ends the reading: ``lost``; the decoder names the fault once the body is whole.
+    """
+
+    def __init__(self, query: Fields) -> None:
+        self.query = query
+        self.specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self.lost = False
+        self.ended = False  # the central directory has started: every member seen
+        self._header = bytearray()  # the local header being read
+        self._npy = bytearray()  # the start of the member's .npy
+        self._inflate: Any = None  # a zlib decompressor for a deflated member
+        self._name = ""
+        self._left = 0  # data bytes of the member still to pass over
+        self._in_data = False
+        self._count = 0
+
+    @property
+    def sent(self) -> Decoded:
+        """What the request sent besides its arrays: its hyperparameters, from the query."""
+        return _decoded({}, self.query)
+
+    def feed(self, piece: bytes | memoryview) -> None:
+        view = memoryview(piece)
+        while view and not (self.lost or self.ended):
+            view = self._data(view) if self._in_data else self._local(view)
+
+    def _local(self, view: memoryview) -> memoryview:
+        wanted = 30 if len(self._header) < 30 else self._header_length()
+        taken = min(len(view), wanted - len(self._header))
+        self._header += view[:taken]
+        if len(self._header) == 30:
+            signature = bytes(self._header[:4])
+            if signature != _LOCAL_SIGNATURE:
+                self.ended = signature == _CENTRAL_SIGNATURE
+                self.lost = not self.ended
+                return view[taken:]
+        if len(self._header) >= 30 and len(self._header) == self._header_length():
+            self._start_member()
+        return view[taken:]
+
+    def _header_length(self) -> int:
+        name_length, extra_length = struct.unpack_from("<HH", self._header, 26)
+        return 30 + int(name_length) + int(extra_length)
+
+    def _start_member(self) -> None:
+        fields = _LOCAL.unpack_from(self._header)
+        flags, method, compressed, name_length = fields[2], fields[3], fields[7], fields[9]
+        name = bytes(self._header[30 : 30 + name_length])
+        if compressed == _ZIP32_LIMIT:
+            compressed = self._zip64_size(30 + name_length)
+        self._name = name.decode("utf-8" if flags & _UTF8_NAME else "cp437", "replace")
+        self._name = self._name.removesuffix(".npy")
+        self._count += 1
+        if (
+            flags & (_UNREAD_FLAGS | _SIZES_AFTER_DATA)
+            or method not in (0, _DEFLATED)
+            or self._name in self.specs
+            or self._count > MAX_MEMBERS
+        ):
+            self.lost = True  # the decoder refuses these, or reads them whole
+            return
+        self._inflate = zlib.decompressobj(-15) if method == _DEFLATED else None
+        self._left, self._in_data = compressed, True
+        self._header.clear()
+        self._npy.clear()
+
+    def _zip64_size(self, start: int) -> int:
+        """The compressed size from a zip64 extra field (after the uncompressed one, which
+        is there too: np.savez saturates both)."""
+        end = len(self._header)
+        while start + 4 <= end:
+            kind, length = struct.unpack_from("<HH", self._header, start)
+            if kind == _ZIP64_EXTRA and length >= 16:
+                return int(struct.unpack_from("<Q", self._header, start + 12)[0])
+            start += 4 + length
+        return -1  # ends the reading: no size to pass over
+
+    def _data(self, view: memoryview) -> memoryview:
+        if self._left < 0:
+            self.lost = True
+            return view
+        taken = min(len(view), self._left)
+        data, self._left = view[:taken], self._left - taken
+        if self._name not in self.specs:
+            self._read_npy(data)
+        if self._left == 0:
+            self._in_data = False
+        return view[taken:]
+
+    def _read_npy(self, data: memoryview) -> None:
+        room = _NPY_PREFIX + MAX_HEADER - len(self._npy)
+        if room <= 0:
+            self.lost = True
+            return
+        if self._inflate is None:
+            self._npy += data[:room]
+        else:
+            try:
+                self._npy += self._inflate.decompress(data, room)
+            except zlib.error:
+                self.lost = True
+                return
+        if len(self._npy) < _NPY_PREFIX:
+            if self._left == 0:
+                self.lost = True
+            return
+        try:
+            header = parse_header(bytes(self._npy))
+        except ValueError as exc:
+            cut = "cut short" in str(exc) and len(self._npy) < _NPY_PREFIX + MAX_HEADER
+            self.lost = not cut or self._left == 0
+            return
+        dtype = file_dtype(header.dtype)
+        if dtype is None or self._name in self.specs:
+            self.lost = True
+            return
+        self.specs[self._name] = (header.shape, dtype)
+
+
 def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes:
     """The outputs as an uncompressed .npz, written in one pass (np.savez copies each array
     three times through zipfile and a growing buffer)."""
@@ -239,4 +378,5 @@ CODEC = Codec(
     request_doc=_request_doc,
     response_doc=_response_doc,
     query_parameters=True,
+    announced=Members,
 )

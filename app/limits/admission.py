@@ -142,6 +142,11 @@ class Gate:
         if nbytes > self.memory.total:
             raise self._body_too_big(nbytes)
 
+    def check_need(self, nbytes: int) -> None:
+        """422 for a request that would hold ``nbytes``, more than the whole budget."""
+        if nbytes > self.memory.total:
+            raise self._work_too_big(nbytes)
+
     async def grow(self, reservation: Reservation, nbytes: int) -> None:
         """Grow ``reservation`` to ``nbytes`` as a body arrives (waiting in line for its first
         bytes); 413 beyond the whole budget."""

@@ -1,0 +1,206 @@
+"""A request that could never be answered is refused for good (4xx), not asked to retry
+(503), even when there is no room to read its body: an .npz announces its arrays' shapes
+before their data (app.codecs.npz.Members, app.pipeline._foresee)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.codecs.npz import Members, encode
+from app.config import Settings
+from app.errors import InvalidInput
+from app.limits.memory import Reservation
+from benchmarks.payloads import npy_bytes
+
+from ..servers import start_service
+from .conftest import serve
+
+MiB = 1 << 20
+NPZ = {"content-type": "application/x-npz"}
+
+
+def _savez(compressed: bool = False, **arrays: np.ndarray) -> bytes:
+    stream = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(stream, **arrays)
+    return stream.getvalue()
+
+
+def _announced(body: bytes, cuts: list[int] | None = None) -> Members:
+    members = Members({})
+    bounds = [0, *sorted(cuts or []), len(body)]
+    for start, end in itertools.pairwise(bounds):
+        members.feed(body[start:end])
+    return members
+
+
+ARRAYS = {
+    "x": np.zeros((2, 3, 5, 7), np.float32),
+    "w": np.zeros((4, 3, 3, 3), ">f8"),
+    "b": np.zeros(4, ml_dtypes.bfloat16),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(compressed=st.booleans(), data=st.data())
+def test_an_archive_announces_every_member_however_its_bytes_arrive(compressed, data):
+    body = _savez(compressed, **ARRAYS)
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=30))
+    members = _announced(body, cuts)
+    assert not members.lost and members.ended
+    assert {name: (shape, dtype.name) for name, (shape, dtype) in members.specs.items()} == {
+        name: (array.shape, array.dtype.name) for name, array in ARRAYS.items()
+    }
+
+
+def test_one_byte_at_a_time_and_the_services_own_answers_and_zip64():
+    body = _savez(False, **ARRAYS)
+    assert _announced(body, list(range(len(body)))).specs.keys() == ARRAYS.keys()
+    own = _announced(encode({"out": np.ones((1, 2, 3)), "dw": np.ones(5)}))
+    assert own.ended and {k: v[0] for k, v in own.specs.items()} == {"out": (1, 2, 3), "dw": (5,)}
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for name, array in ARRAYS.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                member.write(npy_bytes(array))
+    zip64 = _announced(stream.getvalue())
+    assert not zip64.lost and zip64.specs["w"][0] == (4, 3, 3, 3)
+
+
+class _Unseekable(io.RawIOBase):
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.data += b
+        return len(b)
+
+
+def test_what_cannot_be_followed_is_lost_not_guessed():
+    # Written to a stream that cannot seek back, a member's sizes come after its data.
+    stream = _Unseekable()
+    with zipfile.ZipFile(stream, "w") as archive:
+        archive.writestr("x.npy", npy_bytes(ARRAYS["x"]))
+    assert _announced(bytes(stream.data)).lost
+    bz2 = io.BytesIO()
+    with zipfile.ZipFile(bz2, "w", compression=zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("x.npy", npy_bytes(ARRAYS["x"]))
+    assert _announced(bz2.getvalue()).lost
+    assert _announced(b"not an archive at all, but long enough to be read").lost
+    objects = _savez(False, x=np.zeros(3, np.int64))
+    assert _announced(objects).lost and not _announced(objects).specs
+    twice = io.BytesIO()
+    with zipfile.ZipFile(twice, "w") as archive:
+        archive.writestr("x.npy", npy_bytes(ARRAYS["x"]))
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            archive.writestr("x.npy", npy_bytes(ARRAYS["w"]))
+    assert _announced(twice.getvalue()).lost
+    # Cut short: nothing is announced from half a header.
+    body = _savez(False, **ARRAYS)
+    first = _announced(body[:40])
+    assert not first.lost and not first.specs and not first.ended
+
+
+# --- through the service: the budget held by others ------------------------------------------
+
+BUDGET = Settings(memory_budget_mb=64, memory_wait=0.2)
+# 8 MiB of x; with its work and answer (8 maps of 1022 x 1022) it would hold about 551 MiB.
+NEVER = _savez(x=np.ones((1, 1, 1024, 1024)), w=np.ones((8, 1, 3, 3)))
+TOO_MUCH_WORK = _savez(x=np.ones((1, 1, 1024, 1024)), w=np.ones((64, 1, 3, 3)))
+SOON = _savez(x=np.ones((1, 1, 256, 256)), w=np.ones((2, 1, 3, 3)))
+MISMATCHED = _savez(x=np.ones((1, 3, 256, 256)), w=np.ones((2, 2, 3, 3)))
+
+
+def _never(nbytes: int) -> InvalidInput:
+    raise AssertionError(f"{nbytes} bytes refused")
+
+
+async def _held_and_free(body: bytes, query: str = "") -> tuple[httpx.Response, httpx.Response]:
+    """The answers to ``body`` while every byte of the budget is held, then with room."""
+    async with serve(BUDGET) as client:
+        gate = client._transport.app.state.gate  # type: ignore[attr-defined]
+        hold = Reservation(gate.memory)
+        await hold.resize(gate.memory.total, _never)
+        try:
+            held = await client.post(f"/forward{query}", content=body, headers=NPZ)
+        finally:
+            hold.release()
+        free = await client.post(f"/forward{query}", content=body, headers=NPZ)
+    return held, free
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [NEVER, TOO_MUCH_WORK, MISMATCHED],
+    ids=["beyond-the-budget", "beyond-the-work-limit", "mismatched"],
+)
+async def test_a_request_that_could_never_be_answered_is_refused_as_it_would_be_with_room(body):
+    held, free = await _held_and_free(body)
+    assert free.status_code == 422, free.text
+    assert held.status_code == 422, held.text
+    assert held.json() == free.json()
+    assert "retry-after" not in held.headers
+
+
+@pytest.mark.anyio
+async def test_the_refusal_names_the_budget_and_what_the_request_would_hold():
+    held, _ = await _held_and_free(NEVER, "?stride=1")
+    (detail,) = held.json()["detail"]
+    assert detail["type"] == "memory_budget"
+    assert "memory budget of 64 MiB" in detail["msg"] and "about 551 MiB" in detail["msg"]
+
+
+@pytest.mark.anyio
+async def test_a_request_that_fits_the_budget_is_still_asked_to_come_back():
+    held, free = await _held_and_free(SOON)
+    assert held.status_code == 503 and held.headers["retry-after"] == "1", held.text
+    assert free.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_json_bodies_say_nothing_before_they_are_whole():
+    async with serve(BUDGET) as client:
+        gate = client._transport.app.state.gate  # type: ignore[attr-defined]
+        hold = Reservation(gate.memory)
+        await hold.resize(gate.memory.total, _never)
+        try:
+            response = await client.post(
+                "/forward", json={"x": [[[[1.0] * 4096]]], "w": [[[[1.0]]]]}
+            )
+        finally:
+            hold.release()
+    assert response.status_code == 503
+
+
+def test_concurrent_bodies_that_could_never_fit_are_all_refused_for_good(tmp_path):
+    """The issue's case, scaled down: a dozen 8 MiB archives at once, each needing about
+    551 MiB, on a 64 MiB budget that can read three of them at a time."""
+    service = start_service(tmp_path, memory_budget_mb="64", memory_wait="1")
+    try:
+        service.wait_ready()
+
+        def post(_: int) -> httpx.Response:
+            return httpx.post(f"{service.url}/forward", content=NEVER, headers=NPZ, timeout=60)
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(post, range(12)))
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [422] * 12, [a.text[:200] for a in answers if a.status_code != 422]
+        assert all(a.json()["detail"][0]["type"] == "memory_budget" for a in answers)
+        small = _savez(x=np.ones((1, 1, 4, 4)), w=np.ones((1, 1, 3, 3)))
+        assert httpx.post(f"{service.url}/forward", content=small, headers=NPZ).status_code == 200
+    finally:
+        service.stop()
