@@ -72,11 +72,12 @@ class Preparing(Protocol):
 @dataclass
 class Foresight:
     """What a body announces of its arrays before they arrive (``announced``, fed the bytes),
-    and ``plan``: what the request would hold beside its body, from what was announced (None
-    until every array it needs has been), raising the request's own refusal if it has one."""
+    and ``plan()``: what the request would hold beside its body, from what was announced
+    (None until every array it needs has been), raising the request's own refusal if it has
+    one."""
 
     announced: Announced
-    plan: Callable[[Announced], int | None]
+    plan: Callable[[], int | None]
 
 
 async def serve(
@@ -156,7 +157,7 @@ async def _foresee(
     pieces.clear()
 
     def need() -> int | None:
-        return None if announced.lost else foresight.plan(announced)
+        return None if announced.lost else foresight.plan()
 
     needed = need()
     if needed is None and not (announced.lost or announced.ended):
@@ -243,15 +244,16 @@ def _foresight(request: Request, operation: Operation) -> Foresight | None:
         return None
     if codec.announced is None:
         return None
-    query = dict(request.query_params)
+    announced = codec.announced(dict(request.query_params))
     plan = partial(
         _plan,
         operation,
+        announced,
         accept=request.headers.get("accept"),
         content_type=content_type,
         settings=request.app.state.settings,
     )
-    return Foresight(codec.announced(query), plan)
+    return Foresight(announced, plan)
 
 
 def _plan(

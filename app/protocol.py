@@ -27,7 +27,7 @@ from app.codecs import protocol as wire
 from app.config import Settings
 from app.errors import BadRequest, NotFound
 from app.limits.memory import Reservation
-from app.schemas import ConvRequest, Hyperparameters
+from app.schemas import ConvRequest, Hyperparameters, TensorSpec
 from app.statistics import Timing, model_statistics
 from convengine import RANKS, Operation
 
@@ -47,6 +47,7 @@ __all__ = [
     "metadata",
     "model",
     "models",
+    "plan",
     "prepare",
     "render_error",
     "repository_index",
@@ -212,22 +213,51 @@ def prepare(
             reserve=reservation.take_now,
         )
         decoded = wire.decode(operation, name, request, blob, budget)
-        for array, value in decoded.arrays.items():
-            expected = operation.ndims(array, rank)
-            if value.ndim not in expected:
-                forms = " or ".join(f"{ndim}-D" for ndim in expected)
-                one = ", or one sample without N" if len(expected) > 1 else ""
-                raise BadRequest(
-                    f"model {name} takes {rank}-D layers: input {array} must be {forms} "
-                    f"({operation.arrays[array].axes}{one}), got shape {list(value.shape)}"
-                )
+        _check_ranks(served, {array: value.shape for array, value in decoded.arrays.items()})
         validated = pipeline.validate(operation, decoded, settings)
-        binary = all(wire.wants_binary(request, output) for output in wanted)
-        # Answered as raw bytes or as JSON numbers: the same sizes as .npz and JSON answers.
-        encoding = npz_codec.CODEC if binary else json_codec.CODEC
-        need = pipeline.memory_need(validated, encoding.answer_bytes)
+        need = _need(validated, request, wanted)
         text = not any(wire.wants_binary(request, output) for output in wanted)
     return PreparedInference(name, request, validated, decoded, need, text, encode, timing)
+
+
+def plan(served: tuple[Operation, int], header: wire.Header, settings: Settings) -> int | None:
+    """What an inference request would hold beside its body, from its JSON header alone (the
+    binary data extension sends it first), refused as :func:`prepare` would refuse it; None
+    until the header has arrived and names every input the model needs."""
+    operation, rank = served
+    request = header.request
+    if request is None or any(name not in header.specs for name in operation.required):
+        return None
+    wanted = wire.check_outputs(operation, operation.model_name(rank), request)
+    _check_ranks(served, {array: shape for array, (shape, _) in header.specs.items()})
+    specs = {
+        array: TensorSpec(shape=shape, dtype=dtype.name)
+        for array, (shape, dtype) in header.specs.items()
+    }
+    sent = header.sent
+    validated = pipeline.check(operation, sent.params, specs, sent, settings)
+    return _need(validated, request, wanted)
+
+
+def _check_ranks(served: tuple[Operation, int], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    operation, rank = served
+    for array, shape in shapes.items():
+        expected = operation.ndims(array, rank)
+        if len(shape) not in expected:
+            forms = " or ".join(f"{ndim}-D" for ndim in expected)
+            one = ", or one sample without N" if len(expected) > 1 else ""
+            raise BadRequest(
+                f"model {operation.model_name(rank)} takes {rank}-D layers: input {array} "
+                f"must be {forms} ({operation.arrays[array].axes}{one}), got shape "
+                f"{list(shape)}"
+            )
+
+
+def _need(validated: ConvRequest, request: wire.InferRequest, wanted: list[str]) -> int:
+    binary = all(wire.wants_binary(request, output) for output in wanted)
+    # Answered as raw bytes or as JSON numbers: the same sizes as .npz and JSON answers.
+    encoding = npz_codec.CODEC if binary else json_codec.CODEC
+    return pipeline.memory_need(validated, encoding.answer_bytes)
 
 
 def config(operation: Operation, rank: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .json import array_from_lists
 
 __all__ = [
     "DATATYPES",
+    "Header",
     "InferInput",
     "InferOutput",
     "InferRequest",
@@ -116,7 +117,55 @@ def decode(
                 f"{', '.join(Hyperparameters.model_fields)}",
                 loc=("parameters", key[:40]),
             )
+    return _decoded(arrays, params)
+
+
+def _decoded(arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Decoded:
     return Decoded(arrays, params, "file", param_location="parameters", params_as_text=True)
+
+
+class Header:
+    """What a request with binary tensor data announces in its JSON header, which comes
+    before the data (app.codecs.base.Announced): read once its ``length`` bytes have arrived.
+
+    A header the decoder would refuse (over ``max_json_bytes``, not JSON, not a request, an
+    input or parameter it does not know) is ``lost``: the decoder names the fault.
+    """
+
+    def __init__(self, length: int, max_json_bytes: int) -> None:
+        self.length = length
+        self.specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self.lost = length > max_json_bytes
+        self.ended = False
+        self.request: InferRequest | None = None
+        self._bytes = bytearray()
+
+    @property
+    def sent(self) -> Decoded:
+        params = self.request.parameters if self.request is not None else {}
+        return _decoded({}, {key: value for key, value in params.items() if key not in _IGNORED})
+
+    def feed(self, piece: bytes | memoryview) -> None:
+        if self.lost or self.ended:
+            return
+        self._bytes += piece[: self.length - len(self._bytes)]
+        if len(self._bytes) < self.length:
+            return
+        self.ended = True
+        try:
+            request = read_request(orjson.loads(self._bytes))
+        except (orjson.JSONDecodeError, BadRequest):
+            self.lost = True
+            return
+        for tensor in request.inputs:
+            dtype = DATATYPES.get(tensor.datatype)
+            known = tensor.name not in self.specs and "binary_data_size" in tensor.parameters
+            if dtype is None or not known or any(d < 0 for d in tensor.shape):
+                self.lost = True
+                return
+            self.specs[tensor.name] = (tuple(tensor.shape), dtype)
+        self.request = request
+        self.lost = any(key not in HYPERPARAMETERS for key in self.sent.params)
 
 
 def _split(body: bytes, header_length: str | None, max_json_bytes: int) -> tuple[Any, memoryview]:

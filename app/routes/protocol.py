@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from app import pipeline, protocol
+from app.codecs import protocol as wire
 from app.codecs.protocol import InferRequest, encode, parse_request
 from app.errors import register_error_shape
 from app.limits.body import holding
@@ -195,11 +196,16 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     # The protocol's JSON is parsed whatever the Content-Type: all of the body, or the part
     # Inference-Header-Content-Length gives.
     json_part = None  # all of the body
+    foresight = None
     if header_length and header_length.isascii() and header_length.isdigit():
         json_part = int(header_length[:19])  # 19 digits: more than any body
+        # The JSON header before the binary data says what the request would hold.
+        announced = wire.Header(json_part, state.settings.max_json_bytes)
+        plan = partial(protocol.plan, served, announced, state.settings)
+        foresight = pipeline.Foresight(announced, plan)
     ok = False
     try:
-        response = await pipeline.serve(request, state.gate, holding(json_part), prepare)
+        response = await pipeline.serve(request, state.gate, holding(json_part), prepare, foresight)
         ok = True
         return response
     finally:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import ml_dtypes
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -204,3 +205,58 @@ def test_concurrent_bodies_that_could_never_fit_are_all_refused_for_good(tmp_pat
         assert httpx.post(f"{service.url}/forward", content=small, headers=NPZ).status_code == 200
     finally:
         service.stop()
+
+
+# --- the inference protocol's binary data: its JSON header comes first -----------------------
+
+
+def _infer(model: str, **arrays: np.ndarray) -> tuple[str, bytes, dict[str, str]]:
+    inputs = [
+        {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": "FP64",
+            "parameters": {"binary_data_size": array.nbytes},
+        }
+        for name, array in arrays.items()
+    ]
+    header = orjson.dumps({"inputs": inputs, "parameters": {"padding": "0"}})
+    body = header + b"".join(array.astype("<f8").tobytes() for array in arrays.values())
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+    return f"/v2/models/{model}/infer", body, headers
+
+
+INFERENCES = {
+    "beyond-the-budget": _infer("conv2d", x=np.ones((1, 1, 1024, 1024)), w=np.ones((8, 1, 3, 3))),
+    "mismatched": _infer("conv2d", x=np.ones((1, 3, 256, 256)), w=np.ones((2, 2, 3, 3))),
+    "wrong-rank": _infer("conv1d", x=np.ones((1, 1, 1024, 1024)), w=np.ones((8, 1, 3, 3))),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", INFERENCES)
+async def test_an_inference_that_could_never_run_is_refused_as_it_would_be_with_room(case):
+    path, body, headers = INFERENCES[case]
+    async with serve(BUDGET) as client:
+        gate = client._transport.app.state.gate  # type: ignore[attr-defined]
+        hold = Reservation(gate.memory)
+        await hold.resize(gate.memory.total, _never)
+        try:
+            held = await client.post(path, content=body, headers=headers)
+        finally:
+            hold.release()
+        free = await client.post(path, content=body, headers=headers)
+        fits = _infer("conv2d", x=np.ones((1, 1, 256, 256)), w=np.ones((2, 1, 3, 3)))
+        await hold.resize(gate.memory.total, _never)
+        try:
+            busy = await client.post(fits[0], content=fits[1], headers=fits[2])
+        finally:
+            hold.release()
+    assert free.status_code in (400, 422), free.text
+    assert (held.status_code, held.json()) == (free.status_code, free.json())
+    if case == "beyond-the-budget":
+        assert "memory budget of 64 MiB" in held.json()["error"]
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
