@@ -114,6 +114,18 @@ def test_what_cannot_be_followed_is_lost_not_guessed():
     assert not first.lost and not first.specs and not first.ended
 
 
+@settings(max_examples=200, deadline=None)
+@given(compressed=st.booleans(), data=st.data())
+def test_hostile_bytes_are_lost_or_read_never_raise(compressed, data):
+    body = bytearray(_savez(compressed, **ARRAYS))
+    for _ in range(data.draw(st.integers(1, 8))):
+        body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(body)))
+    members = _announced(bytes(body[:cut]), data.draw(st.lists(st.integers(0, cut), max_size=5)))
+    for shape, dtype in members.specs.values():  # whatever was read is a shape and a dtype
+        assert all(isinstance(n, int) and n >= 0 for n in shape) and isinstance(dtype, np.dtype)
+
+
 # --- through the service: the budget held by others ------------------------------------------
 
 BUDGET = Settings(memory_budget_mb=64, memory_wait=0.2)
