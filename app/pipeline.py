@@ -235,20 +235,22 @@ async def answer(request: Request, operation: Operation) -> Response:
 
 
 def _foresight(request: Request, operation: Operation) -> Foresight | None:
-    """For a body whose form announces its arrays (an .npz's headers come before each
-    member's data): what it says, and the plan of the request from it."""
+    """For a body whose form announces its arrays (an .npz's and a multipart body's .npy
+    headers come before their data): what it says, and the plan of the request from it."""
     content_type = request.headers.get("content-type")
     try:
-        codec, _ = choose_decoder(content_type)
+        codec, options = choose_decoder(content_type)
     except ServiceError:  # an unknown form: prepare refuses it, once the body has arrived
         return None
     if codec.announced is None:
         return None
-    announced = codec.announced(dict(request.query_params))
+    query = dict(request.query_params)
+    announced = codec.announced(operation, query, options)
     plan = partial(
         _plan,
         operation,
         announced,
+        query,
         accept=request.headers.get("accept"),
         content_type=content_type,
         settings=request.app.state.settings,
@@ -259,6 +261,7 @@ def _foresight(request: Request, operation: Operation) -> Foresight | None:
 def _plan(
     operation: Operation,
     announced: Announced,
+    query: Mapping[str, str],
     accept: str | None,
     content_type: str | None,
     settings: Settings,
@@ -274,6 +277,7 @@ def _plan(
         for name, (shape, dtype) in announced.specs.items()
     }
     sent = announced.sent
+    _check_query(sent, query)
     request = check(operation, sent.params, specs, sent, settings)
     return memory_need(request, choose_encoder(accept, operation, content_type).answer_bytes)
 
@@ -328,7 +332,14 @@ def prepare(
         reserve=reservation.take_now,
     )
     decoded = decoder.decode(body, operation, query, budget, options)
-    if decoded.param_location == "body" and query:
+    _check_query(decoded, query)
+    request = validate(operation, decoded, settings)
+    need = memory_need(request, encoder.answer_bytes)
+    return Prepared(request, decoded, encoder, need)
+
+
+def _check_query(sent: Decoded, query: Mapping[str, str]) -> None:
+    if sent.param_location == "body" and query:
         key = next(iter(query))
         raise InvalidInput(
             f"query parameter {key!r} is not read: with this Content-Type the "
@@ -336,9 +347,6 @@ def prepare(
             loc=("query", key),
             type="extra_forbidden",
         )
-    request = validate(operation, decoded, settings)
-    need = memory_need(request, encoder.answer_bytes)
-    return Prepared(request, decoded, encoder, need)
 
 
 def validate(operation: Operation, decoded: Decoded, settings: Settings) -> ConvRequest:

@@ -124,9 +124,9 @@ class Codec:
 
     ``answers`` tells which operations' outputs the format can carry; ``answer_bytes`` what
     its encoded answer holds at most, beside the outputs themselves; ``query_parameters``
-    marks a format whose hyperparameters travel in the query string; ``announced`` reads
-    the arrays' shapes from a body's first bytes (given the query), for a format that says
-    them before the data.
+    marks a format whose hyperparameters travel in the query string; ``announced(operation,
+    query, options)`` reads the arrays' shapes from a body as it arrives, for a format that
+    says them before the data.
     """
 
     media_type: str
@@ -137,7 +137,7 @@ class Codec:
     answers: Callable[[Operation], bool] = _everything
     answer_bytes: Callable[[Cost], int] = _file_and_copy
     query_parameters: bool = False
-    announced: Callable[[Fields], Announced] | None = None
+    announced: Callable[[Operation, Fields, Fields], Announced] | None = None
 
 
 @dataclass

@@ -16,12 +16,25 @@ from python_multipart.multipart import (
 from app.errors import BadRequest, InvalidInput, NotAcceptable
 from app.schemas import Hyperparameters
 from convengine import Operation
+from convengine.npy_header import MAX_HEADER, parse_header
 
-from .base import Budget, Codec, Decoded, TensorStyle, check_known, check_names, npy_parts, read_npy
+from .base import (
+    Budget,
+    Codec,
+    Decoded,
+    Fields,
+    TensorStyle,
+    check_known,
+    check_names,
+    file_dtype,
+    npy_parts,
+    read_npy,
+)
 
-__all__ = ["MULTIPART", "NPY", "decode_multipart", "encode"]
+__all__ = ["MULTIPART", "NPY", "Parts", "decode_multipart", "encode"]
 
 MAX_PARTS = 16
+_NPY_HEADER_BYTES = 12 + MAX_HEADER  # magic, version, length field and the longest header
 MAX_BOUNDARY = MAX_BOUNDARY_LENGTH  # the parser's own bound, refused here by name
 
 
@@ -74,20 +87,21 @@ def _parse_parts(body: bytes, boundary: bytes) -> list[_Part]:
     except MultipartParseError as exc:
         raise BadRequest(f"the multipart body is malformed: {exc}") from exc
     for part in parts:
-        _, options = parse_options_header(part.headers.get(b"content-disposition", b""))
-        part.name = options.get(b"name", b"").decode("utf-8", "replace")
-        filename = options.get(b"filename")
-        part.filename = None if filename is None else filename.decode("utf-8", "replace")
+        part.name, part.filename = _disposition(part.headers)
     return parts
 
 
-def decode_multipart(
-    body: bytes,
-    operation: Operation,
-    query: Mapping[str, str],
-    budget: Budget,
-    options: Mapping[str, str],
-) -> Decoded:
+def _disposition(headers: Mapping[bytes, bytes]) -> tuple[str, str | None]:
+    """A part's name and file name, from its Content-Disposition."""
+    _, options = parse_options_header(headers.get(b"content-disposition", b""))
+    filename = options.get(b"filename")
+    return (
+        options.get(b"name", b"").decode("utf-8", "replace"),
+        None if filename is None else filename.decode("utf-8", "replace"),
+    )
+
+
+def _boundary(options: Mapping[str, str]) -> bytes:
     boundary = options.get("boundary", "")
     if not boundary:
         raise BadRequest(
@@ -100,9 +114,114 @@ def decode_multipart(
             f"{MAX_BOUNDARY} are read (RFC 2046 asks for 70 at most)",
             loc=("header", "content-type"),
         )
+    return boundary.encode("latin-1")
+
+
+class Parts:
+    """What a multipart body announces as it arrives (app.codecs.base.Announced): each array
+    part's .npy header, and the form fields (hyperparameters), which may come after the
+    arrays; announced all at once when the closing boundary has arrived. A body the decoder
+    would refuse, or a field longer than a hyperparameter is, is ``lost``."""
+
+    MAX_FIELD = 1024
+
+    def __init__(self, operation: Operation, query: Fields, options: Fields) -> None:
+        self.specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self.lost = self.ended = False
+        self._operation = operation
+        self._arrays: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._fields: dict[str, str] = {}
+        self._headers: dict[bytes, bytes] = {}
+        self._field, self._value, self._data = bytearray(), bytearray(), bytearray()
+        self._name, self._array, self._count = "", False, 0
+        try:
+            boundary = _boundary(options)
+        except (BadRequest, UnicodeEncodeError):
+            self.lost = True
+            return
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin,
+                "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
+                "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+        )
+
+    @property
+    def sent(self) -> Decoded:
+        return Decoded({}, dict(self._fields), "file", params_as_text=True)
+
+    def feed(self, piece: bytes | memoryview) -> None:
+        if self.lost or self.ended:
+            return
+        try:
+            self._parser.write(bytes(piece))
+        except MultipartParseError:
+            self.lost = True
+
+    def _begin(self) -> None:
+        self._count += 1
+        self.lost |= self._count > MAX_PARTS
+        self._headers.clear()
+        self._data.clear()
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._field).lower()] = bytes(self._value)
+        self._field.clear()
+        self._value.clear()
+
+    def _headers_finished(self) -> None:
+        self._name, filename = _disposition(self._headers)
+        self._array = filename is not None or self._name in self._operation.inputs
+        if self._array and self._name not in self._operation.inputs:
+            self.lost = True  # an array the operation does not take: the decoder names it
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        room = (_NPY_HEADER_BYTES if self._array else self.MAX_FIELD + 1) - len(self._data)
+        self._data += data[start : start + max(0, min(end - start, room))]
+
+    def _part_end(self) -> None:
+        name, data = self._name, self._data
+        if self.lost or not data:
+            return  # a blank part is absent
+        if name in self._arrays or name in self._fields:
+            self.lost = True  # sent twice: the decoder names it
+        elif not self._array:
+            self.lost = len(data) > self.MAX_FIELD
+            self._fields[name] = data.decode("utf-8", "replace")
+        else:
+            try:
+                header = parse_header(bytes(data))
+            except ValueError:
+                self.lost = True
+                return
+            dtype = file_dtype(header.dtype)
+            self.lost = dtype is None
+            if dtype is not None:
+                self._arrays[name] = (header.shape, dtype)
+
+    def _end(self) -> None:
+        self.ended = True
+        self.specs = dict(self._arrays)
+
+
+def decode_multipart(
+    body: bytes,
+    operation: Operation,
+    query: Mapping[str, str],
+    budget: Budget,
+    options: Mapping[str, str],
+) -> Decoded:
+    boundary = _boundary(options)
     arrays: dict[str, np.ndarray] = {}
     params: dict[str, Any] = {}
-    for part in _parse_parts(body, boundary.encode("latin-1")):
+    for part in _parse_parts(body, boundary):
         data = part.chunks[0] if len(part.chunks) == 1 else b"".join(part.chunks)
         if not data:
             # A form field left blank (Swagger UI and browsers send one for an empty file
@@ -163,5 +282,10 @@ def _single_output(operation: Operation) -> bool:
     return len(operation.outputs) == 1
 
 
-MULTIPART = Codec("multipart/form-data", decode=decode_multipart, request_doc=_multipart_doc)
+MULTIPART = Codec(
+    "multipart/form-data",
+    decode=decode_multipart,
+    request_doc=_multipart_doc,
+    announced=Parts,
+)
 NPY = Codec("application/x-npy", encode=encode, response_doc=_npy_doc, answers=_single_output)

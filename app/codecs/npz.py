@@ -378,5 +378,5 @@ CODEC = Codec(
     request_doc=_request_doc,
     response_doc=_response_doc,
     query_parameters=True,
-    announced=Members,
+    announced=lambda operation, query, options: Members(query),
 )

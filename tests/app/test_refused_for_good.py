@@ -140,18 +140,68 @@ def _never(nbytes: int) -> InvalidInput:
     raise AssertionError(f"{nbytes} bytes refused")
 
 
-async def _held_and_free(body: bytes, query: str = "") -> tuple[httpx.Response, httpx.Response]:
+async def _held_and_free(
+    body: bytes, query: str = "", headers: dict[str, str] = NPZ
+) -> tuple[httpx.Response, httpx.Response]:
     """The answers to ``body`` while every byte of the budget is held, then with room."""
     async with serve(BUDGET) as client:
         gate = client._transport.app.state.gate  # type: ignore[attr-defined]
         hold = Reservation(gate.memory)
         await hold.resize(gate.memory.total, _never)
         try:
-            held = await client.post(f"/forward{query}", content=body, headers=NPZ)
+            held = await client.post(f"/forward{query}", content=body, headers=headers)
         finally:
             hold.release()
-        free = await client.post(f"/forward{query}", content=body, headers=NPZ)
+        free = await client.post(f"/forward{query}", content=body, headers=headers)
     return held, free
+
+
+def _multipart(fields: dict[str, str], **arrays: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A multipart body with the arrays first and the fields after them."""
+    files = {name: (f"{name}.npy", npy_bytes(array)) for name, array in arrays.items()}
+    built = httpx.Request("POST", "http://x/", files=files, data=fields)
+    return built.read(), {"content-type": built.headers["content-type"]}
+
+
+MULTIPARTS = {
+    "beyond-the-budget": _multipart(
+        {"stride": "1"}, x=np.ones((1, 1, 1024, 1024)), w=np.ones((8, 1, 3, 3))
+    ),
+    "mismatched": _multipart({}, x=np.ones((1, 3, 256, 256)), w=np.ones((2, 2, 3, 3))),
+    "bad-field-last": _multipart(
+        {"stride": "0"}, x=np.ones((1, 1, 256, 256)), w=np.ones((2, 1, 3, 3))
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", MULTIPARTS)
+async def test_a_multipart_body_is_refused_for_good_once_its_fields_have_arrived(case):
+    body, headers = MULTIPARTS[case]
+    held, free = await _held_and_free(body, headers=headers)
+    assert free.status_code == 422, free.text
+    assert (held.status_code, held.json()) == (free.status_code, free.json())
+
+
+def test_a_multipart_body_announces_its_arrays_and_fields_at_its_end():
+    from app.codecs.npy import Parts
+    from convengine import OPERATIONS
+
+    forward = OPERATIONS["forward"]
+    body, headers = _multipart({"stride": "2", "padding": ""}, **ARRAYS)
+    boundary = headers["content-type"].split("boundary=")[1]
+    parts = Parts(forward, {}, {"boundary": boundary})
+    for i in range(len(body)):
+        parts.feed(body[i : i + 1])
+        assert parts.ended or not parts.specs  # nothing before the closing boundary
+    assert parts.ended and not parts.lost
+    assert {k: v[0] for k, v in parts.specs.items()} == {k: a.shape for k, a in ARRAYS.items()}
+    assert parts.sent.params == {"stride": "2"}  # a blank field is absent
+    unknown, headers = _multipart({}, x=np.ones((1, 1, 2, 2)), q=np.ones(2))
+    lost = Parts(forward, {}, {"boundary": headers["content-type"].split("boundary=")[1]})
+    lost.feed(unknown)
+    assert lost.lost  # an array forward does not take: the decoder names it
+    assert Parts(forward, {}, {}).lost  # no boundary: the decoder names it
 
 
 @pytest.mark.anyio
