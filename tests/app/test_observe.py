@@ -119,9 +119,9 @@ async def test_metrics_name_the_build_and_the_memory_budget():
 
 def test_metrics_add_up_over_worker_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the service makes its metrics folder
-    service = start_service(tmp_path, workers="2", log_level="warning")
+    service = start_service(tmp_path, workers="2")  # info: wait_ready sees both workers start
     try:
-        service.wait_ready(streak=5)  # several answers in a row: both workers are up
+        service.wait_ready(streak=5)
         for _ in range(20):  # a new connection each: the kernel spreads them over the workers
             response = httpx.post(f"{service.url}/forward", json=BODY, timeout=10)
             assert response.status_code == 200
