@@ -51,8 +51,10 @@ __all__ = [
     "REQUEST_BYTES",
     "REQUEST_SECONDS",
     "RESPONSE_BYTES",
+    "REPLICA_INFO",
     "WorkerProcesses",
     "collect",
+    "name_replica",
     "render",
 ]
 
@@ -130,6 +132,21 @@ BUILD_INFO = Gauge(
     multiprocess_mode="max",
 )
 BUILD_INFO.labels(convengine.__version__, platform.python_version(), np.__version__, _blas()).set(1)
+
+REPLICA_INFO = Gauge(
+    "convengine_replica_info",
+    "Always 1: this replica's name, as its X-Replica header says (a Ray replica's is its "
+    "deployment, id and node)",
+    ["replica"],
+    multiprocess_mode="max",
+)
+
+
+def name_replica(replica: str) -> None:
+    """``convengine_replica_info`` names ``replica``, and only it."""
+    REPLICA_INFO.clear()
+    REPLICA_INFO.labels(replica).set(1)
+
 
 KEY_REQUESTS = Counter(
     "convengine_key_requests_total",
