@@ -121,7 +121,7 @@ def _deployment_class() -> type:
             keep_heap_small()  # freed arrays go back to the system, as under python -m app
             return create_app(replica_settings(self.options, _replica_name()))
 
-    return Convengine  # type: ignore[no-any-return]
+    return Convengine
 
 
 def replica_environment(options: RayOptions, environ: dict[str, str]) -> dict[str, str]:
@@ -188,7 +188,8 @@ def start_cluster(options: RayOptions, settings: Settings) -> None:
     env = _cluster_environment()
     common = ["--node-ip-address=127.0.0.1", f"--num-cpus={options.node_cpus}"]
     common += ["--disable-usage-stats"]
-    _ray("start", "--head", f"--port={options.gcs_port}", "--include-dashboard=false", *common, env=env)
+    head = ["--head", f"--port={options.gcs_port}", "--include-dashboard=false"]
+    _ray("start", *head, *common, env=env)
     worker_env = dict(env, RAY_SERVE_WORKER_PROXY_HTTP_PORT=str(worker_port(options, settings)))
     _ray("start", f"--address=127.0.0.1:{options.gcs_port}", *common, env=worker_env)
 
@@ -211,7 +212,8 @@ def deploy(options: RayOptions, settings: Settings, timeout: float = 300) -> lis
         serve.run(application(options), name=APP_NAME, route_prefix="/", blocking=False)
     finally:
         ray.shutdown()
-    urls = [f"http://{settings.host}:{port}" for port in (settings.port, worker_port(options, settings))]
+    ports = (settings.port, worker_port(options, settings))
+    urls = [f"http://{settings.host}:{port}" for port in ports]
     for url in urls:
         _wait_ready(url, timeout)
     return urls

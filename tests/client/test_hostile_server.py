@@ -258,6 +258,9 @@ def test_a_500_no_replica_signed_is_retried_and_a_replica_s_500_is_not(server):
         signed.append(1)
         _send(h, 500, b'{"detail": "boom"}', content_type="application/json", x_replica="r1")
 
-    with ConvClient(server(replica_error), retries=2) as client, pytest.raises(ConvServiceError) as raised:
+    with (
+        ConvClient(server(replica_error), retries=2) as client,
+        pytest.raises(ConvServiceError) as raised,
+    ):
         client.forward(X, W)
     assert raised.value.status_code == 500 and len(signed) == 1
