@@ -34,6 +34,10 @@ from convengine.client import AsyncConvClient, ConvClient
 
 from ..servers import free_port
 
+# Ray on two busy cores: the first test also starts the cluster (30-60 s), the others wait on
+# replicas that Ray starts and stops.
+pytestmark = pytest.mark.timeout(600)
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent  # make's VENV: this interpreter's
 REPLICA = re.compile(r"convengine#(\w+)@([0-9a-f]{8})")
