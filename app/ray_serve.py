@@ -62,6 +62,9 @@ class RayOptions(BaseSettings):
     downscale_delay_s: float = Field(
         30.0, ge=0, description="seconds of little load before removing one"
     )
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="replicas one node may hold; unset: Ray spreads them as it can"
+    )
     cpus_per_replica: float = Field(
         1.0, gt=0, description="Ray CPUs per replica: its computation slots (at least 1)"
     )
@@ -141,6 +144,8 @@ def application(options: RayOptions, environ: dict[str, str] | None = None) -> A
 
     environ = dict(os.environ if environ is None else environ)
     settings = Settings()  # the driver's, checked here before any replica reads them
+    per_node = options.max_replicas_per_node
+    spread = {"max_replicas_per_node": per_node} if per_node else {}  # Serve's default: unset
     deployment = serve.deployment(
         _deployment_class(),
         name=APP_NAME,
@@ -150,6 +155,7 @@ def application(options: RayOptions, environ: dict[str, str] | None = None) -> A
             "runtime_env": {"env_vars": replica_environment(options, environ)},
         },
         max_ongoing_requests=options.max_ongoing_requests,
+        **spread,
         autoscaling_config={
             "min_replicas": options.min_replicas,
             "initial_replicas": options.min_replicas,

@@ -120,6 +120,7 @@ def cluster() -> Iterator[Cluster]:
         "CONVENGINE_RAY_GCS_PORT": str(gcs_port),
         "CONVENGINE_RAY_MIN_REPLICAS": "2",
         "CONVENGINE_RAY_MAX_REPLICAS": "2",
+        "CONVENGINE_RAY_MAX_REPLICAS_PER_NODE": "1",  # one on each node, whatever Ray would pick
         "CONVENGINE_MAX_BODY_BYTES": str(4 * MiB),  # the driver's settings reach the replicas
     }
     urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{worker_port}"]
