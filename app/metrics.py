@@ -143,8 +143,10 @@ REPLICA_INFO = Gauge(
 
 
 def name_replica(replica: str) -> None:
-    """``convengine_replica_info`` names ``replica``, and only it."""
-    REPLICA_INFO.clear()
+    """``convengine_replica_info`` names ``replica``, and only it (an app made again in one
+    process, as tests do, renames it; workers of one service share its name)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # where clearing is not implemented
+        REPLICA_INFO.clear()
     REPLICA_INFO.labels(replica).set(1)
 
 
