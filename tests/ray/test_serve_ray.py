@@ -202,15 +202,28 @@ def test_the_client_sharded_over_both_proxies_gives_the_in_process_bits(cluster:
         assert got.tobytes() == want.tobytes()
 
 
+class Counting(httpx.HTTPTransport):
+    """Counts the answers that no replica signed (a proxy's 500 for a replica gone)."""
+
+    def __init__(self, load: Load) -> None:
+        super().__init__()
+        self.load = load
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if response.status_code >= 500 and "x-replica" not in response.headers:
+            self.load.unsigned += 1
+        return response
+
+
 class Load:
     """Clients posting /forward over both proxies in threads until stopped; every answer
-    checked against the engine, every failure kept."""
+    checked against the engine, every failure kept, the proxies' own errors counted."""
 
     def __init__(self, urls: list[str], threads: int, **client: object) -> None:
         self.urls, self.client = urls, client
         self.failures: list[BaseException] = []
-        self.replicas: list[tuple[float, str]] = []
-        self.answers = 0
+        self.answers = self.unsigned = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
 
@@ -221,7 +234,8 @@ class Load:
         w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
         want = ce.conv(x, w, padding=1).tobytes()
         url = self.urls[index % len(self.urls)]
-        with ConvClient(url, retries=8, **self.client) as client:  # type: ignore[arg-type]
+        transport = Counting(self)
+        with ConvClient(url, retries=8, transport=transport, **self.client) as client:  # type: ignore[arg-type]
             while not self._stop.is_set():
                 try:
                     assert client.forward(x, w, padding=1).tobytes() == want
@@ -265,7 +279,8 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_fails(cluster: C
         wait_for(lambda: load.answers >= answers_then + 8, 60, "answers after the replacement")
     assert load.failures == [], load.failures[:3]
     print(
-        f"\nreplica killed: a new process in {replaced:.1f} s, two answering in {answering:.1f} s"
+        f"\nreplica killed: a new process in {replaced:.1f} s, two answering in "
+        f"{answering:.1f} s; {load.unsigned} answers of a proxy retried"
     )
 
 
