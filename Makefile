@@ -31,7 +31,7 @@ serve: runtime
 
 # Ray Serve on a local cluster of two Ray nodes (`ray start` twice): the head node's proxy on
 # CONVENGINE_PORT, the second node's on CONVENGINE_RAY_WORKER_PORT (CONVENGINE_PORT + 100);
-# replicas, CPUs and memory per replica from CONVENGINE_RAY_* (README, "Scale out"). It returns
+# replicas, CPUs and memory per replica from CONVENGINE_RAY_* (README, "Ray Serve"). It returns
 # once both proxies answer; `make stop-ray` stops every Ray process of this machine.
 serve-ray: runtime
 	@$(BIN)/python -c 'import ray.serve' 2>/dev/null || $(PIP) -c requirements.lock -e '.[ray]'
