@@ -148,6 +148,8 @@ def test_replicas_on_both_nodes_answer_forward_backward_and_v2(cluster: Cluster)
     assert all(REPLICA.fullmatch(name) for name in names), names
     nodes = {REPLICA.fullmatch(name)[2] for name in names}  # type: ignore[index]
     assert len(names) >= 2 and len(nodes) == 2, seen
+    # `ray status` reads the autoscaler's view, refreshed every few seconds
+    wait_for(lambda: len(cluster.node_ids()) == 2, 60, "two nodes in ray status")
     assert nodes == {node[:8] for node in cluster.node_ids()}
     x, w, dout = _problem(2)
     for url in cluster.urls:
