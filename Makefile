@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 RUNTIME := $(VENV)/.runtime
 TOOLS := $(VENV)/.tools
 
-.PHONY: install runtime system-deps serve test lint bench clean
+.PHONY: install runtime system-deps serve serve-ray stop-ray test lint bench clean
 
 # The service alone: its pinned runtime dependencies and the project, nothing more.
 runtime: $(RUNTIME)
@@ -17,16 +17,28 @@ $(RUNTIME): pyproject.toml requirements.lock
 	$(PIP) --no-deps -e .
 	touch $(RUNTIME)
 
-# Everything the checks use besides: test, lint, browser and client tools (no PyTorch).
+# Everything the checks use besides: test, lint, browser and client tools, Ray Serve (no
+# PyTorch). The lock constrains what they pull in (ray would upgrade protobuf past it).
 install: $(TOOLS)
 
 $(TOOLS): $(RUNTIME)
-	$(PIP) -e '.[dev,client]'
+	$(PIP) -c requirements.lock -e '.[dev,client,ray]'
 	touch $(TOOLS)
 
 # Settings come from CONVENGINE_* variables (see README): CONVENGINE_PORT=9000 make serve
 serve: runtime
 	$(BIN)/python -m app
+
+# Ray Serve on a local cluster of two Ray nodes (`ray start` twice): the head node's proxy on
+# CONVENGINE_PORT, the second node's on CONVENGINE_RAY_WORKER_PORT (CONVENGINE_PORT + 100);
+# replicas, CPUs and memory per replica from CONVENGINE_RAY_* (README, "Ray Serve"). It returns
+# once both proxies answer; `make stop-ray` stops every Ray process of this machine.
+serve-ray: runtime
+	@$(BIN)/python -c 'import ray.serve' 2>/dev/null || $(PIP) -c requirements.lock -e '.[ray]'
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m app.ray_serve start
+
+stop-ray:
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m app.ray_serve stop
 
 # What the tests run for real, from Debian's packages: nginx and docker-compose (for `config`)
 # for the deployment, dnsmasq (a DNS server on loopback) for nginx re-resolving replicas,

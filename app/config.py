@@ -14,7 +14,13 @@ import orjson
 from pydantic import Field, FilePath, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "available_cpus", "container_memory_limit", "get_settings"]
+__all__ = [
+    "Settings",
+    "available_cpus",
+    "budget_within",
+    "container_memory_limit",
+    "get_settings",
+]
 
 MiB = 1 << 20
 # What the process holds whatever it serves, outside the memory budget: the interpreter, NumPy
@@ -46,6 +52,12 @@ def container_memory_limit() -> int:
         if text.isdigit() and int(text) < 1 << 60:  # v1 says "no limit" with a huge number
             return int(text)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def budget_within(limit: int, max_concurrent: int) -> int:
+    """The memory budget in bytes of a process allowed ``limit`` bytes: the limit less the
+    baseline and the engine's kept buffers of ``max_concurrent`` threads, at least 256 MiB."""
+    return max(256 * MiB, limit - BASELINE_BYTES - max_concurrent * BUFFERS_PER_THREAD)
 
 
 # A browser's Origin: scheme://host[:port], no path, no quotes or brackets.
@@ -142,8 +154,7 @@ class Settings(BaseSettings):
         baseline and the engine's kept buffers (at least 256 MiB)."""
         if self.memory_budget_mb is not None:
             return self.memory_budget_mb * MiB
-        held = BASELINE_BYTES + self.max_concurrent * BUFFERS_PER_THREAD
-        return max(256 * MiB, container_memory_limit() - held)
+        return budget_within(container_memory_limit(), self.max_concurrent)
 
     # Deployment-grade HTTP (app.encoding, app.auth, CORS): each off or harmless by default.
     compress_min_bytes: int = Field(

@@ -118,6 +118,7 @@ def create_app(
     app.state.operations = operations
     memory = MemoryBudget(settings.memory_budget(), settings.max_waiting, settings.memory_wait)
     metrics.MEMORY_BUDGET.set(memory.total)
+    metrics.name_replica(settings.replica)
     app.state.gate = Gate(settings.max_concurrent, settings.max_waiting, memory)
     app.state.ready = False
     app.state.serve_grpc = serve_grpc

@@ -47,12 +47,14 @@ __all__ = [
     "MODEL_SECONDS",
     "QUEUE_SECONDS",
     "REFUSALS",
+    "REPLICA_INFO",
     "REQUESTS",
     "REQUEST_BYTES",
     "REQUEST_SECONDS",
     "RESPONSE_BYTES",
     "WorkerProcesses",
     "collect",
+    "name_replica",
     "render",
 ]
 
@@ -130,6 +132,23 @@ BUILD_INFO = Gauge(
     multiprocess_mode="max",
 )
 BUILD_INFO.labels(convengine.__version__, platform.python_version(), np.__version__, _blas()).set(1)
+
+REPLICA_INFO = Gauge(
+    "convengine_replica_info",
+    "Always 1: this replica's name, as its X-Replica header says (a Ray replica's is its "
+    "deployment, id and node)",
+    ["replica"],
+    multiprocess_mode="max",
+)
+
+
+def name_replica(replica: str) -> None:
+    """``convengine_replica_info`` names ``replica``, and only it (an app made again in one
+    process, as tests do, renames it; workers of one service share its name)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # where clearing is not implemented
+        REPLICA_INFO.clear()
+    REPLICA_INFO.labels(replica).set(1)
+
 
 KEY_REQUESTS = Counter(
     "convengine_key_requests_total",

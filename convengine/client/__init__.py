@@ -20,7 +20,8 @@ sent concurrently (at most ``concurrency`` at once, one connection pool per repl
 shard to the least busy replica). Per-sample outputs are concatenated in order and batch sums
 (``dw``, ``db``) added in float64 in shard order (:mod:`convengine._shards`), so the answer is
 the same, bit for bit, whatever order the shards finish in and however many replicas there
-are. A shard that fails on a transport error, a 502, 503 or 504 is retried (``retries``
+are. A shard that fails on a transport error, a 502, 503 or 504, or a 500 without
+``X-Replica`` (a proxy's whose replica died, as Ray Serve's answer) is retried (``retries``
 times, on another replica if there is one, after a backoff, or the 503's Retry-After when
 there is no other); any other refusal fails the whole call at once.
 

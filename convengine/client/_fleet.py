@@ -153,17 +153,26 @@ class Fleet:
                 return
             if isinstance(outcome, Exception):
                 self._rest(endpoint)
-            elif outcome.status_code in RETRIED:
+            elif busy_or_gone(outcome):
                 rest = retry_after(outcome) if outcome.status_code == 503 else BACKOFF
                 endpoint.resting_until = time.monotonic() + rest
             else:
                 endpoint.failures = 0
 
 
+def busy_or_gone(response: httpx.Response) -> bool:
+    """A busy replica (502, 503, 504), or a 500 that no replica signed (no ``X-Replica``,
+    which the service sets on every answer): a proxy's whose replica died mid-request, as
+    Ray Serve's proxies answer."""
+    return response.status_code in RETRIED or (
+        response.status_code == 500 and "x-replica" not in response.headers
+    )
+
+
 def retrying(outcome: httpx.Response | Exception, attempt: int, retries: int) -> bool:
-    """Whether this try's outcome is worth another: a transport error or a busy replica."""
+    """Whether this try's outcome is worth another: a transport error, a busy or lost replica."""
     retryable = isinstance(outcome, httpx.TransportError) or (
-        isinstance(outcome, httpx.Response) and outcome.status_code in RETRIED
+        isinstance(outcome, httpx.Response) and busy_or_gone(outcome)
     )
     return retryable and attempt < retries
 

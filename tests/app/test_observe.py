@@ -117,6 +117,16 @@ async def test_metrics_name_the_build_and_the_memory_budget():
     assert _value(samples, "convengine_memory_reserved_bytes") == 0
 
 
+async def test_metrics_name_the_replica_as_its_header_does():
+    for name in ("pod-a", "convengine#x1y2z3@96ee9dfb"):  # a second app: only its name
+        async with serve(Settings(replica=name)) as client:
+            answer = await client.get("/metrics")
+        named = [
+            dict(labels) for n, labels in _samples(answer.text) if n == "convengine_replica_info"
+        ]
+        assert named == [{"replica": name}] and answer.headers["x-replica"] == name
+
+
 def test_metrics_add_up_over_worker_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the service makes its metrics folder
     service = start_service(tmp_path, workers="2")  # info: wait_ready sees both workers start

@@ -235,3 +235,32 @@ def test_a_refusal_s_body_is_bounded_too(server):
         "answer",
         "can need 65536 bytes",
     )
+
+
+def test_a_500_no_replica_signed_is_retried_and_a_replica_s_500_is_not(server):
+    """A proxy whose replica died mid-request (Ray Serve's answers 500, without X-Replica) is
+    a lost try, retried; a 500 from the service itself (X-Replica set) is its answer."""
+    tries: list[int] = []
+
+    def proxy_then_replica(h: http.server.BaseHTTPRequestHandler) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            _send(h, 500, b"Internal Server Error", content_type="text/plain")
+        else:
+            _send(h, 200, _npz(out=conv(X, W)), x_replica="r1")
+
+    with ConvClient(server(proxy_then_replica), retries=2) as client:
+        np.testing.assert_array_equal(client.forward(X, W), conv(X, W))
+    assert len(tries) == 2
+    signed: list[int] = []
+
+    def replica_error(h: http.server.BaseHTTPRequestHandler) -> None:
+        signed.append(1)
+        _send(h, 500, b'{"detail": "boom"}', content_type="application/json", x_replica="r1")
+
+    with (
+        ConvClient(server(replica_error), retries=2) as client,
+        pytest.raises(ConvServiceError) as raised,
+    ):
+        client.forward(X, W)
+    assert raised.value.status_code == 500 and len(signed) == 1
