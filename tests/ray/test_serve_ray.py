@@ -9,6 +9,7 @@ the last one stops it. Whatever fails, the module's finalizer stops every Ray pr
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -24,8 +25,6 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-
-pytest.importorskip("ray.serve", reason="the ray extra is not installed: make install has it")
 
 import convengine as ce
 from app.config import MiB, budget_within
@@ -111,6 +110,8 @@ def stop_every_ray_process() -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
+    # The ray extra (make install has it): these tests fail, never skip, without it.
+    assert importlib.util.find_spec("ray.serve") is not None, "make install adds the ray extra"
     port, worker_port, gcs_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
