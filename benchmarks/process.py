@@ -40,7 +40,11 @@ def running_service(grpc: bool = False, **settings: str) -> Iterator[Running]:
     env.update({f"CONVENGINE_{name.upper()}": value for name, value in settings.items()})
     log = Path(tempfile.mkdtemp(prefix="convengine-bench-")) / "service.log"
     with log.open("wb") as sink:
-        service = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=sink)
+        # Its log (standard error) to the file too, as a collector would take it: a terminal
+        # would slow every request by its access log line.
+        service = subprocess.Popen(
+            [sys.executable, "-m", "app"], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -1,0 +1,183 @@
+"""The per-request cost: tiny requests against ``/healthz``, as an ordinary client gets them.
+
+    python -m benchmarks.tiny [--rounds 7] [--calls 300]
+
+One ``python -m app`` with its default settings (gRPC off, so that no two processes contend
+for its port; the access log written to a file, as an operator's collector would take it),
+one ``httpx.Client`` with its default headers (``Accept-Encoding: gzip, deflate`` among
+them), sequential round trips on one kept-alive connection. Each round times ``--calls``
+calls of every request in turn; a row's figure is the median over rounds of the round's
+median, and its ratio the median over rounds of the round's median / ``/healthz``'s in that
+round, so that a slow stretch of a shared machine moves both sides of a ratio alike.
+Targets (issue 24): a tiny forward (1x1x8x8 x, 1x1x3x3 w) within 1.5x of ``/healthz`` in
+``.npz`` and in JSON, a tiny backward within 1.8x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+from threadpoolctl import threadpool_info
+
+from benchmarks.payloads import npz_bytes
+from benchmarks.process import running_service
+
+__all__ = ["Tiny", "machine", "measure", "report"]
+
+X_SHAPE, W_SHAPE = (1, 1, 8, 8), (1, 1, 3, 3)
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """One request of the table: its label, what it asks, and its target against /healthz."""
+
+    label: str
+    method: str
+    path: str
+    kwargs: dict[str, object]
+    target: float | None = None
+
+
+def requests() -> list[Tiny]:
+    """The rows: /healthz first (the floor), then the tiny requests."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(X_SHAPE, dtype=np.float32)
+    w = rng.standard_normal(W_SHAPE, dtype=np.float32)
+    dout = rng.standard_normal((1, 1, 8, 8), dtype=np.float32)  # padding 1: out is 8x8
+    npz = {"content-type": "application/x-npz"}
+    jsn = {"content-type": "application/json"}
+    nested = {"x": x.tolist(), "w": w.tolist(), "dtype": "float32", "padding": 1}
+    dry = {"operation": "forward", "x": {"shape": list(X_SHAPE)}, "w": {"shape": list(W_SHAPE)}}
+    params = {"padding": "1"}
+    return [
+        Tiny("GET /healthz (floor)", "GET", "/healthz", {}),
+        Tiny(
+            "tiny forward .npz",
+            "POST",
+            "/forward",
+            {"content": npz_bytes(False, x=x, w=w), "params": params, "headers": npz},
+            1.5,
+        ),
+        Tiny(
+            "tiny forward JSON",
+            "POST",
+            "/forward",
+            {"content": json.dumps(nested).encode(), "headers": jsn},
+            1.5,
+        ),
+        Tiny(
+            "tiny backward .npz",
+            "POST",
+            "/backward",
+            {"content": npz_bytes(False, x=x, w=w, dout=dout), "params": params, "headers": npz},
+            1.8,
+        ),
+        Tiny(
+            "tiny backward JSON",
+            "POST",
+            "/backward",
+            {"content": json.dumps({**nested, "dout": dout.tolist()}).encode(), "headers": jsn},
+            1.8,
+        ),
+        Tiny("dry run /explain", "POST", "/explain", {"content": json.dumps(dry).encode()}),
+    ]
+
+
+def _round(call: Callable[[], httpx.Response], calls: int) -> float:
+    """The median round trip of ``calls`` calls, in milliseconds."""
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        response = call()
+        times.append(time.perf_counter() - started)
+        if response.status_code != 200:
+            raise SystemExit(f"{response.status_code}: {response.text[:300]}")
+    return statistics.median(times) * 1e3
+
+
+def measure(url: str, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Each request's median round trip per round, in milliseconds (healthz first)."""
+    tiny = requests()
+    with httpx.Client(base_url=url) as client:  # default headers: gzip, deflate accepted
+        contenders = {
+            each.label: (lambda each=each: client.request(each.method, each.path, **each.kwargs))
+            for each in tiny
+        }
+        for call in contenders.values():
+            _round(call, 30)  # the connection open, every path warm
+        times: dict[str, list[float]] = {label: [] for label in contenders}
+        for _ in range(rounds):
+            for label, call in contenders.items():
+                times[label].append(_round(call, calls))
+    return times
+
+
+def machine() -> str:
+    """The CPU, the BLAS kernel and the load, to quote beside every figure."""
+    blas = ", ".join(
+        f"{pool['internal_api']} {pool['version']} {pool.get('architecture', '?')}"
+        for pool in threadpool_info()
+        if pool["user_api"] == "blas"
+    )
+    cpu = platform.processor() or platform.machine()
+    for line in open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else ():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} CPUs; BLAS {blas or 'none'}; load average {load}"
+
+
+def report(times: dict[str, list[float]], rounds: int, calls: int) -> list[str]:
+    """The table: each request's median, its ratio to /healthz, the target and whether met."""
+    floor = times[requests()[0].label]
+    lines = [
+        f"tiny requests, one client, sequential, kept alive: {rounds} rounds of {calls} calls",
+        "",
+        "| request | median ms | / healthz | target | met |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for each in requests():
+        ms = times[each.label]
+        ratio = statistics.median(t / f for t, f in zip(ms, floor, strict=True))
+        target = "" if each.target is None else f"{each.target:.1f}x"
+        met = "" if each.target is None else ("yes" if ratio <= each.target else "NO")
+        lines.append(
+            f"| {each.label} | {statistics.median(ms):.3f} | {ratio:.2f}x | {target} | {met} |"
+        )
+    return lines
+
+
+@contextmanager
+def _service() -> Iterator[str]:
+    with running_service(log_level="info") as service:  # the default level
+        yield service.url
+
+
+def run(rounds: int, calls: int) -> list[str]:
+    """Start the service, measure, and the report with the machine it ran on."""
+    with _service() as url:
+        times = measure(url, rounds, calls)
+    return [*report(times, rounds, calls), "", machine()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="rounds over every request")
+    parser.add_argument("--calls", type=int, default=300, help="calls per request per round")
+    args = parser.parse_args(argv)
+    print("\n".join(run(args.rounds, args.calls)))
+
+
+if __name__ == "__main__":
+    main()
