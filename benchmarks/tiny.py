@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -130,7 +131,8 @@ def machine() -> str:
         if pool["user_api"] == "blas"
     )
     cpu = platform.processor() or platform.machine()
-    for line in open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else ():
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else ():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break

@@ -12,6 +12,7 @@ import pydantic
 import pytest
 
 import convengine
+from app import schemas
 from app.config import Settings
 from app.limits import WorkLimits
 from app.schemas import HYPERPARAMETERS, Hyperparameters, parse_text, request_model
@@ -117,6 +118,7 @@ async def test_one_geometry_per_request(monkeypatch, form):
             ("backward", {"x": x, "w": w, "dout": dout}, ["dx", "dw", "db"]),
         ):
             built.clear()
+            schemas._planned.cache_clear()  # planned afresh, not taken from an earlier request
             if form == "protocol":
                 model = OPERATIONS[path].model_name(2)
                 document = {
@@ -145,6 +147,31 @@ async def test_one_geometry_per_request(monkeypatch, form):
                 )
                 for name in names:
                     np.testing.assert_allclose(result[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
+async def test_a_request_like_the_last_one_is_not_planned_again():
+    """The plan of a request is kept for the next with the same shapes, dtypes and
+    hyperparameters (a training loop's steps); a different one is planned afresh."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 2, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    async with serve() as client:
+        schemas._planned.cache_clear()
+        for hyper, planned in (({"padding": 1}, 1), ({"padding": 1}, 1), ({"padding": 2}, 2)):
+            response = await client.post("/forward", **request("npz", {"x": x, "w": w}, hyper))
+            assert response.status_code == 200, response.text
+            assert schemas._planned.cache_info().misses == planned
+            np.testing.assert_allclose(
+                read(response, ["out"])["out"], conv2d(x, w, **hyper), rtol=1e-5, atol=1e-5
+            )
+        # x in float64: another dtype, another plan; a refusal is planned each time.
+        body = request("npz", {"x": x.astype(np.float64), "w": w}, {"padding": 1})
+        assert (await client.post("/forward", **body)).status_code == 200
+        assert schemas._planned.cache_info().misses == 3
+        for _ in range(2):
+            refused = request("npz", {"x": x, "w": w}, {"padding": 1, "stride": 9, "dilation": 9})
+            assert (await client.post("/forward", **refused)).status_code == 422
+        assert schemas._planned.cache_info().misses == 5
 
 
 async def test_routes_protocol_models_and_openapi_come_from_the_table(client):
