@@ -5,9 +5,8 @@
 One ``python -m app`` with its default settings (gRPC off, so that no two processes contend
 for its port; the access log written to a file, as an operator's collector would take it),
 one ``httpx.Client`` with its default headers (``Accept-Encoding: gzip, deflate`` among
-them), sequential round trips on one kept-alive connection. Each round times ``--calls``
-calls of every request in turn; a row's figure is the median over rounds of the round's
-median, and its ratio the median over rounds of the round's median / ``/healthz``'s in that
+them), sequential round trips on one kept-alive connection. In each round the requests take turns,
+``--calls`` calls each; a row's figure is the median over rounds of the round's median, and its ratio the median over rounds of the round's median / ``/healthz``'s in that
 round, so that a slow stretch of a shared machine moves both sides of a ratio alike.
 Targets (issue 24): a tiny forward (1x1x8x8 x, 1x1x3x3 w) within 1.5x of ``/healthz`` in
 ``.npz`` and in JSON, a tiny backward within 1.8x.
@@ -24,7 +23,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -45,7 +46,7 @@ class Tiny:
     label: str
     method: str
     path: str
-    kwargs: dict[str, object]
+    kwargs: dict[str, Any]
     target: float | None = None
 
 
@@ -94,32 +95,36 @@ def requests() -> list[Tiny]:
     ]
 
 
-def _round(call: Callable[[], httpx.Response], calls: int) -> float:
-    """The median round trip of ``calls`` calls, in milliseconds."""
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        response = call()
-        times.append(time.perf_counter() - started)
-        if response.status_code != 200:
-            raise SystemExit(f"{response.status_code}: {response.text[:300]}")
-    return statistics.median(times) * 1e3
+def _call(call: Callable[[], httpx.Response]) -> float:
+    """One round trip, in seconds; an answer other than 200 stops the run."""
+    started = time.perf_counter()
+    response = call()
+    seconds = time.perf_counter() - started
+    if response.status_code != 200:
+        raise SystemExit(f"{response.status_code}: {response.text[:300]}")
+    return seconds
 
 
 def measure(url: str, rounds: int, calls: int) -> dict[str, list[float]]:
-    """Each request's median round trip per round, in milliseconds (healthz first)."""
-    tiny = requests()
+    """Each request's median round trip per round, in milliseconds (healthz first). Within a
+    round the requests take turns call by call, so that the machine's other work falls on
+    every row alike."""
     with httpx.Client(base_url=url) as client:  # default headers: gzip, deflate accepted
         contenders = {
-            each.label: (lambda each=each: client.request(each.method, each.path, **each.kwargs))
-            for each in tiny
+            each.label: partial(client.request, each.method, each.path, **each.kwargs)
+            for each in requests()
         }
-        for call in contenders.values():
-            _round(call, 30)  # the connection open, every path warm
+        for _ in range(30):  # the connection open, every path warm
+            for call in contenders.values():
+                _call(call)
         times: dict[str, list[float]] = {label: [] for label in contenders}
         for _ in range(rounds):
-            for label, call in contenders.items():
-                times[label].append(_round(call, calls))
+            taken: dict[str, list[float]] = {label: [] for label in contenders}
+            for _ in range(calls):
+                for label, call in contenders.items():
+                    taken[label].append(_call(call))
+            for label, each in taken.items():
+                times[label].append(statistics.median(each) * 1e3)
     return times
 
 
