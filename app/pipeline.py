@@ -52,15 +52,16 @@ __all__ = [
 _READ_AHEAD = 256 << 10
 
 # A request this small is served on the event loop, without the hops to a computation thread
-# and back (about 150 us of a tiny request's 600 us in the service): decoding and validating
-# a body of at most INLINE_BODY_BYTES that decodes within what its reading holds, computing
-# and encoding a plan of at most INLINE_FLOPS and INLINE_MEMORY_BYTES. Such work is Python
-# that holds the GIL, so in a thread it would stop the loop all the same; it is bounded to
-# about 0.3 ms (benchmarks.tiny times the largest such request), one request at a time.
-# Anything larger, or any body that inflates, goes to a computation thread as before.
+# and back (about 300 us of a tiny request's 900 us in the service): decoding and validating
+# a body of at most INLINE_BODY_BYTES whose arrays take at most INLINE_MEMORY_BYTES, computing
+# and encoding a plan of at most INLINE_FLOPS and INLINE_MEMORY_BYTES. Such work is mostly
+# Python that holds the GIL, so in a thread it would stop the loop all the same; it holds
+# the loop about 150 us, the largest such request as long as the tiniest (benchmarks.tiny
+# measures both), one request at a time. Anything larger, or a body that inflates beyond the
+# bound, goes to a computation thread as before.
 INLINE_BODY_BYTES = 16 << 10
 INLINE_FLOPS = 1 << 15
-INLINE_MEMORY_BYTES = 64 << 10
+INLINE_MEMORY_BYTES = 128 << 10
 
 
 class Preparing(Protocol):
@@ -181,12 +182,13 @@ class _Offload(Exception):
 
 
 class _OnLoop(Reservation):
-    """A reservation as a decode on the event loop sees it: what reading the body holds and
-    nothing more, so that a small body that inflates is decoded in a thread instead."""
+    """A reservation as a decode on the event loop sees it: what reading the body holds, and
+    at most INLINE_MEMORY_BYTES for the arrays, so that a small body that inflates to more is
+    decoded in a thread instead."""
 
-    def __init__(self, reservation: Reservation) -> None:
+    def __init__(self, reservation: Reservation, body_bytes: int) -> None:
         super().__init__(reservation.budget)
-        self.held = reservation.held
+        self.held = min(reservation.held, body_bytes + INLINE_MEMORY_BYTES)
 
     def take_now(self, nbytes: int, what: str) -> None:
         raise _Offload
@@ -202,7 +204,7 @@ async def _prepared(
     """Decode and validate: on the event loop for a small body, else in a computation thread."""
     if len(body) <= INLINE_BODY_BYTES:
         try:
-            return prepare(body, _OnLoop(reservation))
+            return prepare(body, _OnLoop(reservation, len(body)))
         except _Offload:
             pass  # decoded again in a thread, with the reservation free to grow
     return await gate.run(partial(prepare, body, reservation), waited)
