@@ -8,12 +8,14 @@ computation threads are the gate's ("convengine_0", ...).
 from __future__ import annotations
 
 import io
+import json
 import threading
 
 import numpy as np
 import pytest
 
 from app import pipeline
+from app.routes import explain as explain_route
 from benchmarks.payloads import read, request
 from convengine import OPERATIONS, conv2d, conv2d_backward
 
@@ -150,3 +152,26 @@ async def test_a_refusal_on_the_loop_is_the_same_refusal(threads):
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "w"]
     assert threads == {"prepare": ["loop"], "compute": []}
+
+
+async def test_a_small_dry_run_is_answered_on_the_event_loop(monkeypatch):
+    seen = []
+    original = explain_route.explanation
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(threading.current_thread() is threading.main_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(explain_route, "explanation", spy)
+    dry = {"operation": "forward", "x": {"shape": [1, 1, 8, 8]}, "w": {"shape": [1, 1, 3, 3]}}
+    large = json.dumps(dry).replace(", ", "," + " " * 4000).encode()
+    assert pipeline.INLINE_BODY_BYTES < len(large) <= explain_route.MAX_BODY_BYTES
+    async with serve() as client:
+        small = await client.post("/explain", json=dry)
+        spaced = await client.post(
+            "/explain", content=large, headers={"content-type": "application/json"}
+        )
+    assert small.status_code == spaced.status_code == 200, (small.text, spaced.text)
+    assert small.json() == spaced.json()
+    assert small.json()["outputs"] == {"out": {"shape": [1, 1, 6, 6], "dtype": "float64"}}
+    assert seen == [True, False]  # on the loop; the larger body in a worker thread
