@@ -178,7 +178,7 @@ def tiny(cost: Cost) -> bool:
 
 
 class _Offload(Exception):
-    """A decode on the event loop would hold more than its body's reading holds."""
+    """A decode on the event loop would take more memory than it may there."""
 
 
 class _OnLoop(Reservation):
@@ -320,13 +320,21 @@ def check(
     # Each value with its type: 1, 1.0 and True are equal keys but not the same request.
     given = tuple((name, type(value), value) for name, value in params.items())
     try:
-        try:
+        if _hashable(given):
             return _validated(operation, given, tuple(specs.items()), text, limits)
-        except TypeError:  # a value that cannot be a key (a list, from JSON): not kept
-            context = {"text": text, "limits": limits}
-            return request_model(operation).model_validate({**params, **specs}, context=context)
+        # A value that cannot be a key (a list, from JSON): validated, not kept.
+        context = {"text": text, "limits": limits}
+        return request_model(operation).model_validate({**params, **specs}, context=context)
     except pydantic.ValidationError as exc:
         raise validation_errors(exc, location, parameters=HYPERPARAMETERS, drop=UNION_TAGS) from exc
+
+
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 # The validated requests of the last 256 kinds of request, kept for the next one alike (a

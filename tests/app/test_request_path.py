@@ -186,6 +186,16 @@ async def test_a_request_like_the_last_one_is_not_validated_again():
             accepted = await client.post("/forward", json={**body, "padding": 1})
             assert accepted.status_code == 200, accepted.text
         assert pipeline._validated.cache_info().hits == 2
+        # A list from JSON cannot be a key: validated every time, never kept, same answer.
+        kept = pipeline._validated.cache_info()
+        for _ in range(2):
+            listed = {"x": x.tolist(), "w": w.tolist(), "dtype": "float32", "padding": [1, 1]}
+            response = await client.post("/forward", json=listed)
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(
+                read(response, ["out"])["out"], conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5
+            )
+        assert pipeline._validated.cache_info() == kept
 
 
 async def test_routes_protocol_models_and_openapi_come_from_the_table(client):
