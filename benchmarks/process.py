@@ -28,6 +28,7 @@ def free_port() -> int:
 class Running:
     url: str  # HTTP
     grpc_target: str  # host:port, or "" with gRPC off
+    pid: int = 0  # the service's process
 
 
 @contextmanager
@@ -57,7 +58,7 @@ def running_service(grpc: bool = False, **settings: str) -> Iterator[Running]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"the service did not start:\n{log.read_text()}")
             time.sleep(0.1)
-        yield Running(url, f"127.0.0.1:{grpc_port}" if grpc else "")
+        yield Running(url, f"127.0.0.1:{grpc_port}" if grpc else "", service.pid)
     finally:
         service.terminate()
         service.wait(timeout=30)

@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         server.terminate()
         server.wait(timeout=30)
     # The per-request cost, against /healthz, on `python -m app` as configured by default.
-    small = tiny.run(1, 20) if args.quick else tiny.run(7, 300)
+    small = tiny.run(1, 20, 50) if args.quick else tiny.run(7, 300)
     report = "\n".join([*lines, "", *small])
     print(report)
     if args.out:

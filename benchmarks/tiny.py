@@ -1,13 +1,16 @@
 """The per-request cost: tiny requests against ``/healthz``, as an ordinary client gets them.
 
-    python -m benchmarks.tiny [--rounds 7] [--calls 300]
+    python -m benchmarks.tiny [--rounds 7] [--calls 300] [--cpu-calls 2000]
 
 One ``python -m app`` with its default settings (gRPC off, so that no two processes contend
 for its port; the access log written to a file, as an operator's collector would take it),
 one ``httpx.Client`` with its default headers (``Accept-Encoding: gzip, deflate`` among
 them), sequential round trips on one kept-alive connection. In each round the requests take turns,
 ``--calls`` calls each; a row's figure is the median over rounds of the round's median, and its ratio the median over rounds of the round's median / ``/healthz``'s in that
-round, so that a slow stretch of a shared machine moves both sides of a ratio alike.
+round, so that a slow stretch of a shared machine moves both sides of a ratio alike. Beside
+it, the service process's CPU time per request (``/proc``; each request in a block of
+``--cpu-calls``), which the machine's other work barely moves; and how long the event loop is
+held by the forwards served on it (in this process).
 Targets (issue 24): a tiny forward (1x1x8x8 x, 1x1x3x3 w) within 1.5x of ``/healthz`` in
 ``.npz`` and in JSON, a tiny backward within 1.8x.
 """
@@ -20,8 +23,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -132,6 +134,28 @@ def measure(url: str, rounds: int, calls: int) -> dict[str, list[float]]:
     return times
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_cpu(url: str, pid: int, calls: int) -> dict[str, float]:
+    """The service's CPU time per request, in microseconds, each request in a block of
+    ``calls``: what the service spends, which the machine's other work barely moves."""
+    spent = {}
+    with httpx.Client(base_url=url) as client:
+        for each in requests():
+            call = partial(client.request, each.method, each.path, **each.kwargs)
+            for _ in range(30):
+                _call(call)
+            before = _cpu_seconds(pid)
+            for _ in range(calls):
+                _call(call)
+            spent[each.label] = (_cpu_seconds(pid) - before) / calls * 1e6
+    return spent
+
+
 def machine() -> str:
     """The CPU, the BLAS kernel and the load, to quote beside every figure."""
     blas = ", ".join(
@@ -149,14 +173,18 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs; BLAS {blas or 'none'}; load average {load}"
 
 
-def report(times: dict[str, list[float]], rounds: int, calls: int) -> list[str]:
-    """The table: each request's median, its ratio to /healthz, the target and whether met."""
+def report(
+    times: dict[str, list[float]], cpu: dict[str, float], rounds: int, calls: int
+) -> list[str]:
+    """The table: each request's median, its ratio to /healthz, the target and whether met,
+    and the service's CPU time per request."""
     floor = times[requests()[0].label]
     lines = [
-        f"tiny requests, one client, sequential, kept alive: {rounds} rounds of {calls} calls",
+        f"tiny requests, one client, sequential, kept alive: {rounds} rounds of {calls} calls "
+        f"(service CPU: {calls} calls in a block)",
         "",
-        "| request | median ms | / healthz | target | met |",
-        "|---|---:|---:|---:|---|",
+        "| request | median ms | / healthz | target | met | service CPU us |",
+        "|---|---:|---:|---:|---|---:|",
     ]
     for each in requests():
         ms = times[each.label]
@@ -164,7 +192,8 @@ def report(times: dict[str, list[float]], rounds: int, calls: int) -> list[str]:
         target = "" if each.target is None else f"{each.target:.1f}x"
         met = "" if each.target is None else ("yes" if ratio <= each.target else "NO")
         lines.append(
-            f"| {each.label} | {statistics.median(ms):.3f} | {ratio:.2f}x | {target} | {met} |"
+            f"| {each.label} | {statistics.median(ms):.3f} | {ratio:.2f}x | {target} | {met} "
+            f"| {cpu.get(each.label, float('nan')):.0f} |"
         )
     return lines
 
@@ -204,25 +233,23 @@ def held_loop(calls: int) -> list[str]:
     return ["event loop held by a forward served on it, in-process: " + ", ".join(held)]
 
 
-@contextmanager
-def _service() -> Iterator[str]:
-    with running_service(log_level="info") as service:  # the default level
-        yield service.url
-
-
-def run(rounds: int, calls: int) -> list[str]:
+def run(rounds: int, calls: int, cpu_calls: int = 2000) -> list[str]:
     """Start the service, measure, and the report with the machine it ran on."""
-    with _service() as url:
-        times = measure(url, rounds, calls)
-    return [*report(times, rounds, calls), "", *held_loop(calls), machine()]
+    with running_service(log_level="info") as service:  # the default level
+        times = measure(service.url, rounds, calls)
+        cpu = service_cpu(service.url, service.pid, cpu_calls)
+    return [*report(times, cpu, rounds, calls), "", *held_loop(calls), machine()]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="rounds over every request")
     parser.add_argument("--calls", type=int, default=300, help="calls per request per round")
+    parser.add_argument(
+        "--cpu-calls", type=int, default=2000, help="calls per request timed for service CPU"
+    )
     args = parser.parse_args(argv)
-    print("\n".join(run(args.rounds, args.calls)))
+    print("\n".join(run(args.rounds, args.calls, args.cpu_calls)))
 
 
 if __name__ == "__main__":
