@@ -5,12 +5,14 @@
 One ``python -m app`` with its default settings (gRPC off, so that no two processes contend
 for its port; the access log written to a file, as an operator's collector would take it),
 one ``httpx.Client`` with its default headers (``Accept-Encoding: gzip, deflate`` among
-them), sequential round trips on one kept-alive connection. In each round the requests take turns,
-``--calls`` calls each; a row's figure is the median over rounds of the round's median, and its ratio the median over rounds of the round's median / ``/healthz``'s in that
+them), sequential round trips on one kept-alive connection. In each round the requests take
+turns, ``--calls`` calls each; a row's figure is the median over rounds of the round's
+median, and its ratio the median over rounds of the round's median / ``/healthz``'s in that
 round, so that a slow stretch of a shared machine moves both sides of a ratio alike. Beside
 it, the service process's CPU time per request (``/proc``; each request in a block of
-``--cpu-calls``), which the machine's other work barely moves; and how long the event loop is
-held by the forwards served on it (in this process).
+``--cpu-calls``), which the machine's other work barely moves; and how long the event loop
+is held by the forwards served on it (in this process).
+
 Targets (issue 24): a tiny forward (1x1x8x8 x, 1x1x3x3 w) within 1.5x of ``/healthz`` in
 ``.npz`` and in JSON, a tiny backward within 1.8x.
 """
