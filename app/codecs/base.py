@@ -219,11 +219,10 @@ def read_npy(data: bytes | memoryview, name: str, budget: Budget | None) -> np.n
     Only the dtypes of :func:`file_dtype` are accepted; never pickles.
     """
     try:
-        header = _parsed(_header_bytes(data))
+        header, dtype = _parsed(_header_bytes(data))
     except (ValueError, UnicodeDecodeError, struct.error) as exc:
         raise BadRequest(f"{name} is not a valid .npy file: {exc}", loc=("body", name)) from exc
     shape, fortran_order = header.shape, header.fortran_order
-    dtype = file_dtype(header.dtype)
     if dtype is None or len(shape) > MAX_NDIM:
         raise InvalidInput(
             f"{name} has dtype {_dtype_name(header.dtype)} and {len(shape)} dimensions; "
@@ -262,8 +261,10 @@ def _header_bytes(data: bytes | memoryview) -> bytes:
 # A client sends the same few headers again and again (a training loop's batches): parsing
 # one costs 20 us of a tiny request's few hundred. Bounded: 64 headers of at most ~10 KB.
 @lru_cache(maxsize=64)
-def _parsed(header: bytes) -> NpyHeader:
-    return parse_header(header)
+def _parsed(header: bytes) -> tuple[NpyHeader, np.dtype | None]:
+    """The header, and its dtype if the service takes it (:func:`file_dtype`)."""
+    parsed = parse_header(header)
+    return parsed, file_dtype(parsed.dtype)
 
 
 @lru_cache(maxsize=64)
