@@ -29,7 +29,7 @@ from app.errors import BadRequest, NotFound
 from app.limits.memory import Reservation
 from app.schemas import ConvRequest, Hyperparameters, TensorSpec
 from app.statistics import Timing, model_statistics
-from convengine import RANKS, Operation
+from convengine import RANKS, Cost, Operation
 
 __all__ = [
     "VERSION",
@@ -182,6 +182,10 @@ class PreparedInference:
     text: bool  # no output asked for as binary data: numbers written out in the JSON
     encode: Encode
     timing: Timing
+
+    @property
+    def cost(self) -> Cost:
+        return self.validated.cost
 
     def finish(self) -> tuple[bytes, dict[str, str]]:
         with self.timing.phase("compute_infer"):

@@ -28,6 +28,7 @@ def free_port() -> int:
 class Running:
     url: str  # HTTP
     grpc_target: str  # host:port, or "" with gRPC off
+    pid: int = 0  # the service's process
 
 
 @contextmanager
@@ -40,7 +41,11 @@ def running_service(grpc: bool = False, **settings: str) -> Iterator[Running]:
     env.update({f"CONVENGINE_{name.upper()}": value for name, value in settings.items()})
     log = Path(tempfile.mkdtemp(prefix="convengine-bench-")) / "service.log"
     with log.open("wb") as sink:
-        service = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=sink)
+        # Its log (standard error) to the file too, as a collector would take it: a terminal
+        # would slow every request by its access log line.
+        service = subprocess.Popen(
+            [sys.executable, "-m", "app"], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -53,7 +58,7 @@ def running_service(grpc: bool = False, **settings: str) -> Iterator[Running]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"the service did not start:\n{log.read_text()}")
             time.sleep(0.1)
-        yield Running(url, f"127.0.0.1:{grpc_port}" if grpc else "")
+        yield Running(url, f"127.0.0.1:{grpc_port}" if grpc else "", service.pid)
     finally:
         service.terminate()
         service.wait(timeout=30)

@@ -12,7 +12,9 @@ the same computation slots, and answers as many bytes as the real answer. ``p50 
 then what decoding, validating and encoding cost, and below 1.0 only by noise. Also measured:
 the engine alone in the client's process (compute), the body moved without computing
 (transfer), and a trivial endpoint (framework). Answers are asked for uncompressed
-(``Accept-Encoding: identity``): ``benchmarks.compression`` measures gzip.
+(``Accept-Encoding: identity``): ``benchmarks.compression`` measures gzip. Last, the
+per-request cost (``benchmarks.tiny``): tiny requests against ``/healthz`` on ``python -m app``
+with its default settings, as a default httpx client gets them, with their targets.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from app.config import Settings
 from app.limits.admission import CHUNK
 from app.main import create_app
+from benchmarks import tiny
 from benchmarks.payloads import REQUEST_FORMS, request
 from convengine import conv2d, conv2d_backward
 
@@ -347,10 +350,12 @@ def main(argv: list[str] | None = None) -> None:
             except httpx.TransportError:
                 time.sleep(0.1)
         lines = anyio.run(run, base, args.quick, args.concurrency, args.forms, args.sizes)
-        report = "\n".join(lines)
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # The per-request cost, against /healthz, on `python -m app` as configured by default.
+    small = tiny.run(1, 20, 50) if args.quick else tiny.run(7, 300)
+    report = "\n".join([*lines, "", *small])
     print(report)
     if args.out:
         with open(args.out, "w") as out:

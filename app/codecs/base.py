@@ -8,6 +8,7 @@ import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 import ml_dtypes
@@ -16,7 +17,7 @@ from numpy.lib import format as npy_format
 
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, brief
 from convengine import Cost, Operation
-from convengine.npy_header import MAX_HEADER, parse_header
+from convengine.npy_header import MAX_HEADER, NpyHeader, parse_header
 
 __all__ = [
     "ANSWER_OVERHEAD",
@@ -240,11 +241,10 @@ def read_npy(data: bytes | memoryview, name: str, budget: Budget | None) -> np.n
     Only the dtypes of :func:`file_dtype` are accepted; never pickles.
     """
     try:
-        header = parse_header(bytes(data[:_HEADER_BYTES]))
+        header, dtype = _parsed(_header_bytes(data))
     except (ValueError, UnicodeDecodeError, struct.error) as exc:
         raise BadRequest(f"{name} is not a valid .npy file: {exc}", loc=("body", name)) from exc
     shape, fortran_order = header.shape, header.fortran_order
-    dtype = file_dtype(header.dtype)
     if dtype is None or len(shape) > MAX_NDIM:
         raise InvalidInput(
             f"{name} has dtype {_dtype_name(header.dtype)} and {len(shape)} dimensions; "
@@ -268,13 +268,43 @@ def read_npy(data: bytes | memoryview, name: str, budget: Budget | None) -> np.n
     return np.ascontiguousarray(array, dtype=dtype.newbyteorder("="))
 
 
+def _header_bytes(data: bytes | memoryview) -> bytes:
+    """A .npy file's magic, version, length and header, as its length field says (or its
+    first bytes, for :func:`parse_header` to refuse)."""
+    head = bytes(data[:12])
+    if len(head) == 12 and head[6] in (1, 2, 3):
+        length = int.from_bytes(head[8:10] if head[6] == 1 else head[8:12], "little")
+        end = (10 if head[6] == 1 else 12) + length
+        if length <= MAX_HEADER and end <= len(data):
+            return bytes(data[:end])
+    return bytes(data[:_HEADER_BYTES])
+
+
+# A client sends the same few headers again and again (a training loop's batches): parsing
+# one costs 20 us of a tiny request's few hundred. Bounded: 64 headers of at most ~10 KB.
+@lru_cache(maxsize=64)
+def _parsed(header: bytes) -> tuple[NpyHeader, np.dtype | None]:
+    """The header, and its dtype if the service takes it (:func:`file_dtype`)."""
+    parsed = parse_header(header)
+    return parsed, file_dtype(parsed.dtype)
+
+
+@lru_cache(maxsize=64)
+def _npy_header(descr: str, fortran_order: bool, shape: tuple[int, ...]) -> bytes:
+    """A .npy header (format 1.0), as NumPy writes it: the same shapes come back often."""
+    header = io.BytesIO()
+    fields = {"descr": descr, "fortran_order": fortran_order, "shape": shape}
+    npy_format.write_array_header_1_0(header, fields)
+    return header.getvalue()
+
+
 def npy_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
     """A .npy file of ``array`` in two parts: its header, and its data (C order, no copy when
     the array already is)."""
     array = np.ascontiguousarray(array)
-    header = io.BytesIO()
-    npy_format.write_array_header_1_0(header, npy_format.header_data_from_array_1_0(array))
-    return header.getvalue(), array.reshape(-1).view(np.uint8).data
+    fields = npy_format.header_data_from_array_1_0(array)
+    header = _npy_header(fields["descr"], fields["fortran_order"], fields["shape"])
+    return header, array.reshape(-1).view(np.uint8).data
 
 
 def _dtype_name(dtype: np.dtype | None) -> str:

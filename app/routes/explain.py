@@ -123,6 +123,8 @@ async def explain(request: Request) -> dict[str, Any]:
             )
     state = request.app.state
     work = partial(explanation, bytes(body), state.operations, state.settings)
+    if len(body) <= pipeline.INLINE_BODY_BYTES:  # shapes only: on the loop, as a tiny request
+        return work()
     return await anyio.to_thread.run_sync(work)
 
 

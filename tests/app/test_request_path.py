@@ -12,6 +12,7 @@ import pydantic
 import pytest
 
 import convengine
+from app import pipeline, schemas
 from app.config import Settings
 from app.limits import WorkLimits
 from app.schemas import HYPERPARAMETERS, Hyperparameters, parse_text, request_model
@@ -117,6 +118,9 @@ async def test_one_geometry_per_request(monkeypatch, form):
             ("backward", {"x": x, "w": w, "dout": dout}, ["dx", "dw", "db"]),
         ):
             built.clear()
+            # Validated and planned afresh, not taken from an earlier request.
+            pipeline._validated.cache_clear()
+            schemas._planned.cache_clear()
             if form == "protocol":
                 model = OPERATIONS[path].model_name(2)
                 document = {
@@ -145,6 +149,53 @@ async def test_one_geometry_per_request(monkeypatch, form):
                 )
                 for name in names:
                     np.testing.assert_allclose(result[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
+async def test_a_request_like_the_last_one_is_not_validated_again():
+    """The validated request and its plan are kept for the next with the same shapes, dtypes
+    and hyperparameters (a training loop's steps); a different one is planned afresh, and a
+    refusal is never kept."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 2, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    async with serve() as client:
+        pipeline._validated.cache_clear()
+        schemas._planned.cache_clear()
+        for hyper, planned in (({"padding": 1}, 1), ({"padding": 1}, 1), ({"padding": 2}, 2)):
+            response = await client.post("/forward", **request("npz", {"x": x, "w": w}, hyper))
+            assert response.status_code == 200, response.text
+            assert schemas._planned.cache_info().misses == planned
+            assert pipeline._validated.cache_info().misses == planned
+            np.testing.assert_allclose(
+                read(response, ["out"])["out"], conv2d(x, w, **hyper), rtol=1e-5, atol=1e-5
+            )
+        # x in float64: another dtype, another plan; a refusal is planned each time.
+        body = request("npz", {"x": x.astype(np.float64), "w": w}, {"padding": 1})
+        assert (await client.post("/forward", **body)).status_code == 200
+        assert schemas._planned.cache_info().misses == 3
+        for _ in range(2):
+            refused = request("npz", {"x": x, "w": w}, {"padding": 1, "stride": 9, "dilation": 9})
+            assert (await client.post("/forward", **refused)).status_code == 422
+        assert schemas._planned.cache_info().misses == 5
+        assert pipeline._validated.cache_info().hits == 1
+        # The same numbers in JSON, as another type: validated as sent, then kept.
+        for _ in range(2):
+            body = {"x": x.tolist(), "w": w.tolist(), "dtype": "float32", "padding": True}
+            refused = await client.post("/forward", json=body)
+            assert refused.status_code == 422, refused.text
+            accepted = await client.post("/forward", json={**body, "padding": 1})
+            assert accepted.status_code == 200, accepted.text
+        assert pipeline._validated.cache_info().hits == 2
+        # A list from JSON cannot be a key: validated every time, never kept, same answer.
+        kept = pipeline._validated.cache_info()
+        for _ in range(2):
+            listed = {"x": x.tolist(), "w": w.tolist(), "dtype": "float32", "padding": [1, 1]}
+            response = await client.post("/forward", json=listed)
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(
+                read(response, ["out"])["out"], conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5
+            )
+        assert pipeline._validated.cache_info() == kept
 
 
 async def test_routes_protocol_models_and_openapi_come_from_the_table(client):

@@ -37,6 +37,16 @@ def test_service_benchmark_smoke_run(tmp_path):
     assert len(rows) == 2 * 5  # both passes, every payload form, small shape
     assert "framework floor" in report and "compute floor" in report and "transfer floor" in report
     assert "floor (engine + transfer, served)" in report
+    # The per-request cost: tiny requests against /healthz, each with its target.
+    tiny = [line.split(" | ")[0] for line in report.splitlines() if "| tiny " in line]
+    assert tiny == [
+        "| tiny forward .npz",
+        "| tiny forward JSON",
+        "| tiny backward .npz",
+        "| tiny backward JSON",
+    ]
+    assert "| GET /healthz (floor) |" in report and "BLAS" in report and "load average" in report
+    assert "event loop held by a forward served on it" in report
 
 
 def test_engine_benchmark_smoke_run():
