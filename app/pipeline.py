@@ -11,7 +11,7 @@ reckoned once when the request is validated; this module computes none.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Protocol
@@ -436,21 +436,28 @@ def check(
     # Each value with its type: 1, 1.0 and True are equal keys but not the same request.
     given = tuple((name, type(value), value) for name, value in params.items())
     try:
-        if _hashable(given):
+        if _keyable(params.values()):
             return _validated(operation, given, tuple(specs.items()), text, limits)
-        # A value that cannot be a key (a list, from JSON): validated, not kept.
+        # A value that cannot be a key (a list, from JSON) or is long: validated, not kept.
         context = {"text": text, "limits": limits}
         return request_model(operation).model_validate({**params, **specs}, context=context)
     except pydantic.ValidationError as exc:
         raise validation_errors(exc, location, parameters=HYPERPARAMETERS, drop=UNION_TAGS) from exc
 
 
-def _hashable(value: object) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
+# Longest text a kept key holds: " 1" padded with a megabyte of spaces is a valid stride, and
+# 256 such keys must not hold 256 MB beside the memory budget.
+_KEY_TEXT = 64
+
+
+def _keyable(values: Iterable[object]) -> bool:
+    """Whether hyperparameters may be kept as a key: numbers, None and short text only."""
+    return all(
+        value is None
+        or type(value) in (bool, int, float)
+        or (type(value) is str and len(value) <= _KEY_TEXT)
+        for value in values
+    )
 
 
 # The validated requests of the last 256 kinds of request, kept for the next one alike (a

@@ -4,6 +4,7 @@ everything derived from the table of operations and the one list of hyperparamet
 from __future__ import annotations
 
 import ast
+import io
 import pathlib
 from typing import get_args
 
@@ -195,6 +196,18 @@ async def test_a_request_like_the_last_one_is_not_validated_again():
             np.testing.assert_allclose(
                 read(response, ["out"])["out"], conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5
             )
+        assert pipeline._validated.cache_info() == kept
+        # Long text (a valid stride padded with spaces) is validated, never kept as a key.
+        npz = io.BytesIO()
+        np.savez(npz, x=x, w=w)
+        for _ in range(2):
+            response = await client.post(
+                "/forward",
+                params={"stride": " " * 4000 + "1"},
+                content=npz.getvalue(),
+                headers={"content-type": "application/x-npz"},
+            )
+            assert response.status_code == 200, response.text
         assert pipeline._validated.cache_info() == kept
 
 
