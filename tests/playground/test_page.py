@@ -42,8 +42,11 @@ def diverging(plane: np.ndarray) -> np.ndarray:
 
 
 def _convolve(page: Page) -> None:
+    """Convolve, and wait for the pass this click started: a pass still in flight from an
+    earlier change could otherwise answer the wait, and redraw after it (a test flaked so)."""
     page.evaluate("window.playground.state.lastForward = null")
     page.click("#run-forward")
+    page.evaluate("() => window.playground.state.inflight")  # resolves once it has drawn
     page.wait_for_function("window.playground.state.lastForward")
 
 
