@@ -76,6 +76,7 @@ class Shape:
 SHAPES = [
     Shape("small", (2, 3, 32, 32), (8, 3, 3, 3), dict(stride=1, padding=1)),
     Shape("mid", (16, 32, 56, 56), (64, 32, 3, 3), dict(stride=1, padding=1)),
+    Shape("resnet3x3", (8, 64, 56, 56), (64, 64, 3, 3), dict(stride=1, padding=1)),
     Shape("strided", (8, 64, 56, 56), (128, 64, 3, 3), dict(stride=2, padding=1, rounding="floor")),
     Shape("stem", (4, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3, rounding="floor")),
     Shape("pointwise", (16, 256, 28, 28), (64, 256, 1, 1), dict()),
