@@ -7,7 +7,7 @@ Each path is one module holding its code, its ``supports(geometry)`` and its mem
   (1x1, stride 1, no padding), :mod:`.depthwise` (one channel per filter, stride 1: shifted
   copies and gemvs), :mod:`.depthwise_taps` (one channel per filter: one multiply-add per
   kernel offset), :mod:`.phases` (the input gradient of strided layers whose windows never
-  overlap), :mod:`.winograd` (stride-1 3x3 layers in float32: F(4x4, 3x3));
+  overlap), :mod:`.winograd` (stride-1 3x3 layers with 32 channels or more: F(4x4, 3x3));
 - volumes: :mod:`.flat` (stride 1, shifted runs of the flat padded volume), :mod:`.volume`
   (depth slices, each a planar pass);
 - :mod:`.halves`: any of those on two halves of the batch at once, one per core.
@@ -126,25 +126,23 @@ def select(
     the run checks them on the arrays each piece of work reads (a half of the batch, a depth
     slice), a shapes-only caller leaves them True and gets the path of finite data.
     INPUT_GRADIENT reads w alone, so only ``w_finite`` counts there. ``split=False`` selects
-    for one half of a batch already split. ``dtype`` (float32 or float64): Winograd's
-    transforms run in float32 only, on finite x and w (an inf in a tile spreads NaN over it:
+    for one half of a batch already split. ``dtype`` (float32 or float64) picks nothing yet.
+    Winograd's transforms run on finite x and w only (an inf in a tile spreads NaN over it:
     the run checks every array a Winograd piece reads, dout too, and selects again without).
     """
     core = geometry if geometry.is_core else geometry.core()[0]
     if 0 in core.size:
         return _leaf(Path.EMPTY)
     if core.rank == 3:
-        path = _volume(core, pass_, dtype, x_finite, w_finite)
+        path = _volume(core, pass_, x_finite, w_finite)
     else:
-        path = _planar(core.planar(), pass_, dtype, x_finite, w_finite)
+        path = _planar(core.planar(), pass_, x_finite, w_finite)
     if split and halves.supports(core):
         return Selection(Path.HALVES, path)
     return path
 
 
-def _planar(
-    g: ConvGeometry, pass_: Pass, dtype: DTypeLike, x_finite: bool, w_finite: bool
-) -> Selection:
+def _planar(g: ConvGeometry, pass_: Pass, x_finite: bool, w_finite: bool) -> Selection:
     """The path of a planar core geometry (a line's plane one pixel high)."""
     reads = w_finite if pass_ is Pass.INPUT_GRADIENT else x_finite and w_finite
     finite = pass_ is Pass.FORWARD or reads
@@ -158,24 +156,21 @@ def _planar(
         return _leaf(Path.POINTWISE)
     # Winograd's dw is im2col's (with wide rows: x is finite), so dw alone stays there.
     if x_finite and w_finite and pass_ is not Pass.WEIGHT_GRADIENT and winograd.supports(g):
-        if np.dtype(dtype) == np.float32:
-            return _leaf(Path.WINOGRAD, wide_rows=True)
+        return _leaf(Path.WINOGRAD, wide_rows=True)
     # dw alone multiplies no junk by w: its wide rows need finite x only. The forward pass
     # crops a wide output, which cost more than wide rows saved: it takes none.
     wide = x_finite if pass_ is Pass.WEIGHT_GRADIENT else finite
     return _leaf(Path.IM2COL, wide_rows=wide and pass_ is not Pass.FORWARD)
 
 
-def _volume(
-    g: ConvGeometry, pass_: Pass, dtype: DTypeLike, x_finite: bool, w_finite: bool
-) -> Selection:
+def _volume(g: ConvGeometry, pass_: Pass, x_finite: bool, w_finite: bool) -> Selection:
     """The path of a core volume: flat where it fits, else depth slices on a planar path."""
     reads_junk = pass_ in (Pass.BACKWARD, Pass.WEIGHT_GRADIENT)  # dw: junk times dout
     if flat.supports(g) and (not reads_junk or (x_finite and w_finite)):
         return _leaf(Path.FLAT)
     # The slices of dw alone compute dx too (their passes are the backward's).
     slices = Pass.BACKWARD if pass_ is Pass.WEIGHT_GRADIENT else pass_
-    return Selection(Path.VOLUME, _planar(g.planar(), slices, dtype, x_finite, w_finite))
+    return Selection(Path.VOLUME, _planar(g.planar(), slices, x_finite, w_finite))
 
 
 def work_elements(geometry: ConvGeometry | TransposedGeometry) -> int:

@@ -1,5 +1,5 @@
-"""Winograd F(4x4, 3x3) (Lavin & Gray, 2015) for stride-1 3x3 layers in float32: a quarter of the
-GEMM flops, in transforms kept in cache.
+"""Winograd F(4x4, 3x3) (Lavin & Gray, 2015) for stride-1 3x3 layers: a quarter of the GEMM
+flops, in transforms kept in cache.
 
 Each 6x6 tile of the padded input (tiles 4 apart) becomes V = Bᵀ d B, each 3x3 kernel
 U = G g Gᵀ; the 36 positions of a tile are then 36 independent GEMMs ``M[k] = U[k] @ V[k]``
@@ -10,20 +10,21 @@ small ones at a time), so that the tiles, their transforms and the GEMMs' result
 2 MiB L2 cache.
 
 Measured before it was wired in (CPU time with one BLAS thread, this machine's kind: AMD EPYC
-with AVX-512, OpenBLAS 0.3.31 SkylakeX kernel, float32 forward): resnet3x3 8x64x56x56 -> 64,
-14.3 against im2col's 25.4 ms (0.56x); mid 16x32x56x56 -> 64, 16.4 against 22.2 ms (0.74x).
-The same transforms over the whole batch at once (out of cache) took 0.93x and 1.23x, and
-F(2x2, 3x3) (a ninth fewer flops than direct, not a quarter) 1.19x and 1.36x.
+with AVX-512, OpenBLAS 0.3.31 SkylakeX kernel), forward against im2col's: float32 resnet3x3
+8x64x56x56 -> 64 0.62x, mid 16x32x56x56 -> 64 0.78x, 8x128x28x28 -> 128 0.62x; float64
+0.59x, 0.70x, 0.54x. The same transforms over the whole batch at once (out of cache) took
+0.93x and 1.23x (float32 resnet3x3, mid), and F(2x2, 3x3) (4/9 of the direct flops, not
+1/4) 1.19x and 1.36x. Fewer channels or smaller images gain nothing (see the thresholds).
 
-The price is rounding: the transforms' coefficients (up to 8, and 1/24 in G) make float32
-results about ten times further from the exact ones than the direct path's, 7.3e-6 against
-5.6e-7 of the largest output on resnet3x3 (random normal data). Float64 keeps the direct
-path (it would gain less: its GEMMs are the slower part there, and its error needs no
-trading), as do layers with few channels, whose transforms outweigh their GEMMs.
+The price is rounding: the transforms' coefficients (up to 8, and 1/24 in G) put results
+about ten times further from the exact ones than the direct path's: in float32 7.3e-6
+against 5.6e-7 of the largest output on resnet3x3 (random normal data), in float64 about
+1e-14 against 2e-15. tests/engine/kernels/test_winograd.py holds them to 1e-5 and 1e-13.
 
 The input gradient of a stride-1 3x3 layer is the same correlation, of dout with the flipped
 kernel whose channels are exchanged, padded by 2 minus the layer's padding on each side: it
 runs here too. The weight gradient stays im2col's GEMM (:func:`.im2col.weight_gradient`).
+Finite data only: an inf in a tile spreads NaN over the whole tile (the run checks).
 """
 
 from __future__ import annotations
@@ -34,14 +35,20 @@ from .._geometry import ConvGeometry
 from . import im2col
 from .layout import PATH_FUNCTIONS, exchange_channels, workspace
 
-__all__ = [*PATH_FUNCTIONS, "MIN_CHANNELS", "TILE"]
+__all__ = [*PATH_FUNCTIONS, "MIN_CHANNELS", "MIN_POSITIONS", "TILE"]
 
 TILE = 4  # output pixels per tile side: F(4x4, 3x3)
 # Fewer input or output channels than this and the transforms cost more than the GEMMs save
 # (mid, 32 -> 64 channels, still gains a quarter).
 MIN_CHANNELS = 32
-# Bytes of one chunk's transformed tiles V (36 x C x tiles): the images of a chunk fit the L2.
-CHUNK_BYTES = 2 << 20
+# Fewer output pixels per image than 28x28 and the GEMMs over a chunk's tiles are too short, and
+# the tiles' overhang (14x14 in 4x4 tiles computes 16x16) too large: 256 -> 256 channels at
+# 14x14 took 1.14-1.5x im2col's time, 128 -> 128 at 28x28 0.62x.
+MIN_POSITIONS = 28 * 28
+# Bytes of one chunk's transformed tiles V (36 x C x tiles), against im2col's forward (CPU time,
+# one thread): 1 MiB resnet3x3 0.62x, mid 0.78x, 128 channels at 28x28 0.62x; 2 MiB 0.60x,
+# 0.84x, 0.66x; 8 MiB 0.87x, 1.07x, 0.75x (out of the 2 MiB L2).
+CHUNK_BYTES = 1 << 20
 
 # Lavin & Gray's matrices for F(4, 3), interpolation points 0, ±1, ±2 and infinity.
 _BT = np.array(
@@ -77,8 +84,8 @@ _OUTPUT_TRANSFORM = np.kron(_AT, _AT)  # (16, 36): 36 positions -> the 4x4 outpu
 
 def supports(geometry: ConvGeometry) -> bool:
     """A planar 3x3 kernel, stride and dilation 1, no groups, padding at most 2 on each side
-    (its input gradient is then the same kind of layer), and enough channels to pay. The
-    selector takes it for float32 only."""
+    (its input gradient is then the same kind of layer), and enough channels and pixels to
+    pay. The selector takes it for finite data only."""
     g = geometry
     return (
         g.rank == 2
@@ -87,6 +94,7 @@ def supports(geometry: ConvGeometry) -> bool:
         and g.dilation == (1, 1)
         and g.groups == 1
         and min(g.c, g.f) >= MIN_CHANNELS
+        and min(g.positions, g.height * g.width) >= MIN_POSITIONS
         and max(*g.pad_h, *g.pad_w) <= 2
     )
 
@@ -165,8 +173,10 @@ def _tiles(padded_h: int, padded_w: int) -> int:
 
 def _kernel_transform(w: np.ndarray) -> np.ndarray:
     """w (F, C, 3, 3) -> U (36, F, C) = G w Gᵀ per filter and channel, computed in float64."""
-    u = np.einsum("ai,fcij,bj->abfc", _G, w.astype(np.float64), _G)
-    return np.ascontiguousarray(u.reshape(_IN * _IN, *w.shape[:2]), dtype=w.dtype)
+    f, c = w.shape[:2]
+    # (F*C, 6, 6) by two small matmuls (an einsum over all four axes took 20 ms at 256x256)
+    u = _G @ w.reshape(f * c, 3, 3).astype(np.float64) @ _G.T
+    return np.ascontiguousarray(u.reshape(f, c, _IN * _IN).transpose(2, 0, 1), dtype=w.dtype)
 
 
 def _correlate(
@@ -175,7 +185,7 @@ def _correlate(
     """x (N, C, H, W) zero-padded by ``top`` and ``left`` (and as much as the tiles need on
     the other sides), correlated with the kernel whose transform is u (36, F, C)
     -> (N, F, *out_size)."""
-    n, c, h, w_in = x.shape
+    n, c = x.shape[:2]
     f = u.shape[1]
     rows, cols = (-(-size // TILE) for size in out_size)
     out = np.empty((n, f, *out_size), dtype=x.dtype)
@@ -229,4 +239,3 @@ def _write_output_tiles(products: np.ndarray, out: np.ndarray) -> None:
         for b in range(TILE):
             target = by_filter[:, :, a::TILE, b::TILE]
             target[...] = pixels[a, b, :, :, : target.shape[2], : target.shape[3]]
-

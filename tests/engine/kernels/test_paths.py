@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from convengine import ConvGeometry, conv_transpose, conv_transpose_backward
-from convengine._kernels import Pass, Path, halves, run, select
+from convengine._kernels import Pass, Path, halves, run, select, winograd
 
 from ..oracle import naive_conv_transpose, naive_conv_transpose_backward
 from ..test_fast_paths import check_any_rank_against_oracle, check_work_bound
@@ -23,6 +23,14 @@ CONV = {
         "im2col",
     ),
     "pointwise": ((2, 5, 4, 6), (3, 5, 1, 1), dict(), "pointwise", "pointwise"),
+    # with the thresholds lowered (see small_winograd): 8x5 outputs, per-side padding
+    "winograd": (
+        (2, 5, 7, 6),
+        (6, 5, 3, 3),
+        dict(padding=((1, 2), (0, 1))),
+        "winograd",
+        "winograd",
+    ),
     "depthwise": ((2, 2, 5, 7), (6, 1, 3, 3), dict(groups=2, padding=1), "depthwise", "depthwise"),
     "depthwise-taps": (
         (2, 4, 9, 9),
@@ -97,6 +105,14 @@ TRANSPOSED = {
 }
 
 
+@pytest.fixture(autouse=True)
+def small_winograd(monkeypatch):
+    """Winograd's thresholds lowered to layers the nested-loop oracle computes in a moment
+    (5 channels and 16 outputs, where the other entries have fewer channels)."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 5)
+    monkeypatch.setattr(winograd, "MIN_POSITIONS", 16)
+
+
 @pytest.mark.parametrize("name", CONV)
 def test_convolutions_on_their_path_match_the_oracle(name, rng):
     x_shape, w_shape, hyper, forward_path, backward_path = CONV[name]
@@ -140,7 +156,7 @@ def test_work_elements_bounds_each_transposed_path(name, rng):
     check_work_bound(rng, *TRANSPOSED[name][:3], transposed=True)
 
 
-@pytest.mark.parametrize("name", ["im2col", "depthwise", "flat", "volume"])
+@pytest.mark.parametrize("name", ["im2col", "depthwise", "flat", "volume", "winograd"])
 def test_work_elements_bounds_each_path_split_in_halves(name, rng, monkeypatch):
     monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 0)
     x_shape, w_shape, hyper, forward_path, _ = CONV[name]
