@@ -186,3 +186,39 @@ def test_the_run_computes_what_the_selector_names(name, rng, monkeypatch):
     assert seen[0] == forward_path
     if forward_path.startswith("volume("):
         assert set(seen[1:]) <= {forward_path, inner} and inner in seen
+
+
+# im2col's forward a block of output rows at a time (an image's columns over CHUNK_BYTES):
+# (x shape, w shape, hyperparameters, bias), with blocks of 2 output rows.
+ROW_BLOCKS = {
+    "stem-like-7x7-s2": ((2, 3, 15, 13), (4, 3, 7, 7), dict(stride=2, padding=3), True),
+    "grouped-with-bias": ((1, 4, 9, 7), (6, 2, 3, 3), dict(groups=2, padding=1), True),
+    "no-bias-last-block-short": ((2, 2, 8, 6), (3, 2, 3, 3), dict(padding=(1, 0)), False),
+}
+
+
+@pytest.mark.parametrize("name", ROW_BLOCKS)
+def test_im2col_forward_in_row_blocks_matches_the_oracle(name, rng, monkeypatch):
+    from convengine import conv
+    from convengine._kernels import im2col
+
+    from ..oracle import naive_conv
+
+    x_shape, w_shape, hyper, with_bias = ROW_BLOCKS[name]
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    assert select(geometry, Pass.FORWARD).name == "im2col"
+    assert not im2col._reads_input_directly(geometry)  # the canvas's fields are copied
+    rows_bytes = (geometry.col_rows + with_bias) * geometry.groups * geometry.w_out * 8
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 2 * rows_bytes)
+    blocks: list[int] = []
+    original = im2col._forward_in_row_blocks
+    monkeypatch.setattr(
+        im2col,
+        "_forward_in_row_blocks",
+        lambda *args: blocks.append(1) or original(*args),
+    )
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0]) if with_bias else None
+    out = conv(x, w, b, **hyper)
+    assert blocks == [1]
+    np.testing.assert_allclose(out, naive_conv(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
