@@ -309,15 +309,18 @@ def _met(ratio: float, target: float) -> str:
 
 
 def _torch_ratio(result: dict[str, Any], pass_: str) -> float | None:
-    """The engine's median time over PyTorch's (None without PyTorch): the "vs PyTorch" cell."""
+    """The engine's time over PyTorch's by the larger of the "vs PyTorch" and "vs PyTorch
+    fastest" cells (None without PyTorch): other work slows PyTorch's two threads more than
+    the engine's median shows, so a target is met only where both ratios meet it."""
     calls: dict[str, list[list[float]]] = result[pass_]
     if "torch" not in calls:
         return None
-    times = {
+    median = {
         name: statistics.median(statistics.median(block) for block in calls[name])
         for name in ("engine", "torch")
     }
-    return times["engine"] / times["torch"]
+    fastest = {name: min(min(block) for block in calls[name]) for name in ("engine", "torch")}
+    return max(median["engine"] / median["torch"], fastest["engine"] / fastest["torch"])
 
 
 def _target_cells(result: dict[str, Any], pass_: str) -> str:
@@ -383,7 +386,8 @@ def _print_timings(shapes: list[Shape], dtype: np.dtype, rounds: int, budget: fl
         if values:
             mean = statistics.geometric_mean(values)
             print(
-                f"{dtype.name} {pass_}: geometric mean vs PyTorch over {len(values)} layers "
+                f"{dtype.name} {pass_}: geometric mean vs PyTorch (the larger of median and "
+                f"fastest, per layer) over {len(values)} layers "
                 f"{mean:.2f}x, target {GEOMEAN_TARGET:.2f}x: {_met(mean, GEOMEAN_TARGET)}"
             )
     print()
@@ -428,7 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     print("fastest: the fastest single call (on a busy machine, the cost without the others).")
     print("vs matmul / vs PyTorch: engine time over theirs (lower is better, 1.00x is a tie);")
     print("faster than tutorial: the fancy-index im2col + np.add.at baseline's time over ours.")
-    print("target: issue 24's bound on vs PyTorch, met or missed by the median ratio.")
+    print("target: issue 24's bound on vs PyTorch, met where the median and the fastest")
+    print("ratios both meet it.")
 
 
 def _load_description() -> str:
