@@ -162,15 +162,6 @@ def weight_gradient(
     return im2col.weight_gradient(dout, x, w, geometry, wide)
 
 
-def _tiles_1d(padded: int) -> int:
-    """Tiles along an axis whose padded input is ``padded`` pixels: outputs / 4, rounded up."""
-    return -(-(padded - 2) // TILE)
-
-
-def _tiles(padded_h: int, padded_w: int) -> int:
-    return _tiles_1d(padded_h) * _tiles_1d(padded_w)
-
-
 def _kernel_transform(w: np.ndarray) -> np.ndarray:
     """w (F, C, 3, 3) -> U (36, F, C) = G w Gᵀ per filter and channel, computed in float64."""
     f, c = w.shape[:2]
