@@ -16,10 +16,11 @@ with AVX-512, OpenBLAS 0.3.31 SkylakeX kernel), forward against im2col's: float3
 0.93x and 1.23x (float32 resnet3x3, mid), and F(2x2, 3x3) (4/9 of the direct flops, not
 1/4) 1.19x and 1.36x. Fewer channels or smaller images gain nothing (see the thresholds).
 
-The price is rounding: the transforms' coefficients (up to 8, and 1/24 in G) put results
-about ten times further from the exact ones than the direct path's: in float32 7.3e-6
-against 5.6e-7 of the largest output on resnet3x3 (random normal data), in float64 about
-1e-14 against 2e-15. tests/engine/kernels/test_winograd.py holds them to 1e-5 and 1e-13.
+The price is rounding: the transforms' coefficients (up to 8) put results about five times
+further from the exact ones than the direct path's: in float32 2.6e-6 against 5.6e-7 of the
+largest output on resnet3x3 (random normal data; Lavin & Gray's own points gave 7.3e-6 to
+1.0e-5, see ``_BT``), in float64 about 5e-15 against 2e-15.
+tests/engine/kernels/test_winograd.py holds them to 1e-5 and 1e-13.
 
 The input gradient of a stride-1 3x3 layer is the same correlation, of dout with the flipped
 kernel whose channels are exchanged, padded by 2 minus the layer's padding on each side: it
@@ -50,31 +51,41 @@ MIN_POSITIONS = 28 * 28
 # 0.84x, 0.66x; 8 MiB 0.87x, 1.07x, 0.75x (out of the 2 MiB L2).
 CHUNK_BYTES = 1 << 20
 
-# Lavin & Gray's matrices for F(4, 3), interpolation points 0, ±1, ±2 and infinity.
+# The matrices of F(4, 3) for the interpolation points 0, -1, 1, 1/2, -2 and infinity (Barabasz,
+# Anderson, Soodhalter & Gregg, "Error analysis and improving the accuracy of Winograd
+# convolution for deep neural networks", 2020): float32 results 2.6e-6 from the exact ones
+# (of the largest output, resnet3x3) where Lavin & Gray's points 0, ±1, ±2 gave 7.6e-6, and
+# 1.0e-5 on one of the benchmark's seeds. Bᵀ and Aᵀ hold halves to eighths, exact in binary;
+# G (thirds, fifteenths) is applied in float64. A test checks the identity they satisfy.
 _BT = np.array(
     [
-        [4, 0, -5, 0, 1, 0],
-        [0, -4, -4, 1, 1, 0],
-        [0, 4, -4, -1, 1, 0],
+        [1, -3 / 2, -2, 3 / 2, 1, 0],
+        [0, 1, -5 / 2, 1 / 2, 1, 0],
+        [0, -1, 1 / 2, 5 / 2, 1, 0],
         [0, -2, -1, 2, 1, 0],
-        [0, 2, -1, -2, 1, 0],
-        [0, 4, 0, -5, 0, 1],
+        [0, 1 / 2, -1, -1 / 2, 1, 0],
+        [0, 1, -3 / 2, -2, 3 / 2, 1],
     ],
     dtype=np.float64,
 )
 _G = np.array(
     [
-        [1 / 4, 0, 0],
-        [-1 / 6, -1 / 6, -1 / 6],
-        [-1 / 6, 1 / 6, -1 / 6],
-        [1 / 24, 1 / 12, 1 / 6],
-        [1 / 24, -1 / 12, 1 / 6],
+        [1, 0, 0],
+        [-1 / 3, 1 / 3, -1 / 3],
+        [1 / 3, 1 / 3, 1 / 3],
+        [-16 / 15, -8 / 15, -4 / 15],
+        [1 / 15, -2 / 15, 4 / 15],
         [0, 0, 1],
     ],
     dtype=np.float64,
 )
 _AT = np.array(
-    [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+    [
+        [1, 1, 1, 1, 1, 0],
+        [0, -1, 1, 1 / 2, -2, 0],
+        [0, 1, 1, 1 / 4, 4, 0],
+        [0, -1, 1, 1 / 8, -8, 1],
+    ],
     dtype=np.float64,
 )
 _IN = TILE + 2  # input pixels per tile side
