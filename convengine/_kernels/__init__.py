@@ -7,7 +7,7 @@ Each path is one module holding its code, its ``supports(geometry)`` and its mem
   (1x1, stride 1, no padding), :mod:`.depthwise` (one channel per filter, stride 1: shifted
   copies and gemvs), :mod:`.depthwise_taps` (one channel per filter: one multiply-add per
   kernel offset), :mod:`.phases` (the input gradient of strided layers whose windows never
-  overlap);
+  overlap), :mod:`.winograd` (stride-1 3x3 layers with 32 channels or more: F(4x4, 3x3));
 - volumes: :mod:`.flat` (stride 1, shifted runs of the flat padded volume), :mod:`.volume`
   (depth slices, each a planar pass);
 - :mod:`.halves`: any of those on two halves of the batch at once, one per core.
@@ -29,7 +29,17 @@ from numpy.typing import DTypeLike
 
 from .. import _padding
 from .._geometry import ConvGeometry, TransposedGeometry
-from . import depthwise, depthwise_taps, flat, halves, im2col, phases, pointwise, volume
+from . import (
+    depthwise,
+    depthwise_taps,
+    flat,
+    halves,
+    im2col,
+    phases,
+    pointwise,
+    volume,
+    winograd,
+)
 
 __all__ = ["KERNELS", "Pass", "Path", "Selection", "select", "work_elements"]
 
@@ -55,6 +65,7 @@ class Path(Enum):
     FLAT = "flat"
     VOLUME = "volume"
     HALVES = "halves"
+    WINOGRAD = "winograd"
 
 
 # The module that computes each path's passes (EMPTY has none: nothing is computed).
@@ -67,6 +78,7 @@ KERNELS: dict[Path, ModuleType] = {
     Path.FLAT: flat,
     Path.VOLUME: volume,
     Path.HALVES: halves,
+    Path.WINOGRAD: winograd,
 }
 
 
@@ -115,6 +127,8 @@ def select(
     slice), a shapes-only caller leaves them True and gets the path of finite data.
     INPUT_GRADIENT reads w alone, so only ``w_finite`` counts there. ``split=False`` selects
     for one half of a batch already split. ``dtype`` (float32 or float64) picks nothing yet.
+    Winograd's transforms run on finite x and w only (an inf in a tile spreads NaN over it:
+    the run checks every array a Winograd piece reads, dout too, and selects again without).
     """
     core = geometry if geometry.is_core else geometry.core()[0]
     if 0 in core.size:
@@ -140,6 +154,9 @@ def _planar(g: ConvGeometry, pass_: Pass, x_finite: bool, w_finite: bool) -> Sel
         return _leaf(Path.DEPTHWISE_TAPS, wide_rows=finite)
     if pointwise.supports(g):
         return _leaf(Path.POINTWISE)
+    # Winograd's dw is im2col's (with wide rows: x is finite), so dw alone stays there.
+    if x_finite and w_finite and pass_ is not Pass.WEIGHT_GRADIENT and winograd.supports(g):
+        return _leaf(Path.WINOGRAD, wide_rows=True)
     # dw alone multiplies no junk by w: its wide rows need finite x only. The forward pass
     # crops a wide output, which cost more than wide rows saved: it takes none.
     wide = x_finite if pass_ is Pass.WEIGHT_GRADIENT else finite
@@ -181,5 +198,5 @@ def _batch_elements(geometry: ConvGeometry) -> int:
 
 def _planar_elements(plane: ConvGeometry) -> int:
     """The largest bound among the planar paths that support ``plane``, whatever the data."""
-    paths = (im2col, pointwise, depthwise, depthwise_taps, phases)
+    paths = (im2col, pointwise, depthwise, depthwise_taps, phases, winograd)
     return max(int(path.work_elements(plane)) for path in paths if path.supports(plane))

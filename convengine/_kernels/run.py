@@ -90,6 +90,10 @@ def _piece(
         selection = select(
             geometry, pass_, dtype, x_finite=x_finite, w_finite=w_finite, split=False
         )
+    if selection.path is Path.WINOGRAD and not all(_finite(a) for a in arrays):
+        # An inf in a tile spreads NaN over the tile's transform: the direct path instead.
+        dtype = cast(np.ndarray, arrays[0]).dtype
+        selection = select(geometry, pass_, dtype, x_finite=False, w_finite=w_finite, split=False)
     return _compute(pass_, selection, geometry, arrays)
 
 

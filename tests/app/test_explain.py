@@ -349,6 +349,7 @@ def test_the_library_refuses_as_a_call_would(arguments, error, message):
     ("name", "x", "w", "hyper", "path"),
     [
         ("forward", (1, 8, 12, 12), (16, 8, 3, 3), {"padding": 1}, "im2col"),
+        ("forward", (1, 32, 28, 28), (32, 32, 3, 3), {"padding": 1}, "winograd"),
         ("forward", (1, 8, 12, 12), (16, 8, 1, 1), {}, "pointwise"),
         ("forward", (1, 8, 12, 12), (8, 1, 3, 3), {"groups": 8, "padding": 1}, "depthwise"),
         ("forward", (1, 4, 6, 6, 6), (4, 4, 3, 3, 3), {"padding": 1}, "flat"),
@@ -361,7 +362,15 @@ def test_the_library_refuses_as_a_call_would(arguments, error, message):
             "dx: im2col, dw: im2col",
         ),
     ],
-    ids=["im2col", "pointwise", "depthwise", "flat-volume", "unpatchify", "transposed-backward"],
+    ids=[
+        "im2col",
+        "winograd",
+        "pointwise",
+        "depthwise",
+        "flat-volume",
+        "unpatchify",
+        "transposed-backward",
+    ],
 )
 async def test_the_dry_run_names_the_kernel_the_selector_picks(client, name, x, w, hyper, path):
     shapes = {"x": x, "w": w}

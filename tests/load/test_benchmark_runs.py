@@ -62,6 +62,10 @@ def test_engine_benchmark_smoke_run():
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| small | N2 C3")]
     assert [row.split(" | ")[2] for row in rows] == ["forward", "backward"]
+    # issue 24's target beside each row (small layers: faster than PyTorch), and the means
+    assert all(row.split(" | ")[-2] == "1.00x" for row in rows)
+    assert all(row.split(" | ")[-1] in ("met |", "missed |") for row in rows)
+    assert "over 1 layers" in result.stdout.split("float64 forward: geometric mean")[1]
     assert "float32" not in result.stdout.split("| shape |")[-1]  # --dtypes is honoured
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from convengine import ConvGeometry, conv_transpose, conv_transpose_backward
-from convengine._kernels import Pass, Path, halves, run, select
+from convengine._kernels import Pass, Path, halves, run, select, winograd
 
 from ..oracle import naive_conv_transpose, naive_conv_transpose_backward
 from ..test_fast_paths import check_any_rank_against_oracle, check_work_bound
@@ -23,6 +23,14 @@ CONV = {
         "im2col",
     ),
     "pointwise": ((2, 5, 4, 6), (3, 5, 1, 1), dict(), "pointwise", "pointwise"),
+    # with the thresholds lowered (see small_winograd): 8x5 outputs, per-side padding
+    "winograd": (
+        (2, 5, 7, 6),
+        (6, 5, 3, 3),
+        dict(padding=((1, 2), (0, 1))),
+        "winograd",
+        "winograd",
+    ),
     "depthwise": ((2, 2, 5, 7), (6, 1, 3, 3), dict(groups=2, padding=1), "depthwise", "depthwise"),
     "depthwise-taps": (
         (2, 4, 9, 9),
@@ -97,6 +105,14 @@ TRANSPOSED = {
 }
 
 
+@pytest.fixture(autouse=True)
+def small_winograd(monkeypatch):
+    """Winograd's thresholds lowered to layers the nested-loop oracle computes in a moment
+    (5 channels and 16 outputs, where the other entries have fewer channels)."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 5)
+    monkeypatch.setattr(winograd, "MIN_POSITIONS", 16)
+
+
 @pytest.mark.parametrize("name", CONV)
 def test_convolutions_on_their_path_match_the_oracle(name, rng):
     x_shape, w_shape, hyper, forward_path, backward_path = CONV[name]
@@ -140,7 +156,7 @@ def test_work_elements_bounds_each_transposed_path(name, rng):
     check_work_bound(rng, *TRANSPOSED[name][:3], transposed=True)
 
 
-@pytest.mark.parametrize("name", ["im2col", "depthwise", "flat", "volume"])
+@pytest.mark.parametrize("name", ["im2col", "depthwise", "flat", "volume", "winograd"])
 def test_work_elements_bounds_each_path_split_in_halves(name, rng, monkeypatch):
     monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 0)
     x_shape, w_shape, hyper, forward_path, _ = CONV[name]
@@ -170,3 +186,39 @@ def test_the_run_computes_what_the_selector_names(name, rng, monkeypatch):
     assert seen[0] == forward_path
     if forward_path.startswith("volume("):
         assert set(seen[1:]) <= {forward_path, inner} and inner in seen
+
+
+# im2col's forward a block of output rows at a time (an image's columns over CHUNK_BYTES):
+# (x shape, w shape, hyperparameters, bias), with blocks of 2 output rows.
+ROW_BLOCKS = {
+    "stem-like-7x7-s2": ((2, 3, 15, 13), (4, 3, 7, 7), dict(stride=2, padding=3), True),
+    "grouped-with-bias": ((1, 4, 9, 7), (6, 2, 3, 3), dict(groups=2, padding=1), True),
+    "no-bias-last-block-short": ((2, 2, 8, 6), (3, 2, 3, 3), dict(padding=(1, 0)), False),
+}
+
+
+@pytest.mark.parametrize("name", ROW_BLOCKS)
+def test_im2col_forward_in_row_blocks_matches_the_oracle(name, rng, monkeypatch):
+    from convengine import conv
+    from convengine._kernels import im2col
+
+    from ..oracle import naive_conv
+
+    x_shape, w_shape, hyper, with_bias = ROW_BLOCKS[name]
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    assert select(geometry, Pass.FORWARD).name == "im2col"
+    assert not im2col._reads_input_directly(geometry)  # the canvas's fields are copied
+    rows_bytes = (geometry.col_rows + with_bias) * geometry.groups * geometry.w_out * 8
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 2 * rows_bytes)
+    blocks: list[int] = []
+    original = im2col._forward_in_row_blocks
+    monkeypatch.setattr(
+        im2col,
+        "_forward_in_row_blocks",
+        lambda *args: blocks.append(1) or original(*args),
+    )
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0]) if with_bias else None
+    out = conv(x, w, b, **hyper)
+    assert blocks == [1]
+    np.testing.assert_allclose(out, naive_conv(x, w, b, **hyper), rtol=1e-12, atol=1e-12)

@@ -121,6 +121,29 @@ GRID = {
         dict(stride=(2, 3), rounding="floor"),
         _all("im2col"),
     ),
+    # Winograd: stride-1 3x3, 32 channels or more each side, 28x28 outputs or more.
+    "winograd": (
+        (2, 32, 28, 28),
+        (32, 32, 3, 3),
+        dict(padding=1),
+        {F: "winograd", B: "winograd", IG: "winograd", WG: "im2col"},
+    ),
+    "winograd-31-channels": ((2, 31, 28, 28), (32, 31, 3, 3), dict(padding=1), _all("im2col")),
+    "winograd-31-filters": ((2, 32, 28, 28), (31, 32, 3, 3), dict(padding=1), _all("im2col")),
+    "winograd-27-rows": ((2, 32, 27, 28), (32, 32, 3, 3), dict(padding=1), _all("im2col")),
+    "winograd-padding-3": ((2, 32, 28, 28), (32, 32, 3, 3), dict(padding=3), _all("im2col")),
+    "winograd-dilated": (
+        (2, 32, 28, 28),
+        (32, 32, 3, 3),
+        dict(padding=2, dilation=2),
+        _all("im2col"),
+    ),
+    "winograd-grouped": (
+        (2, 64, 28, 28),
+        (64, 32, 3, 3),
+        dict(padding=1, groups=2),
+        _all("im2col"),
+    ),
     "window-on-padding-only": (
         (1, 2, 1, 3),
         (2, 2, 1, 1),
@@ -150,7 +173,7 @@ def _blas_may_split() -> bool:
 @pytest.mark.parametrize(
     "x_shape, w_shape, hyper, inner",
     [
-        ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "im2col"),
+        ((16, 16, 28, 28), (64, 16, 3, 3), dict(padding=1), "im2col"),
         ((64, 64, 64, 64), (64, 1, 3, 3), dict(groups=64, padding=1), "depthwise"),
         ((4, 32, 17, 33, 33), (32, 32, 3, 3, 3), dict(stride=2, padding=1), "volume(im2col)"),
         ((4, 16, 8, 32, 32), (16, 16, 3, 3, 3), dict(padding=1), "flat"),
@@ -201,6 +224,14 @@ NON_FINITE = [
     ("3d-stride-1", B, False, True, "volume(im2col)", False),
     ("3d-stride-1", WG, True, False, "volume(im2col)", False),
     ("1x1", B, False, False, "pointwise", False),
+    # Winograd spreads an inf over its tile: finite data only, in every pass (for the input
+    # gradient, the run passes dout's finiteness as x's when it selects again).
+    ("winograd", B, True, True, "winograd", True),
+    ("winograd", F, False, True, "im2col", False),
+    ("winograd", F, True, False, "im2col", False),
+    ("winograd", B, True, False, "im2col", False),
+    ("winograd", IG, False, True, "im2col", True),
+    ("winograd", IG, True, False, "im2col", False),
 ]
 
 
