@@ -38,6 +38,7 @@ __all__ = [
     "float_dtype",
     "npy_parts",
     "read_npy",
+    "readable",
     "shape_of",
 ]
 
@@ -230,6 +231,15 @@ def file_dtype(dtype: np.dtype | None) -> np.dtype | None:
         return BFLOAT16
     known = dtype.kind in "fc" and dtype.newbyteorder("=").name in DTYPES
     return dtype if known else None
+
+
+def readable(header: NpyHeader) -> tuple[tuple[int, ...], np.dtype] | None:
+    """A .npy header's shape and dtype if :func:`read_npy` reads its array; else None (it
+    names why)."""
+    dtype = file_dtype(header.dtype)
+    if dtype is None or len(header.shape) > MAX_NDIM:
+        return None
+    return header.shape, dtype
 
 
 def read_npy(data: bytes | memoryview, name: str, budget: Budget | None) -> np.ndarray:

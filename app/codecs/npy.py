@@ -26,9 +26,9 @@ from .base import (
     TensorStyle,
     check_known,
     check_names,
-    file_dtype,
     npy_parts,
     read_npy,
+    readable,
 )
 
 __all__ = ["MULTIPART", "NPY", "Parts", "decode_multipart", "encode"]
@@ -201,10 +201,10 @@ class Parts:
             except ValueError:
                 self.lost = True
                 return
-            dtype = file_dtype(header.dtype)
-            self.lost = dtype is None
-            if dtype is not None:
-                self._arrays[name] = (header.shape, dtype)
+            spec = readable(header)
+            self.lost = spec is None
+            if spec is not None:
+                self._arrays[name] = spec
 
     def _end(self) -> None:
         self.ended = True

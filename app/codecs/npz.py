@@ -28,9 +28,9 @@ from .base import (
     TensorStyle,
     check_known,
     check_names,
-    file_dtype,
     npy_parts,
     read_npy,
+    readable,
 )
 
 __all__ = ["CODEC", "Members", "decode", "encode"]
@@ -299,11 +299,11 @@ class Members:
             cut = "cut short" in str(exc) and len(self._npy) < _NPY_PREFIX + MAX_HEADER
             self.lost = not cut or self._left == 0
             return
-        dtype = file_dtype(header.dtype)
-        if dtype is None or self._name in self.specs:
+        spec = readable(header)
+        if spec is None or self._name in self.specs:
             self.lost = True
             return
-        self.specs[self._name] = (header.shape, dtype)
+        self.specs[self._name] = spec
 
 
 def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes:

@@ -100,6 +100,7 @@ def test_what_cannot_be_followed_is_lost_not_guessed():
         archive.writestr("x.npy", npy_bytes(ARRAYS["x"]))
     assert _announced(bz2.getvalue()).lost
     assert _announced(b"not an archive at all, but long enough to be read").lost
+    assert _announced(_savez(False, x=np.zeros((1,) * 9, np.float32))).lost  # over 8 axes
     objects = _savez(False, x=np.zeros(3, np.int64))
     assert _announced(objects).lost and not _announced(objects).specs
     twice = io.BytesIO()
