@@ -236,7 +236,7 @@ class Members:
         flags, method, compressed, name_length = fields[2], fields[3], fields[7], fields[9]
         name = bytes(self._header[30 : 30 + name_length])
         if compressed == _ZIP32_LIMIT:
-            compressed = self._zip64_size(30 + name_length)
+            compressed = self._zip64_size(30 + name_length, fields[8] == _ZIP32_LIMIT)
         self._name = name.decode("utf-8" if flags & _UTF8_NAME else "cp437", "replace")
         self._name = self._name.removesuffix(".npy")
         self._count += 1
@@ -253,14 +253,14 @@ class Members:
         self._header.clear()
         self._npy.clear()
 
-    def _zip64_size(self, start: int) -> int:
-        """The compressed size from a zip64 extra field (after the uncompressed one, which
-        is there too: np.savez saturates both)."""
-        end = len(self._header)
+    def _zip64_size(self, start: int, after_size: bool) -> int:
+        """The compressed size from the zip64 extra field, which holds the saturated sizes
+        in order: the uncompressed one first when it is there too (``after_size``)."""
+        end, skip = len(self._header), 8 if after_size else 0
         while start + 4 <= end:
             kind, length = struct.unpack_from("<HH", self._header, start)
-            if kind == _ZIP64_EXTRA and length >= 16:
-                return int(struct.unpack_from("<Q", self._header, start + 12)[0])
+            if kind == _ZIP64_EXTRA and length >= skip + 8 and start + 4 + length <= end:
+                return int(struct.unpack_from("<Q", self._header, start + 4 + skip)[0])
             start += 4 + length
         return -1  # ends the reading: no size to pass over
 

@@ -75,6 +75,21 @@ def test_one_byte_at_a_time_and_the_services_own_answers_and_zip64():
                 member.write(npy_bytes(array))
     zip64 = _announced(stream.getvalue())
     assert not zip64.lost and zip64.specs["w"][0] == (4, 3, 3, 3)
+    # Only the compressed size saturated: the zip64 field holds it alone. (np.savez saturates
+    # both and writes both in a 20-byte field: rewrite the first member's header.)
+    body = bytearray(_savez(False, x=ARRAYS["x"], w=ARRAYS["w"]))
+    name_end = 30 + int.from_bytes(body[26:28], "little")
+    assert int.from_bytes(body[28:30], "little") == 20
+    size = body[name_end + 4 : name_end + 12]  # the uncompressed size, as large as the other
+    extra = (1).to_bytes(2, "little") + (8).to_bytes(2, "little") + size
+    body[22:26] = size[:4]  # the uncompressed size in the header itself
+    body[28:30] = len(extra).to_bytes(2, "little")
+    body[name_end : name_end + 20] = extra
+    alone = _announced(bytes(body))
+    assert not alone.lost and {k: v[0] for k, v in alone.specs.items()} == {
+        "x": (2, 3, 5, 7),
+        "w": (4, 3, 3, 3),
+    }
 
 
 class _Unseekable(io.RawIOBase):
