@@ -64,22 +64,17 @@ _TYPES = {
     )
 }
 DTYPE_NAMES = tuple(_TYPES)
-# NumPy's own dtypes in native byte order, looked up directly: a dtype's name is computed in
-# Python on every read, a third of a small layer's dtype checks (~10 us a call).
-_NATIVE = {np.dtype(name): t for name, t in _TYPES.items() if name != "bfloat16"}
 _LISTED = f"{', '.join(DTYPE_NAMES[:-1])} or {DTYPE_NAMES[-1]}"
 
 
-# The records of the dtypes met so far (either byte order): np.dtype's name is computed in
-# Python, at a few microseconds a call, three calls a layer.
+# The records of the dtypes met so far (either byte order), looked up directly: a dtype's
+# name is computed in Python on every read, a third of a small layer's dtype checks (~10 us).
 _KNOWN: dict[np.dtype, TensorType] = {}
 
 
 def tensor_type(dtype: DTypeLike | str, field: str) -> TensorType:
     """The engine's record of ``dtype`` (a dtype, a type or a name such as "bfloat16",
     which needs no NumPy extension), else a DTypeError naming the dtypes it takes."""
-    if isinstance(dtype, np.dtype) and dtype in _NATIVE:
-        return _NATIVE[dtype]
     if isinstance(dtype, str) and dtype in _TYPES:
         return _TYPES[dtype]
     if isinstance(dtype, np.dtype) and dtype in _KNOWN:
