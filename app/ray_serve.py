@@ -38,7 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.config import MiB, Settings, budget_within
 
-__all__ = ["RayOptions", "application", "main", "replica_settings"]
+__all__ = ["RayOptions", "application", "deploy", "main", "replica_settings", "wait_ready"]
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (or the image's /app) holding app/
 APP_NAME = "convengine"
@@ -221,11 +221,12 @@ def deploy(options: RayOptions, settings: Settings, timeout: float = 300) -> lis
     ports = (settings.port, worker_port(options, settings))
     urls = [f"http://{settings.host}:{port}" for port in ports]
     for url in urls:
-        _wait_ready(url, timeout)
+        wait_ready(url, timeout)
     return urls
 
 
-def _wait_ready(url: str, timeout: float) -> None:
+def wait_ready(url: str, timeout: float) -> None:
+    """Until ``url`` answers /readyz with 200; SystemExit after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 import convengine as ce
 from app.config import Settings
-from app.ray_serve import RayOptions, deploy
+from app.ray_serve import RayOptions, deploy, wait_ready
 
 X_SHAPE, W_SHAPE = (16, 32, 56, 56), (64, 32, 3, 3)  # the mid layer, padding 1
 
@@ -125,16 +125,7 @@ def without_ray(seconds: float, concurrency: int) -> Run:
         [sys.executable, "-m", "app"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("python -m app did not start")
-            time.sleep(0.2)
+        wait_ready(url, 120)
         drive([url], 1, 3, concurrency)  # warm up
         return drive([url], 1, seconds, concurrency)
     finally:
