@@ -102,13 +102,14 @@ async def serve(
     gate: Gate,
     holding: Callable[[int], int],
     prepare: Callable[[bytes, Reservation], Preparing],
-    foresight: Foresight | None = None,
+    foresight: Callable[[], Foresight | None] | None = None,
 ) -> Response:
     """The answer to ``request``, whose body ``prepare`` decodes and validates (in a thread).
 
     ``holding(n)``: what reading and decoding the body holds once ``n`` of its bytes have
-    arrived (:func:`app.limits.body.holding`). ``foresight``: what the body says of the
-    request before all of it has arrived, for a body that says it (:func:`_read`).
+    arrived (:func:`app.limits.body.holding`). ``foresight()``: what the body says of the
+    request before all of it has arrived, for a body that says it (:func:`_read`); made
+    only when it is needed, off the common path.
     """
     reservation = gate.reservation()
     try:
@@ -130,7 +131,7 @@ async def _read(
     gate: Gate,
     reservation: Reservation,
     holding: Callable[[int], int],
-    foresight: Foresight | None,
+    foresight: Callable[[], Foresight | None] | None,
 ) -> bytes:
     """The body, its reservation grown as its bytes arrive (and a step ahead): a body that
     has not arrived holds no memory, so a stalled upload keeps no one else waiting.
@@ -149,10 +150,11 @@ async def _read(
             if holding(received) > reservation.held:
                 await gate.grow(reservation, holding(received + _READ_AHEAD))
     except Overloaded:
-        if foresight is not None:
+        sight = foresight() if foresight is not None else None
+        if sight is not None:
             reservation.release()
             length = max(received, declared(request) or 0)  # the whole body's, if declared
-            await _foresee(foresight, gate, pieces, stream, length)
+            await _foresee(sight, gate, pieces, stream, length)
         raise
     return b"".join(pieces)
 
@@ -287,7 +289,8 @@ async def answer(request: Request, operation: Operation) -> Response:
         settings=state.settings,
     )
     held = holding(None if is_json(content_type) else 0)
-    return await serve(request, state.gate, held, preparing, _foresight(request, operation))
+    foresight = partial(_foresight, request, operation)
+    return await serve(request, state.gate, held, preparing, foresight)
 
 
 def _foresight(request: Request, operation: Operation) -> Foresight | None:

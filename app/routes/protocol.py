@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from app import pipeline, protocol
 from app.codecs import protocol as wire
 from app.codecs.protocol import InferRequest, encode, parse_request
+from app.config import Settings
 from app.errors import register_error_shape
 from app.limits.body import holding
 from app.routes import health
@@ -200,9 +201,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     if header_length and header_length.isascii() and header_length.isdigit():
         json_part = int(header_length[:19])  # 19 digits: more than any body
         # The JSON header before the binary data says what the request would hold.
-        announced = wire.Header(json_part, state.settings.max_json_bytes)
-        plan = partial(protocol.plan, served, announced, state.settings)
-        foresight = pipeline.Foresight(announced, plan)
+        foresight = partial(_foresight, served, json_part, state.settings)
     ok = False
     try:
         response = await pipeline.serve(request, state.gate, holding(json_part), prepare, foresight)
@@ -210,6 +209,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         return response
     finally:
         timing.done(ok)
+
+
+def _foresight(
+    served: tuple[Operation, int], header_length: int, settings: Settings
+) -> pipeline.Foresight:
+    announced = wire.Header(header_length, settings.max_json_bytes)
+    return pipeline.Foresight(announced, partial(protocol.plan, served, announced, settings))
 
 
 @router.post("/repository/index", response_model=list[protocol.ModelIndex])
