@@ -25,7 +25,7 @@ import zlib
 from typing import Any
 
 import anyio.lowlevel
-from isal import igzip, isal_zlib
+from isal import isal_zlib
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -218,18 +218,22 @@ def _asked_for_gzip(codings: list[str]) -> bool:
 
 
 def gzip_answer(
-    content: bytes, accept_encoding: str, text: bool, minimum_size: int, level: int
-) -> tuple[bytes, dict[str, str]]:
-    """An answer and its coding headers: gzipped (ISA-L) when the client accepts gzip, the
-    answer has ``minimum_size`` bytes or more, and either it is ``text`` (numbers written out,
-    which shrink to about half) or the client asked for gzip by itself (see the module)."""
+    content: list[bytes], accept_encoding: str, text: bool, minimum_size: int, level: int
+) -> tuple[list[bytes], dict[str, str]]:
+    """An answer's pieces and its coding headers: gzipped (ISA-L) when the client accepts
+    gzip, the answer has ``minimum_size`` bytes or more, and either it is ``text`` (numbers
+    written out, which shrink to about half) or the client asked for gzip by itself (see the
+    module); piece by piece, through one compressor."""
     headers = {"vary": "Accept-Encoding"}
     codings = accepted_codings(accept_encoding)
-    if "gzip" not in codings or len(content) < minimum_size:
+    if "gzip" not in codings or sum(len(piece) for piece in content) < minimum_size:
         return content, headers
     if not (text or _asked_for_gzip(codings)):
         return content, headers
-    return igzip.compress(content, level), {**headers, "content-encoding": "gzip"}
+    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 16 + 15)
+    squeezed = [compressor.compress(piece) for piece in content]
+    squeezed.append(compressor.flush())
+    return [piece for piece in squeezed if piece], {**headers, "content-encoding": "gzip"}
 
 
 class Compress:

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from app import metrics
 from app.codecs import Budget, Codec, Decoded, choose_decoder, choose_encoder
 from app.codecs import json as json_codec
-from app.codecs.base import DTYPES, Announced
+from app.codecs.base import DTYPES, Announced, Pieces
 from app.config import Settings
 from app.encoding import gzip_answer
 from app.errors import InvalidInput, Overloaded, ServiceError, validation_errors
@@ -82,8 +82,8 @@ class Preparing(Protocol):
     def cost(self) -> Cost:
         """What its computation holds and computes, from the engine's plan."""
 
-    def finish(self) -> tuple[bytes, dict[str, str]]:
-        """Compute and encode: the answer's body and headers."""
+    def finish(self) -> tuple[Pieces, dict[str, str]]:
+        """Compute and encode: the answer's body, in pieces, and headers."""
 
 
 @dataclass
@@ -190,7 +190,7 @@ async def _foresee(
         gate.check_need(max(length, arrived) + needed)
 
 
-def _coded(prepared: Preparing, request: Request) -> tuple[bytes, dict[str, str]]:
+def _coded(prepared: Preparing, request: Request) -> tuple[Pieces, dict[str, str]]:
     """Compute, encode and code (gzip) the answer, in the computation thread."""
     content, headers = prepared.finish()
     settings: Settings = request.app.state.settings
@@ -204,7 +204,7 @@ def _coded(prepared: Preparing, request: Request) -> tuple[bytes, dict[str, str]
     return content, {**headers, **coding}
 
 
-def _finished(prepared: Preparing) -> tuple[bytes, dict[str, str]]:
+def _finished(prepared: Preparing) -> tuple[Pieces, dict[str, str]]:
     return prepared.finish()
 
 
@@ -213,8 +213,8 @@ async def admitted(
     reservation: Reservation,
     body: bytes,
     prepare: Callable[[bytes, Reservation], Preparing],
-    finish: Callable[[Preparing], tuple[bytes, dict[str, str]]] = _finished,
-) -> tuple[bytes, dict[str, str]]:
+    finish: Callable[[Preparing], tuple[Pieces, dict[str, str]]] = _finished,
+) -> tuple[Pieces, dict[str, str]]:
     """The answer to a body read whole, ``reservation`` holding what reading it held: its
     content and headers (``finish``: compute and encode, and code for HTTP), the reservation
     resized to the body and the content.
@@ -234,7 +234,8 @@ async def admitted(
     del prepared  # its arrays: only the answer and the body remain
     # Shrinks to what is left: the body and the answer, which the estimate bounds; were an
     # answer ever larger, it is sent on what is held rather than refused after computing.
-    await gate.hold(reservation, min(reservation.held, len(body) + len(content)))
+    answer_bytes = sum(len(piece) for piece in content)
+    await gate.hold(reservation, min(reservation.held, len(body) + answer_bytes))
     return content, headers
 
 
@@ -359,7 +360,7 @@ class Prepared:
         # A JSON answer imitates x: base64 stays base64, anything else becomes numbers.
         return self.encoder.media_type == json_codec.MEDIA_TYPE and self.decoded.style != "b64"
 
-    def finish(self) -> tuple[bytes, dict[str, str]]:
+    def finish(self) -> tuple[Pieces, dict[str, str]]:
         outputs = compute(self.request, self.decoded.arrays)
         assert self.encoder.encode is not None
         content = self.encoder.encode(outputs, self.decoded.style)

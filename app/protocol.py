@@ -24,6 +24,7 @@ from app.codecs import Budget, Decoded
 from app.codecs import json as json_codec
 from app.codecs import npz as npz_codec
 from app.codecs import protocol as wire
+from app.codecs.base import Pieces
 from app.config import Settings
 from app.errors import BadRequest, NotFound
 from app.limits.memory import Reservation
@@ -166,7 +167,7 @@ def metadata(operation: Operation, rank: int) -> dict[str, Any]:
 # data, or a gRPC message); encode(model, version, request, outputs): the answer and headers.
 Parse = Callable[[bytes], tuple[wire.InferRequest, memoryview]]
 Encode = Callable[
-    [str, str, wire.InferRequest, dict[str, np.ndarray]], tuple[bytes, dict[str, str]]
+    [str, str, wire.InferRequest, dict[str, np.ndarray]], tuple[Pieces, dict[str, str]]
 ]
 
 
@@ -187,7 +188,7 @@ class PreparedInference:
     def cost(self) -> Cost:
         return self.validated.cost
 
-    def finish(self) -> tuple[bytes, dict[str, str]]:
+    def finish(self) -> tuple[Pieces, dict[str, str]]:
         with self.timing.phase("compute_infer"):
             outputs = pipeline.compute(self.validated, self.decoded.arrays)
         with self.timing.phase("compute_output"):

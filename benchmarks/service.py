@@ -47,13 +47,14 @@ from convengine import conv2d, conv2d_backward
 
 # Mid requests as nested JSON lists run past the default JSON limit: raised here.
 bench_app = create_app(Settings(max_waiting=256, max_json_bytes=1 << 30))
+_BINARY = "application/octet-stream"
 
 
 @bench_app.post("/floor/transfer", include_in_schema=False)
 async def transfer_floor(request: Request, size: int) -> Response:
     """Read the whole body, answer ``size`` bytes: what moving the data costs, no more."""
     await request.body()
-    return Response(_answer_bytes(size), media_type="application/octet-stream")
+    return Response(_answer_bytes(size), media_type=_BINARY)
 
 
 _FLOOR_ARRAYS: dict[tuple[str, str], dict[str, np.ndarray]] = {}
@@ -70,20 +71,18 @@ def _engine_pass(size: str, pass_: str) -> None:
 
 
 class _Pieces(Response):
-    """An answer sent in pieces of the size the service's own answers use."""
+    """An answer sent in pieces of the size the service's own answers use, as they are."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        length = sum(len(piece) for piece in pieces)
+        super().__init__(headers={"content-length": str(length)}, media_type=_BINARY)
+        self.pieces = pieces
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        body = self.body
-        for start in range(0, max(len(body), 1), CHUNK):
-            more = start + CHUNK < len(body)
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": body[start : start + CHUNK],
-                    "more_body": more,
-                }
-            )
+        for index, piece in enumerate(self.pieces):
+            more = index + 1 < len(self.pieces)
+            await send({"type": "http.response.body", "body": piece, "more_body": more})
 
 
 @bench_app.post("/floor/engine", include_in_schema=False)
@@ -92,7 +91,8 @@ async def engine_floor(request: Request, size: str, pass_: str, answer: int) -> 
     reading, computation slot and sending as the real routes, without decode and encode."""
     await request.body()
     await request.app.state.gate.run(partial(_engine_pass, size, pass_))
-    return _Pieces(_answer_bytes(answer), media_type="application/octet-stream")
+    whole, rest = divmod(answer, CHUNK)
+    return _Pieces([_answer_bytes(CHUNK)] * whole + [_answer_bytes(rest)])
 
 
 _ANSWERS: dict[int, bytes] = {}

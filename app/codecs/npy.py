@@ -23,10 +23,12 @@ from .base import (
     Codec,
     Decoded,
     Fields,
+    Pieces,
     TensorStyle,
     check_known,
     check_names,
     npy_parts,
+    pieces_of,
     read_npy,
     readable,
 )
@@ -239,7 +241,7 @@ def decode_multipart(
     return Decoded(arrays, params, "file", params_as_text=True)
 
 
-def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes:
+def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> Pieces:
     """The one output of an operation as a .npy file."""
     if len(outputs) != 1:
         raise NotAcceptable(
@@ -248,7 +250,7 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes
             loc=("header", "accept"),
         )
     header, data = npy_parts(next(iter(outputs.values())))
-    return b"".join((header, data))
+    return [header, *pieces_of(data)]
 
 
 def _multipart_doc(operation: Operation) -> dict[str, Any]:

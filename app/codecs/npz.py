@@ -25,10 +25,12 @@ from .base import (
     Codec,
     Decoded,
     Fields,
+    Pieces,
     TensorStyle,
     check_known,
     check_names,
     npy_parts,
+    pieces_of,
     read_npy,
     readable,
 )
@@ -306,11 +308,11 @@ class Members:
         self.specs[self._name] = spec
 
 
-def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes:
-    """The outputs as an uncompressed .npz, written in one pass (np.savez copies each array
-    three times through zipfile and a growing buffer)."""
+def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> Pieces:
+    """The outputs as an uncompressed .npz, in pieces, each array's data copied once (np.savez
+    copies each array three times through zipfile and a growing buffer)."""
     files = [(f"{name}.npy".encode(), *npy_parts(array)) for name, array in outputs.items()]
-    pieces: list[bytes | memoryview] = []
+    pieces: Pieces = []
     directory = []
     offset = 0
     for name, header, data in files:
@@ -318,7 +320,7 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes
         if offset + size + 128 >= _ZIP32_LIMIT:  # zip64 territory: left to NumPy
             stream = io.BytesIO()
             np.savez(stream, allow_pickle=False, **outputs)
-            return stream.getvalue()
+            return [stream.getvalue()]
         crc = crc32(data, crc32(header))
         local = _LOCAL.pack(_LOCAL_SIGNATURE, 20, 0, 0, *_DOS_1980, crc, size, size, len(name), 0)
         directory.append(
@@ -342,11 +344,11 @@ def encode(outputs: dict[str, np.ndarray], style: TensorStyle = "file") -> bytes
             )
             + name
         )
-        pieces += (local, name, header, data)
+        pieces += (local + name + header, *pieces_of(data))
         offset += len(local) + len(name) + size
     central = b"".join(directory)
     end = _EOCD_STRUCT.pack(_EOCD, 0, 0, len(files), len(files), len(central), offset, 0)
-    return b"".join([*pieces, central, end])
+    return [*pieces, central + end]
 
 
 def _request_doc(operation: Operation) -> dict[str, Any]:

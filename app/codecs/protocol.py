@@ -21,7 +21,7 @@ from app.errors import BadRequest, InvalidInput, PayloadTooLarge, brief
 from app.schemas import HYPERPARAMETERS, Hyperparameters
 from convengine import Operation
 
-from .base import DTYPES, Budget, Decoded
+from .base import DTYPES, Budget, Decoded, Pieces, pieces_of
 from .json import array_from_lists
 
 __all__ = [
@@ -291,9 +291,11 @@ def datatype(array: np.ndarray) -> str:
     return _DATATYPE_OF[array.dtype]
 
 
-def little_endian(array: np.ndarray) -> bytes:
-    """An array's numbers as the protocol's binary data: little-endian, C order."""
-    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+def little_endian(array: np.ndarray) -> memoryview:
+    """An array's numbers as the protocol's binary data: little-endian, C order (a view of
+    the array when it already is)."""
+    ordered = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+    return ordered.reshape(-1).view(np.uint8).data
 
 
 def _json_numbers(array: np.ndarray) -> np.ndarray:
@@ -303,10 +305,11 @@ def _json_numbers(array: np.ndarray) -> np.ndarray:
 
 def encode(
     model: str, version: str, request: InferRequest, outputs: dict[str, np.ndarray]
-) -> tuple[bytes, dict[str, str]]:
+) -> tuple[Pieces, dict[str, str]]:
     """The response body and headers: JSON outputs, or a JSON header and binary data."""
     requested = [o.name for o in request.outputs] if request.outputs else list(outputs)
-    tensors, blobs = [], []
+    tensors: list[dict[str, Any]] = []
+    blobs: list[memoryview] = []
     for name in requested:
         array = np.ascontiguousarray(outputs[name])
         entry: dict[str, Any] = {
@@ -331,8 +334,8 @@ def encode(
         document["id"] = request.id
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
-        return header, {"content-type": "application/json"}
-    return b"".join([header, *blobs]), {
+        return [header], {"content-type": "application/json"}
+    return [header, *(piece for raw in blobs for piece in pieces_of(raw))], {
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(len(header)),
     }

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -48,14 +48,19 @@ READY_ROOM = 1 * MiB  # ready while this much of the memory budget is free
 
 
 class Answer(Response):
-    """A response sent in pieces of CHUNK bytes; its reservation is released once it is sent.
+    """A response sent piece by piece (pieces of at most CHUNK bytes); its reservation is
+    released once it is sent.
 
     The transport buffers little beyond one piece, so the answer's bytes stay counted in the
     budget for as long as the client takes to read them.
     """
 
-    def __init__(self, content: bytes, headers: dict[str, str], reservation: Reservation) -> None:
-        super().__init__(content, headers=headers)
+    def __init__(
+        self, pieces: list[bytes], headers: dict[str, str], reservation: Reservation
+    ) -> None:
+        length = sum(len(piece) for piece in pieces)
+        super().__init__(headers={**headers, "content-length": str(length)})
+        self.pieces = pieces
         self.reservation = reservation
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,18 +74,24 @@ class Answer(Response):
                     CODED: True,
                 }
             )
-            body = self.body
-            for start in range(0, max(len(body), 1), CHUNK):
-                more = start + CHUNK < len(body)
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": body[start : start + CHUNK],
-                        "more_body": more,
-                    }
-                )
+            sent = _cut(self.pieces)
+            piece = next(sent, b"")
+            for following in sent:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                piece = following
+            await send({"type": "http.response.body", "body": piece, "more_body": False})
         finally:
             self.reservation.release()
+
+
+def _cut(pieces: list[bytes]) -> Iterator[bytes]:
+    """The pieces, the larger ones cut to CHUNK bytes (a nested-list JSON answer is one)."""
+    for piece in pieces:
+        if len(piece) <= CHUNK:
+            yield piece
+            continue
+        for start in range(0, len(piece), CHUNK):
+            yield piece[start : start + CHUNK]
 
 
 class Gate:

@@ -16,6 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from app.codecs import protocol as wire
+from app.codecs.base import Pieces
 from app.errors import BadRequest
 
 from .messages import MESSAGES
@@ -72,14 +73,15 @@ def read(request: Message) -> tuple[wire.InferRequest, memoryview]:
 
 def encode(
     model: str, version: str, request: wire.InferRequest, outputs: dict[str, np.ndarray]
-) -> tuple[bytes, dict[str, str]]:
-    """The ``ModelInferResponse``'s bytes: the requested outputs (all by default), raw."""
+) -> tuple[Pieces, dict[str, str]]:
+    """The ``ModelInferResponse``'s bytes, one piece: the requested outputs (all by
+    default), raw."""
     answer = _RESPONSE(model_name=model, model_version=version, id=request.id or "")
     for name in [output.name for output in request.outputs or ()] or list(outputs):
         array = outputs[name]
         answer.outputs.add(name=name, datatype=wire.datatype(array), shape=array.shape)
-        answer.raw_output_contents.append(wire.little_endian(array))
-    return answer.SerializeToString(), {}
+        answer.raw_output_contents.append(wire.little_endian(array).tobytes())
+    return [answer.SerializeToString()], {}
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:

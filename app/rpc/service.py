@@ -119,7 +119,7 @@ class InferenceService:
                 gate, reservation, body, partial(self._prepare, timing)
             )
             timing.done(ok=True)
-            return content
+            return b"".join(content)  # one piece: the message
         except BaseException:
             timing.done(ok=False)
             raise

@@ -11,6 +11,7 @@ import pytest
 
 from app.codecs import Budget
 from app.codecs import json as json_codec
+from app.codecs.base import PIECE
 from app.errors import ServiceError
 from convengine import OPERATIONS
 
@@ -151,7 +152,9 @@ def test_b64_answers_are_the_bytes_orjson_wrote(rng, dtype, shapes):
         for name, shape in zip(["dx", "dw", "db"], shapes)
     }
     outputs["dx"] = outputs["dx"][..., ::-1]  # not contiguous
-    encoded = json_codec.encode(outputs, "b64")
+    pieces = json_codec.encode(outputs, "b64")
+    assert all(len(piece) <= PIECE for piece in pieces)
+    encoded = b"".join(pieces)
     assert encoded == _encoded_whole(outputs)
     for name, value in orjson.loads(encoded).items():
         raw = base64.b64decode(value["b64"])

@@ -66,7 +66,7 @@ def test_an_archive_announces_every_member_however_its_bytes_arrive(compressed, 
 def test_one_byte_at_a_time_and_the_services_own_answers_and_zip64():
     body = _savez(False, **ARRAYS)
     assert _announced(body, list(range(len(body)))).specs.keys() == ARRAYS.keys()
-    own = _announced(encode({"out": np.ones((1, 2, 3)), "dw": np.ones(5)}))
+    own = _announced(b"".join(encode({"out": np.ones((1, 2, 3)), "dw": np.ones(5)})))
     assert own.ended and {k: v[0] for k, v in own.specs.items()} == {"out": (1, 2, 3), "dw": (5,)}
     stream = io.BytesIO()
     with zipfile.ZipFile(stream, "w") as archive:
