@@ -36,6 +36,7 @@ import httpx
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.allocator import TUNABLES, huge_pages_environment
 from app.config import MiB, Settings, budget_within
 
 __all__ = ["RayOptions", "application", "deploy", "main", "replica_settings", "wait_ready"]
@@ -129,12 +130,17 @@ def _deployment_class() -> type:
 
 def replica_environment(options: RayOptions, environ: dict[str, str]) -> dict[str, str]:
     """The replicas' environment: the service's settings and thread counts from ``environ``,
-    BLAS held to the replica's slots, and this checkout importable."""
+    BLAS held to the replica's slots, glibc's malloc on huge pages (app.allocator), and this
+    checkout importable."""
     passed = {key: value for key, value in environ.items() if key.startswith(_PASSED_ON)}
     threads = str(options.slots())
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         passed.setdefault(name, threads)
     passed["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    # Large blocks on huge pages, as under python -m app: a worker process reads it at start.
+    tunables = huge_pages_environment(environ) or environ
+    if TUNABLES in tunables:
+        passed[TUNABLES] = tunables[TUNABLES]
     return passed
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.__main__ import BadSetting, flag, settings_from, unknown_variables, variable
+from app.cli import BadSetting, flag, settings_from, unknown_variables, variable
 from app.config import Settings
 
 from ..servers import Service, free_port

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
+from app.allocator import HUGE_PAGES
 from app.config import MiB, budget_within
 from app.ray_serve import ROOT, RayOptions, replica_environment, replica_settings
 
@@ -58,4 +59,8 @@ def test_the_replicas_get_the_service_s_settings_and_threads_and_nothing_else():
         "OMP_NUM_THREADS": "2",
         "MKL_NUM_THREADS": "2",
         "PYTHONPATH": f"{ROOT}:/opt/extra",
+        "GLIBC_TUNABLES": f"{HUGE_PAGES}=1",  # as python -m app runs
     }
+    operator_off = {**environ, "GLIBC_TUNABLES": f"{HUGE_PAGES}=0"}
+    passed = replica_environment(RayOptions(cpus_per_replica=2), operator_off)
+    assert passed["GLIBC_TUNABLES"] == f"{HUGE_PAGES}=0"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.__main__ import variable
+from app.cli import variable
 from app.config import Settings
 
 from ..servers import Service, start_service
