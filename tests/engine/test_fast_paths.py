@@ -6,11 +6,21 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from convengine import ConvGeometry, conv2d, conv2d_backward
-from convengine._kernels import Pass, Path, depthwise, halves, im2col, layout, select, work_elements
+from convengine._kernels import (
+    Pass,
+    Path,
+    depthwise,
+    halves,
+    im2col,
+    layout,
+    pointwise,
+    select,
+    work_elements,
+)
 
 from .oracle import naive_conv2d, naive_conv2d_backward
 from .test_against_oracle import GRID, geometries
@@ -322,3 +332,62 @@ def test_phases_give_the_input_gradient_of_any_geometry(case, seed):
         rtol=1e-12,
         atol=1e-12,
     )
+
+
+def _small_layer(case) -> bool:
+    hyper = case[2]
+    return hyper["stride"] in (1, (1, 1)) and hyper["groups"] == 1
+
+
+@given(geometries().filter(_small_layer), st.integers(0, 2**32 - 1))
+def test_the_small_path_matches_the_oracle_on_random_stride_1_layers(case, seed):
+    """Every pass of the small path, its work buffers full of NaN beforehand (a zero of the
+    padding or of dout's junk columns left unwritten shows up)."""
+    from convengine._kernels import small
+
+    x_shape, w_shape, hyper = case
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    core = geometry if geometry.is_core else geometry.core()[0]
+    assume(0 not in core.size and not pointwise.supports(core))  # empty, pointwise: theirs
+    assert select(geometry, Pass.FORWARD).name == "small"
+    assert select(geometry, Pass.BACKWARD).name == "small"
+    rng = np.random.default_rng(seed)
+    x, w, b = (rng.standard_normal(s) for s in (x_shape, w_shape, w_shape[0]))
+    dout = rng.standard_normal(geometry.out_shape)
+    for buffer in layout._local.__dict__.get("buffers", {}).values():
+        buffer.view(np.uint8)[:] = 0xFF
+    np.testing.assert_allclose(
+        conv2d(x, w, b, **hyper), naive_conv2d(x, w, b, **hyper), rtol=1e-12, atol=1e-12
+    )
+    want = naive_conv2d_backward(dout, x, w, **hyper)
+    if core is geometry:  # the path's own passes, on the layer's own geometry
+        parts = (
+            small.input_gradient(dout, w, geometry, True),
+            small.weight_gradient(dout, x, w, geometry, True),
+        )
+        for got, expected in zip(parts, want[:2]):
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(conv2d_backward(dout, x, w, **hyper), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_small_path_leaves_non_finite_gradients_to_im2col(rng):
+    """An inf in x or w: the forward stays small (its junk meets no real output), the backward
+    passes go to im2col, and every value is the oracle's."""
+    from convengine._kernels import small
+
+    x_shape, w_shape, hyper = (2, 3, 6, 7), (4, 3, 3, 2), dict(padding=1)
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    x[1, 2, 5, 6] = np.inf
+    dout = rng.standard_normal(geometry.out_shape)
+    assert select(geometry, Pass.FORWARD, x_finite=False).name == "small"
+    assert select(geometry, Pass.BACKWARD, x_finite=False).name == "im2col"
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(conv2d(x, w, **hyper), naive_conv2d(x, w, **hyper), rtol=1e-12)
+        got = conv2d_backward(dout, x, w, **hyper)
+        want = naive_conv2d_backward(dout, x, w, **hyper)
+        fallback = small.backward(dout, x, w, geometry, False)
+    for g, f, expected in zip(got, fallback, want):
+        np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(f, expected, rtol=1e-12, atol=1e-12)

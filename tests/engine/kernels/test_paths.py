@@ -7,14 +7,25 @@ import numpy as np
 import pytest
 
 from convengine import ConvGeometry, conv_transpose, conv_transpose_backward
-from convengine._kernels import Pass, Path, halves, run, select, winograd
+from convengine._kernels import Pass, Path, halves, run, select, small, winograd
 
 from ..oracle import naive_conv_transpose, naive_conv_transpose_backward
 from ..test_fast_paths import check_any_rank_against_oracle, check_work_bound
 
 # Convolutions: (x shape, w shape, hyperparameters, the forward's path, the backward's path)
 CONV = {
-    "im2col": ((2, 3, 7, 7), (4, 3, 3, 3), dict(padding=1), "im2col", "im2col"),
+    "im2col": ((2, 3, 7, 7), (4, 3, 3, 3), dict(padding=1, stride=2), "im2col", "im2col"),
+    # im2col's stride-1 layers past the small path's columns
+    "im2col-stride-1": ((2, 8, 30, 30), (4, 8, 3, 3), dict(padding=1), "im2col", "im2col"),
+    "small": ((2, 3, 7, 7), (4, 3, 3, 3), dict(padding=1), "small", "small"),
+    "small-dilated-uneven": (
+        (1, 2, 6, 9),
+        (3, 2, 2, 3),
+        dict(padding=((2, 0), (1, 3)), dilation=(2, 1)),
+        "small",
+        "small",
+    ),
+    "small-no-padding": ((3, 2, 5, 4), (2, 2, 5, 2), dict(), "small", "small"),
     "im2col-direct-reads": (
         (1, 8, 41, 50),
         (3, 8, 3, 3),
@@ -205,6 +216,7 @@ def test_im2col_forward_in_row_blocks_matches_the_oracle(name, rng, monkeypatch)
     from ..oracle import naive_conv
 
     x_shape, w_shape, hyper, with_bias = ROW_BLOCKS[name]
+    monkeypatch.setattr(small, "MAX_COLUMN_ELEMENTS", 0)  # im2col's own forward
     geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
     assert select(geometry, Pass.FORWARD).name == "im2col"
     assert not im2col._reads_input_directly(geometry)  # the canvas's fields are copied
