@@ -174,7 +174,9 @@ def _wide_dout(dout: np.ndarray, g: ConvGeometry) -> np.ndarray:
 
 def _weight_gradient(dout_rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
     """dw (F, C, KH, KW): the images' dout_rows @ cols.T, summed over the batch."""
-    return np.matmul(dout_rows, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)
+    per_image = np.matmul(dout_rows, cols.transpose(0, 2, 1))
+    dw: np.ndarray = per_image.sum(axis=0).reshape(w.shape)
+    return dw
 
 
 def _input_gradient(
