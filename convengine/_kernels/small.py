@@ -190,7 +190,7 @@ def _input_gradient(
     # w's rows in the order (KH, KW, C): each offset's column gradients one contiguous block.
     w_cols = w.transpose(2, 3, 1, 0).reshape(g.col_rows, g.f)
     np.matmul(w_cols, dout_rows, out=cols)
-    dcanvas = np.sum(_shifted_back(cols, g), axis=(1, 2))
+    dcanvas: np.ndarray = np.sum(_shifted_back(cols, g), axis=(1, 2))
     image = dcanvas.reshape(g.n, g.c, h_pad, w_pad)
     top, left = g.pad_h[0], g.pad_w[0]
     return image[:, :, top : top + g.height, left : left + g.width].copy()
