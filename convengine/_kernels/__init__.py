@@ -8,7 +8,9 @@ Each path is one module holding its code, its ``supports(geometry)`` and its mem
   copies and gemvs), :mod:`.depthwise_taps` (one channel per filter: one multiply-add per
   kernel offset), :mod:`.phases` (the input gradient of strided layers whose windows never
   overlap), :mod:`.winograd` (stride-1 3x3 layers with 32 channels or more: F(4x4, 3x3)),
-  :mod:`.small` (small stride-1 layers: columns as runs of the flat padded images);
+  :mod:`.gather` (tiny layers: im2col as one gather by a cached index, col2im as one
+  ``bincount``), :mod:`.small` (small stride-1 layers: columns as runs of the flat padded
+  images);
 - volumes: :mod:`.flat` (stride 1, shifted runs of the flat padded volume), :mod:`.volume`
   (depth slices, each a planar pass);
 - :mod:`.halves`: any of those on two halves of the batch at once, one per core.
@@ -34,6 +36,7 @@ from . import (
     depthwise,
     depthwise_taps,
     flat,
+    gather,
     halves,
     im2col,
     phases,
@@ -69,6 +72,7 @@ class Path(Enum):
     HALVES = "halves"
     WINOGRAD = "winograd"
     SMALL = "small"
+    GATHER = "gather"
 
 
 # The module that computes each path's passes (EMPTY has none: nothing is computed).
@@ -83,6 +87,7 @@ KERNELS: dict[Path, ModuleType] = {
     Path.HALVES: halves,
     Path.WINOGRAD: winograd,
     Path.SMALL: small,
+    Path.GATHER: gather,
 }
 
 
@@ -161,6 +166,8 @@ def _planar(g: ConvGeometry, pass_: Pass, x_finite: bool, w_finite: bool) -> Sel
     # Winograd's dw is im2col's (with wide rows: x is finite), so dw alone stays there.
     if x_finite and w_finite and pass_ is not Pass.WEIGHT_GRADIENT and winograd.supports(g):
         return _leaf(Path.WINOGRAD, wide_rows=True)
+    if gather.supports(g):
+        return _leaf(Path.GATHER)
     # Its junk columns meet x and w in the backward passes (finite data only), not forward.
     if small.supports(g) and finite:
         return _leaf(Path.SMALL, wide_rows=pass_ is not Pass.FORWARD)
@@ -205,5 +212,5 @@ def _batch_elements(geometry: ConvGeometry) -> int:
 
 def _planar_elements(plane: ConvGeometry) -> int:
     """The largest bound among the planar paths that support ``plane``, whatever the data."""
-    paths = (im2col, pointwise, depthwise, depthwise_taps, phases, winograd, small)
+    paths = (im2col, pointwise, depthwise, depthwise_taps, phases, winograd, small, gather)
     return max(int(path.work_elements(plane)) for path in paths if path.supports(plane))
