@@ -46,7 +46,7 @@ from . import (
     winograd,
 )
 
-__all__ = ["KERNELS", "Pass", "Path", "Selection", "select", "work_elements"]
+__all__ = ["ANY_DATA", "KERNELS", "Pass", "Path", "Selection", "select", "work_elements"]
 
 
 class Pass(Enum):
@@ -108,6 +108,11 @@ class Selection:
             return self.path.value
         return f"{self.path.value}({self.inner.name})"
 
+
+# The paths taken whatever the data: where one of them is selected for finite data, it is the
+# selection for any data too (each is chosen before any choice that reads finiteness, or
+# needs none of its own), so the run spares their arrays its finiteness checks.
+ANY_DATA = frozenset({Path.EMPTY, Path.GATHER, Path.POINTWISE})
 
 # The leaf selections, made once: a small layer's pass selects twice or more, in microseconds.
 _LEAVES = {(path, wide): Selection(path, wide_rows=wide) for path in Path for wide in (False, True)}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from convengine import ConvGeometry
-from convengine._kernels import KERNELS, Pass, Path, Selection, gather, halves, select
+from convengine._kernels import ANY_DATA, KERNELS, Pass, Path, Selection, gather, halves, select
 
 F, B, IG, WG = Pass.FORWARD, Pass.BACKWARD, Pass.INPUT_GRADIENT, Pass.WEIGHT_GRADIENT
 
@@ -287,3 +287,22 @@ def test_a_transposed_layer_selects_its_convolution_s_input_gradient():
     transposed = ConvGeometry.transposed((2, 6, 3, 4), (6, 3, 4, 4), stride=4)
     assert select(transposed.conv, Pass.INPUT_GRADIENT).name == "phases"
     assert select(transposed.conv, Pass.WEIGHT_GRADIENT).name == "im2col"
+
+
+@pytest.mark.parametrize("gather_bound", [0, gather.MAX_COLUMN_ELEMENTS], ids=["", "gather"])
+def test_a_path_taken_whatever_the_data_is_taken_for_any_data(gather_bound, monkeypatch):
+    """The run skips the finiteness checks where the finite data's path is one of ANY_DATA:
+    the selection must then be the same with an inf in x, in w, or in both."""
+    monkeypatch.setattr(gather, "MAX_COLUMN_ELEMENTS", gather_bound)
+    checked = set()
+    for name, (x_shape, w_shape, hyper, _) in GRID.items():
+        geometry = _geometry(x_shape, w_shape, hyper)
+        for pass_ in Pass:
+            finite = select(geometry, pass_, split=False)
+            if finite.path not in ANY_DATA:
+                continue
+            checked.add(finite.path)
+            for x_finite, w_finite in [(False, True), (True, False), (False, False)]:
+                flags = dict(x_finite=x_finite, w_finite=w_finite, split=False)
+                assert select(geometry, pass_, **flags) == finite, (name, pass_)
+    assert checked == (ANY_DATA if gather_bound else ANY_DATA - {Path.GATHER})
