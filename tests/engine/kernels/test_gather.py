@@ -104,7 +104,7 @@ def test_the_gather_path_matches_the_oracle_on_random_geometries(case, seed):
 
 
 def test_larger_layers_leave_the_gather_path():
-    at_the_bound = _geometry((1, 4, 8, 8), (2, 4, 4, 4), dict(stride=1, padding=0))
+    at_the_bound = _geometry((2, 3, 12, 12), (8, 3, 3, 3), dict(padding=1))  # 7776
     assert at_the_bound.cols_elements() <= gather.MAX_COLUMN_ELEMENTS
     assert select(at_the_bound, Pass.FORWARD).name == "gather"
     past_it = _geometry((2, 3, 32, 32), (8, 3, 3, 3), dict(padding=1))
