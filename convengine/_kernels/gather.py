@@ -22,27 +22,30 @@ import numpy as np
 from .._geometry import ConvGeometry
 from .layout import PATH_FUNCTIONS
 
-__all__ = [*PATH_FUNCTIONS, "MAX_COLUMN_ELEMENTS"]
+__all__ = [*PATH_FUNCTIONS, "MAX_IMAGE_COLUMN_ELEMENTS"]
 
-# The largest column tensor (elements, whole batch) taken here. Its index is kept per
-# geometry (at most INDEXES_KEPT of them: 64 x 8192 x 8 bytes, 4 MiB at most).
-MAX_COLUMN_ELEMENTS = 1 << 13
+# The largest column tensor of one image (elements) taken here: a choice by the image, never
+# by the batch, so that a sample's bits do not hang on the batch it came in (a shard of a
+# batch is computed as the whole batch's samples are). Its index is kept per image geometry
+# (at most INDEXES_KEPT of them: 64 x 8192 x 8 bytes, 4 MiB at most).
+MAX_IMAGE_COLUMN_ELEMENTS = 1 << 13
 INDEXES_KEPT = 64
 
 
 def supports(geometry: ConvGeometry) -> bool:
-    """A planar layer of at most ``MAX_COLUMN_ELEMENTS`` column elements."""
-    return geometry.rank == 2 and geometry.cols_elements() <= MAX_COLUMN_ELEMENTS
+    """A planar layer of at most ``MAX_IMAGE_COLUMN_ELEMENTS`` column elements per image."""
+    g = geometry
+    return g.rank == 2 and g.col_rows * g.groups * g.positions <= MAX_IMAGE_COLUMN_ELEMENTS
 
 
 def work_elements(geometry: ConvGeometry) -> int:
-    """An upper bound on the array elements one pass allocates here: x with its zero, the
-    columns or their gradients, each image's dw, the float64 bins of dx, and the outputs;
-    the index (kept, an int64 per column element) is counted as one more set of columns."""
+    """An upper bound on the array elements one pass allocates here: x with a zero per image,
+    the columns or their gradients, the batch's index and float64 bins of dx, each image's
+    dw, and the outputs; the kept index (one image's) counts as another image's columns."""
     g = geometry
-    x = g.n * g.c * g.height * g.width + 1
-    outputs = g.n * g.f * g.positions
-    return 2 * x + 2 * g.cols_elements() + g.n * g.f * g.col_rows + outputs + x
+    pixels = g.n * (g.c * g.height * g.width + 1)
+    columns = g.cols_elements()
+    return 3 * pixels + 3 * columns + g.n * g.f * g.col_rows + g.n * g.f * g.positions
 
 
 def forward(
@@ -74,11 +77,14 @@ def input_gradient(
     g = geometry
     w_cols = _w_rows(w, g).transpose(0, 2, 1)
     dcols = np.matmul(w_cols, dout.reshape(g.n, g.groups, g.f_per_group, g.positions))
-    # Each pixel's column gradients summed in float64, in the index's order; the last bin
-    # is the padding's.
-    pixels = g.n * g.c * g.height * g.width
-    bins = np.bincount(_index(g).reshape(-1), dcols.reshape(-1), minlength=pixels + 1)
-    return bins[:pixels].astype(dout.dtype).reshape(g.x_shape)
+    # Each pixel's column gradients summed in float64, in the index's order (an image's own
+    # order, whatever the batch); the last bin of each image is its padding's.
+    image = g.c * g.height * g.width + 1
+    index = _index(_image_key(g)).reshape(-1)
+    if g.n > 1:
+        index = (index + np.arange(0, g.n * image, image)[:, None]).reshape(-1)
+    bins = np.bincount(index, dcols.reshape(-1), minlength=g.n * image)
+    return bins.reshape(g.n, image)[:, :-1].astype(dout.dtype).reshape(g.x_shape)
 
 
 def weight_gradient(
@@ -98,23 +104,36 @@ def _w_rows(w: np.ndarray, g: ConvGeometry) -> np.ndarray:
 
 
 def _columns(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    """cols (N, groups, C/groups*KH*KW, H_out*W_out), gathered from x and one zero."""
-    with_zero = np.concatenate((x.reshape(-1), np.zeros(1, x.dtype)))
-    return with_zero.take(_index(g))
+    """cols (N, groups, C/groups*KH*KW, H_out*W_out), gathered from each image and a zero."""
+    pixels = g.c * g.height * g.width
+    with_zero = np.empty((g.n, pixels + 1), x.dtype)
+    with_zero[:, :pixels] = x.reshape(g.n, pixels)
+    with_zero[:, pixels] = 0
+    return with_zero.take(_index(_image_key(g)), axis=1)
+
+
+Sizes = tuple[int, ...]
+# c, size, kernel, stride, dilation, pads, groups, out
+ImageKey = tuple[int, Sizes, Sizes, Sizes, Sizes, tuple[tuple[int, int], ...], int, Sizes]
+
+
+def _image_key(g: ConvGeometry) -> ImageKey:
+    """What one image's index depends on: every size but the batch."""
+    return g.c, g.size, g.kernel, g.stride, g.dilation, g.pads, g.groups, g.out
 
 
 @lru_cache(maxsize=INDEXES_KEPT)
-def _index(geometry: ConvGeometry) -> np.ndarray:
-    """For each column element (N, groups, C/groups*KH*KW, H_out*W_out), the flat index of
-    the pixel of x it reads, or N*C*H*W (the zero after x) where it reads padding. Kept per
-    geometry, read-only."""
-    g = geometry
-    n, c, i, j, r, q = np.ogrid[: g.n, : g.c, : g.kernel[0], : g.kernel[1], : g.h_out, : g.w_out]
-    rows = r * g.stride[0] + i * g.dilation[0] - g.pad_h[0]
-    columns = q * g.stride[1] + j * g.dilation[1] - g.pad_w[0]
-    inside = (rows >= 0) & (rows < g.height) & (columns >= 0) & (columns < g.width)
-    pixel = ((n * g.c + c) * g.height + rows) * g.width + columns
-    index = np.where(inside, pixel, g.n * g.c * g.height * g.width)
-    index = index.reshape(g.n, g.groups, g.col_rows, g.positions)
+def _index(key: ImageKey) -> np.ndarray:
+    """For each column element of one image (groups, C/groups*KH*KW, H_out*W_out), the flat
+    index of the pixel it reads, or C*H*W (the zero after the image) where it reads padding.
+    Kept per image geometry, read-only."""
+    c, (height, width), kernel, stride, dilation, pads, groups, (h_out, w_out) = key
+    channel, i, j, r, q = np.ogrid[:c, : kernel[0], : kernel[1], :h_out, :w_out]
+    rows = r * stride[0] + i * dilation[0] - pads[0][0]
+    columns = q * stride[1] + j * dilation[1] - pads[1][0]
+    inside = (rows >= 0) & (rows < height) & (columns >= 0) & (columns < width)
+    pixel = (channel * height + rows) * width + columns
+    index: np.ndarray = np.where(inside, pixel, c * height * width)
+    index = index.reshape(groups, -1, h_out * w_out)
     index.flags.writeable = False
     return index

@@ -21,51 +21,117 @@ im2col: forward 45 against 57 us, backward 118 against 172 us.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import cast
+
 import numpy as np
 
 from .._geometry import ConvGeometry
-from . import halves, im2col
+from . import im2col
 from .layout import PATH_FUNCTIONS, workspace
 
-__all__ = [*PATH_FUNCTIONS, "MAX_COLUMN_ELEMENTS"]
+__all__ = [*PATH_FUNCTIONS, "CHUNK_ELEMENTS", "MAX_IMAGE_COLUMN_ELEMENTS"]
 
-# The largest column tensor (elements, whole batch) taken here. Past it the GEMM dominates
-# and im2col's narrower columns (no junk) win back what its copies cost.
-MAX_COLUMN_ELEMENTS = 1 << 17
+# The largest column tensor of one image (elements, with the ones row) taken here: past it
+# the GEMM dominates and im2col's narrower columns (no junk) win back what its copies cost.
+# A choice by the image, never by the batch, so that a sample's bits do not hang on the
+# batch it came in (a shard, or a half of a split batch, takes the whole batch's path).
+MAX_IMAGE_COLUMN_ELEMENTS = 1 << 16
+# A larger batch runs in chunks of images whose columns hold at most this many elements
+# (1 MiB of float64), so that its work buffers stay in cache and are reused.
+CHUNK_ELEMENTS = 1 << 17
 
 
 def supports(geometry: ConvGeometry) -> bool:
-    """A small planar layer: stride 1, no groups, columns of at most ``MAX_COLUMN_ELEMENTS``.
-
-    Never a batch split in halves nor one of its halves (each has a third of its work or
-    more): the halves take the whole batch's path, so a sample's bits never hang on the split.
-    """
+    """A small planar layer: stride 1, no groups, each image's columns at most
+    ``MAX_IMAGE_COLUMN_ELEMENTS``."""
     g = geometry
     return (
         g.rank == 2
         and g.stride == (1, 1)
         and g.groups == 1
-        and g.n * (g.col_rows + 1) * _plane(g) <= MAX_COLUMN_ELEMENTS
-        and 3 * g.flops() < halves.MIN_SPLIT_FLOPS
+        and _image_columns(g) <= MAX_IMAGE_COLUMN_ELEMENTS
     )
 
 
 def work_elements(geometry: ConvGeometry) -> int:
-    """An upper bound on the array elements one pass allocates here: the padded input and its
-    gradient (each with its shift of slack), the columns (with the ones row), the wide output
-    or output gradient, dw per image, and the copies answered (out, dx)."""
+    """An upper bound on the array elements one pass allocates here: for a chunk of images,
+    the padded input and its gradient (each with its shift of slack), the columns (with the
+    ones row), the wide output or output gradient and dw per image; and the whole batch's
+    answers (out, dx), with dw."""
     g = geometry
-    canvas = g.n * g.c * _plane(g) + _reach(g)
-    columns = g.n * (g.col_rows + 1) * _plane(g)
-    wide = g.n * g.f * _plane(g)
-    answers = g.n * g.f * g.positions + g.n * g.c * g.height * g.width
-    return 2 * canvas + columns + wide + g.n * g.f * g.col_rows + answers
+    n = min(g.n, _images_per_chunk(g))
+    canvas = n * g.c * _plane(g) + _reach(g)
+    wide = n * g.f * _plane(g)
+    answers = g.n * g.f * g.positions + g.n * g.c * g.height * g.width + g.f * g.col_rows
+    return 2 * canvas + n * _image_columns(g) + wide + n * g.f * g.col_rows + answers
 
 
 def forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
 ) -> np.ndarray:
     """x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> out (N, F, H_out, W_out)."""
+    chunks = _chunks(geometry)
+    if len(chunks) == 1:
+        return _forward(x, w, b, geometry)
+    out = np.empty(geometry.out_shape, x.dtype)
+    for batch, piece in chunks:
+        out[batch] = _forward(x[batch], w, b, piece)
+    return out
+
+
+def backward(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dout (N, F, H_out, W_out), x (N, C, H, W), w (F, C, KH, KW) -> dx, dw, db.
+
+    wide: whether x and w are finite (junk columns meet them); if not, im2col computes it.
+    """
+    if not wide:
+        return im2col.backward(dout, x, w, geometry, wide)
+    dx, dw = _by_chunks(dout, x, w, geometry)
+    return cast(np.ndarray, dx), cast(np.ndarray, dw), dout.sum(axis=(0, 2, 3))
+
+
+def input_gradient(
+    dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool
+) -> np.ndarray:
+    """dout (N, F, H_out, W_out), w (F, C, KH, KW) -> dx (N, C, H, W); wide: w is finite."""
+    if not wide:
+        return im2col.input_gradient(dout, w, geometry, wide)
+    return cast(np.ndarray, _by_chunks(dout, None, w, geometry)[0])
+
+
+def weight_gradient(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool
+) -> np.ndarray:
+    """dw alone; shapes as in :func:`backward`. wide: x is finite."""
+    if not wide:
+        return im2col.weight_gradient(dout, x, w, geometry, wide)
+    return cast(np.ndarray, _by_chunks(dout, x, w, geometry, input_gradient=False)[1])
+
+
+def _image_columns(g: ConvGeometry) -> int:
+    return (g.col_rows + 1) * _plane(g)
+
+
+def _images_per_chunk(g: ConvGeometry) -> int:
+    return max(1, CHUNK_ELEMENTS // _image_columns(g))
+
+
+def _chunks(g: ConvGeometry) -> list[tuple[slice, ConvGeometry]]:
+    """The chunks of the batch and each one's geometry (the layer's own for a single one)."""
+    step = _images_per_chunk(g)
+    if g.n <= step:
+        return [(slice(0, g.n), g)]
+    starts = range(0, g.n, step)
+    return [(slice(i, min(i + step, g.n)), replace(g, n=min(step, g.n - i))) for i in starts]
+
+
+def _forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
+) -> np.ndarray:
+    """:func:`forward` of one chunk of images."""
     g = geometry
     _, w_pad = g.padded_hw
     run = (g.h_out - 1) * w_pad + g.w_out
@@ -87,41 +153,48 @@ def forward(
     return real.copy()
 
 
-def backward(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dout (N, F, H_out, W_out), x (N, C, H, W), w (F, C, KH, KW) -> dx, dw, db.
+def _by_chunks(
+    dout: np.ndarray,
+    x: np.ndarray | None,
+    w: np.ndarray,
+    geometry: ConvGeometry,
+    input_gradient: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """dx (if ``input_gradient``) and dw (if x is given), a chunk of images at a time: dw is
+    the chunks' sum, in batch order."""
+    chunks = _chunks(geometry)
+    if len(chunks) == 1:
+        return _gradients(dout, x, w, geometry, input_gradient)
+    dx = np.empty(geometry.x_shape, dout.dtype) if input_gradient else None
+    dw = None if x is None else np.zeros(w.shape, dout.dtype)
+    for batch, piece in chunks:
+        part = None if x is None else x[batch]
+        dx_part, dw_part = _gradients(dout[batch], part, w, piece, input_gradient)
+        if dx is not None:
+            dx[batch] = dx_part
+        if dw is not None:
+            dw += cast(np.ndarray, dw_part)
+    return dx, dw
 
-    wide: whether x and w are finite (junk columns meet them); if not, im2col computes it.
-    """
-    if not wide:
-        return im2col.backward(dout, x, w, geometry, wide)
-    g = geometry
-    cols = _plane_columns(x, g)
+
+def _gradients(
+    dout: np.ndarray,
+    x: np.ndarray | None,
+    w: np.ndarray,
+    g: ConvGeometry,
+    input_gradient: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """dx (if ``input_gradient``) and dw (if x is given) of one chunk of images."""
     dout_rows = _wide_dout(dout, g)
-    dw = _weight_gradient(dout_rows, cols, w)
-    dx = _input_gradient(dout_rows, w, g, cols)
-    return dx, dw, dout.sum(axis=(0, 2, 3))
-
-
-def input_gradient(
-    dout: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool
-) -> np.ndarray:
-    """dout (N, F, H_out, W_out), w (F, C, KH, KW) -> dx (N, C, H, W); wide: w is finite."""
-    if not wide:
-        return im2col.input_gradient(dout, w, geometry, wide)
-    g = geometry
-    cols = workspace("small.cols", (g.n, g.col_rows, _plane(g)), dout.dtype)
-    return _input_gradient(_wide_dout(dout, g), w, g, cols)
-
-
-def weight_gradient(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, geometry: ConvGeometry, wide: bool
-) -> np.ndarray:
-    """dw alone; shapes as in :func:`backward`. wide: x is finite."""
-    if not wide:
-        return im2col.weight_gradient(dout, x, w, geometry, wide)
-    return _weight_gradient(_wide_dout(dout, geometry), _plane_columns(x, geometry), w)
+    if x is None:
+        cols = workspace("small.cols", (g.n, g.col_rows, _plane(g)), dout.dtype)
+        dw = None
+    else:
+        cols = _plane_columns(x, g)
+        dw = _weight_gradient(dout_rows, cols, w)
+    # The columns are consumed: their buffer now receives the column gradients.
+    dx = _input_gradient(dout_rows, w, g, cols) if input_gradient else None
+    return dx, dw
 
 
 def _plane(g: ConvGeometry) -> int:

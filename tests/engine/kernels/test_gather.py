@@ -103,13 +103,31 @@ def test_the_gather_path_matches_the_oracle_on_random_geometries(case, seed):
     check_any_rank_against_oracle(np.random.default_rng(seed), x_shape, w_shape, hyper)
 
 
-def test_larger_layers_leave_the_gather_path():
-    at_the_bound = _geometry((2, 3, 12, 12), (8, 3, 3, 3), dict(padding=1))  # 7776
-    assert at_the_bound.cols_elements() <= gather.MAX_COLUMN_ELEMENTS
-    assert select(at_the_bound, Pass.FORWARD).name == "gather"
-    past_it = _geometry((2, 3, 32, 32), (8, 3, 3, 3), dict(padding=1))
-    assert past_it.cols_elements() > gather.MAX_COLUMN_ELEMENTS
-    assert select(past_it, Pass.FORWARD).name == "small"
+def test_the_image_not_the_batch_chooses_the_gather_path():
+    """A sample's bits must not hang on the batch it came in (a shard of a batch is computed
+    as the whole batch's samples are): the bound is on one image's columns."""
+    at_the_bound = _geometry((1, 3, 15, 16), (8, 3, 3, 3), dict(padding=1, stride=(2, 1)))
+    assert at_the_bound.cols_elements() <= gather.MAX_IMAGE_COLUMN_ELEMENTS
+    for n in (1, 2, 64):
+        batch = _geometry((n, 3, 15, 16), (8, 3, 3, 3), dict(padding=1, stride=(2, 1)))
+        assert select(batch, Pass.FORWARD).name == "gather"
+    past_it = _geometry((1, 3, 31, 32), (8, 3, 3, 3), dict(padding=1, stride=(2, 1)))
+    assert past_it.cols_elements() > gather.MAX_IMAGE_COLUMN_ELEMENTS
+    assert select(past_it, Pass.FORWARD).name == "im2col"
+
+
+def test_a_sample_has_the_same_bits_in_any_batch(rng):
+    x_shape, w_shape, hyper = TINY["strided-uneven-padding"]
+    x, w = rng.standard_normal((5, *x_shape[1:])), rng.standard_normal(w_shape)
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    whole = conv(x32, w32, **hyper)
+    dout = rng.standard_normal(whole.shape).astype(np.float32)
+    dx = conv_backward(dout, x32, w32, **hyper)[0]
+    for shard in (slice(0, 1), slice(1, 3), slice(3, 5)):
+        np.testing.assert_array_equal(conv(x32[shard], w32, **hyper), whole[shard])
+        np.testing.assert_array_equal(
+            conv_backward(dout[shard], x32[shard], w32, **hyper)[0], dx[shard]
+        )
 
 
 def test_float32_stays_float32_and_close_to_float64(rng):
@@ -126,9 +144,9 @@ def test_float32_stays_float32_and_close_to_float64(rng):
 
 
 def test_the_index_is_kept_read_only_for_a_bounded_number_of_geometries():
-    geometry = _geometry(*TINY["dilated"])
-    index = gather._index(geometry)
-    assert gather._index(geometry) is index
+    key = gather._image_key(_geometry(*TINY["dilated"]))
+    index = gather._index(key)
+    assert gather._index(key) is index
     assert not index.flags.writeable
     assert gather._index.cache_info().maxsize == gather.INDEXES_KEPT
 

@@ -120,7 +120,7 @@ TRANSPOSED = {
 def no_gather(monkeypatch):
     """The tables' layers are tiny enough to gather: their paths are read with the gather
     path set aside (its own tests: test_gather.py)."""
-    monkeypatch.setattr(gather, "MAX_COLUMN_ELEMENTS", 0)
+    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", 0)
 
 
 @pytest.fixture(autouse=True)
@@ -224,7 +224,7 @@ def test_im2col_forward_in_row_blocks_matches_the_oracle(name, rng, monkeypatch)
     from ..oracle import naive_conv
 
     x_shape, w_shape, hyper, with_bias = ROW_BLOCKS[name]
-    monkeypatch.setattr(small, "MAX_COLUMN_ELEMENTS", 0)  # im2col's own forward
+    monkeypatch.setattr(small, "MAX_IMAGE_COLUMN_ELEMENTS", 0)  # im2col's own forward
     geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
     assert select(geometry, Pass.FORWARD).name == "im2col"
     assert not im2col._reads_input_directly(geometry)  # the canvas's fields are copied

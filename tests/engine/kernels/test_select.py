@@ -157,7 +157,7 @@ GRID = {
 def no_gather(monkeypatch):
     """The grid's layers are tiny enough to gather, every one: the paths beyond are read with
     the gather path set aside (its own selection: test_gather.py)."""
-    monkeypatch.setattr(gather, "MAX_COLUMN_ELEMENTS", 0)
+    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", 0)
 
 
 def _geometry(x_shape, w_shape, hyper) -> ConvGeometry:
@@ -289,11 +289,11 @@ def test_a_transposed_layer_selects_its_convolution_s_input_gradient():
     assert select(transposed.conv, Pass.WEIGHT_GRADIENT).name == "im2col"
 
 
-@pytest.mark.parametrize("gather_bound", [0, gather.MAX_COLUMN_ELEMENTS], ids=["", "gather"])
+@pytest.mark.parametrize("gather_bound", [0, gather.MAX_IMAGE_COLUMN_ELEMENTS], ids=["", "gather"])
 def test_a_path_taken_whatever_the_data_is_taken_for_any_data(gather_bound, monkeypatch):
     """The run skips the finiteness checks where the finite data's path is one of ANY_DATA:
     the selection must then be the same with an inf in x, in w, or in both."""
-    monkeypatch.setattr(gather, "MAX_COLUMN_ELEMENTS", gather_bound)
+    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", gather_bound)
     checked = set()
     for name, (x_shape, w_shape, hyper, _) in GRID.items():
         geometry = _geometry(x_shape, w_shape, hyper)
