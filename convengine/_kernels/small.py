@@ -15,8 +15,10 @@ every offset are one run of the image, copied in one call, and multiplied in one
   finite x and w only, as for im2col's wide rows (the selector checks; ``wide`` False falls
   back to im2col).
 
-Interleaved CPU times with one BLAS thread, N2 C3 32x32 F8 3x3 padding 1 (float64), against
-im2col: forward 45 against 57 us, backward 118 against 172 us.
+A large batch runs in chunks of images (their columns in cache, the work buffers reused).
+Interleaved CPU times with one BLAS thread, N2 C3 32x32 F8 3x3 padding 1, against im2col:
+float64 forward 50 against 56 us, backward 118 against 172 us (col2im as a loop of adds:
+153; the layer through the public API, 0.84x and 0.66x); float32 backward 0.6x.
 """
 
 from __future__ import annotations
