@@ -5,11 +5,13 @@ around its GEMM, not the GEMM: a canvas, its padding, strided views, a crop. Her
 columns of the whole batch are one ``take`` from its images, each with a zero appended, by
 one image's index, made once per image geometry: position (c, i, j, p) reads the image's
 pixel, or the zero where the window reads padding. The column gradients go back by one
-``bincount`` on that index shifted image by image (each image's zero bin is dropped). No junk columns: any data, every planar geometry (strides, dilation,
-groups). CPU times with one BLAS thread (float64), 1x1x8x8 3x3 padding 1: forward 4.5 us
-against the small path's 13.5, backward 9.9 against 22; 2x3x12x12 (3888 column elements
-an image) 15.5 against 22.6 and 43 against 47; 1x8x25x25 3x3 stride 2 (12k) against im2col
-24 against 32 and 56 against 98. Near 14k elements an image the small path is as fast, and
+``bincount`` on that index shifted image by image (each image's zero bin is dropped). No
+junk columns: any data, every planar geometry (strides, dilation, groups).
+
+CPU times with one BLAS thread (float64), 1x1x8x8 3x3 padding 1: forward 4.5 us against
+the small path's 13.5, backward 9.9 against 22; 2x3x12x12 (3888 column elements an image)
+15.5 against 22.6 and 43 against 47; 1x8x25x25 3x3 stride 2 (12k) against im2col 24
+against 32 and 56 against 98. Near 14k elements an image the small path is as fast, and
 ``bincount`` falls far behind past that (2x3x32x32: 459 us against 104); the bound is kept
 below, at 8192.
 """
