@@ -190,25 +190,30 @@ class ConvGeometry:
 
     # --- sizes --------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def rank(self) -> int:
         return len(self.size)
 
-    @property
+    @cached_property
     def x_shape(self) -> tuple[int, ...]:
         return self.n, self.c, *self.size
 
-    @property
+    @cached_property
     def w_shape(self) -> tuple[int, ...]:
         return self.f, self.c_per_group, *self.kernel
 
-    @property
+    @cached_property
     def out_shape(self) -> tuple[int, ...]:
         """``(N, F, *out)``."""
         return self.n, self.f, *self.out
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every array of the layer by name: x, w, b, out, and the gradients dout, dx, dw, db."""
+        return dict(self._shapes)
+
+    @cached_property
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        # Made once: every call of the service's operations checks its arrays against it.
         return array_shapes(self.x_shape, self.w_shape, self.out_shape)
 
     @cached_property
@@ -219,11 +224,11 @@ class ConvGeometry:
     def is_padded(self) -> bool:
         return any(any(p) for p in self.pads)
 
-    @property
+    @cached_property
     def c_per_group(self) -> int:
         return self.c // self.groups
 
-    @property
+    @cached_property
     def f_per_group(self) -> int:
         return self.f // self.groups
 
@@ -237,7 +242,7 @@ class ConvGeometry:
         """Rows of one group's im2col matrix: ``C/groups * prod(kernel)``."""
         return self.c_per_group * prod(self.kernel)
 
-    @property
+    @cached_property
     def cols_shape(self) -> tuple[int, int, int]:
         """The im2col tensor of the whole batch: ``(N, C*prod(kernel), prod(out))``."""
         return self.n, self.c * prod(self.kernel), self.positions

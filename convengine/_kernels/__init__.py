@@ -7,7 +7,10 @@ Each path is one module holding its code, its ``supports(geometry)`` and its mem
   (1x1, stride 1, no padding), :mod:`.depthwise` (one channel per filter, stride 1: shifted
   copies and gemvs), :mod:`.depthwise_taps` (one channel per filter: one multiply-add per
   kernel offset), :mod:`.phases` (the input gradient of strided layers whose windows never
-  overlap), :mod:`.winograd` (stride-1 3x3 layers with 32 channels or more: F(4x4, 3x3));
+  overlap), :mod:`.winograd` (stride-1 3x3 layers with 32 channels or more: F(4x4, 3x3)),
+  :mod:`.gather` (tiny layers: im2col as one gather by a cached index, col2im as one
+  ``bincount``), :mod:`.small` (small stride-1 layers: columns as runs of the flat padded
+  images);
 - volumes: :mod:`.flat` (stride 1, shifted runs of the flat padded volume), :mod:`.volume`
   (depth slices, each a planar pass);
 - :mod:`.halves`: any of those on two halves of the batch at once, one per core.
@@ -33,15 +36,17 @@ from . import (
     depthwise,
     depthwise_taps,
     flat,
+    gather,
     halves,
     im2col,
     phases,
     pointwise,
+    small,
     volume,
     winograd,
 )
 
-__all__ = ["KERNELS", "Pass", "Path", "Selection", "select", "work_elements"]
+__all__ = ["ANY_DATA", "KERNELS", "Pass", "Path", "Selection", "select", "work_elements"]
 
 
 class Pass(Enum):
@@ -66,6 +71,8 @@ class Path(Enum):
     VOLUME = "volume"
     HALVES = "halves"
     WINOGRAD = "winograd"
+    SMALL = "small"
+    GATHER = "gather"
 
 
 # The module that computes each path's passes (EMPTY has none: nothing is computed).
@@ -79,14 +86,16 @@ KERNELS: dict[Path, ModuleType] = {
     Path.VOLUME: volume,
     Path.HALVES: halves,
     Path.WINOGRAD: winograd,
+    Path.SMALL: small,
+    Path.GATHER: gather,
 }
 
 
 @dataclass(frozen=True)
 class Selection:
     """The path of one pass: ``inner`` is the path of each half (HALVES) or depth slice
-    (VOLUME); ``wide_rows`` whether the columns may run in wide rows (im2col and
-    depthwise-taps: junk columns that meet zeros, allowed for finite arrays only)."""
+    (VOLUME); ``wide_rows`` whether the columns may run in wide rows (im2col, depthwise-taps
+    and small: junk columns that meet zeros, allowed for finite arrays only)."""
 
     path: Path
     inner: Selection | None = None
@@ -99,6 +108,11 @@ class Selection:
             return self.path.value
         return f"{self.path.value}({self.inner.name})"
 
+
+# The paths taken whatever the data: where one of them is selected for finite data, it is the
+# selection for any data too (each is chosen before any choice that reads finiteness, or
+# needs none of its own), so the run spares their arrays its finiteness checks.
+ANY_DATA = frozenset({Path.EMPTY, Path.GATHER, Path.POINTWISE})
 
 # The leaf selections, made once: a small layer's pass selects twice or more, in microseconds.
 _LEAVES = {(path, wide): Selection(path, wide_rows=wide) for path in Path for wide in (False, True)}
@@ -157,6 +171,11 @@ def _planar(g: ConvGeometry, pass_: Pass, x_finite: bool, w_finite: bool) -> Sel
     # Winograd's dw is im2col's (with wide rows: x is finite), so dw alone stays there.
     if x_finite and w_finite and pass_ is not Pass.WEIGHT_GRADIENT and winograd.supports(g):
         return _leaf(Path.WINOGRAD, wide_rows=True)
+    if gather.supports(g):
+        return _leaf(Path.GATHER)
+    # Its junk columns meet x and w in the backward passes (finite data only), not forward.
+    if small.supports(g) and finite:
+        return _leaf(Path.SMALL, wide_rows=pass_ is not Pass.FORWARD)
     # dw alone multiplies no junk by w: its wide rows need finite x only. The forward pass
     # crops a wide output, which cost more than wide rows saved: it takes none.
     wide = x_finite if pass_ is Pass.WEIGHT_GRADIENT else finite
@@ -198,5 +217,5 @@ def _batch_elements(geometry: ConvGeometry) -> int:
 
 def _planar_elements(plane: ConvGeometry) -> int:
     """The largest bound among the planar paths that support ``plane``, whatever the data."""
-    paths = (im2col, pointwise, depthwise, depthwise_taps, phases, winograd)
+    paths = (im2col, pointwise, depthwise, depthwise_taps, phases, winograd, small, gather)
     return max(int(path.work_elements(plane)) for path in paths if path.supports(plane))

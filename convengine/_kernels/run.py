@@ -14,7 +14,7 @@ from typing import cast
 import numpy as np
 
 from .._geometry import ConvGeometry
-from . import KERNELS, Pass, Path, Selection, halves, phases, select, volume
+from . import ANY_DATA, KERNELS, Pass, Path, Selection, halves, phases, select, volume
 from .halves import Result
 
 __all__ = ["backward", "forward", "input_gradient", "weight_gradient"]
@@ -81,7 +81,10 @@ def _piece(
     """``pass_`` of one piece of work, selected for with the data it reads. The arrays are
     (x, w, b) forward, (dout, w) for the input gradient, (dout, x, w) for the others.
     ``finite_selection``: the piece's selection for finite data, if already made (it holds
-    where the data is finite, and spares a small layer its second selection)."""
+    where the data is finite, and spares a small layer its second selection; on a path
+    taken whatever the data, its finiteness checks too)."""
+    if finite_selection is not None and finite_selection.path in ANY_DATA:
+        return _compute(pass_, finite_selection, geometry, arrays)
     x_finite, w_finite = _finiteness(pass_, arrays)
     if finite_selection is not None and x_finite and w_finite:
         selection = finite_selection

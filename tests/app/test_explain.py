@@ -348,7 +348,9 @@ def test_the_library_refuses_as_a_call_would(arguments, error, message):
 @pytest.mark.parametrize(
     ("name", "x", "w", "hyper", "path"),
     [
-        ("forward", (1, 8, 12, 12), (16, 8, 3, 3), {"padding": 1}, "im2col"),
+        ("forward", (1, 8, 25, 25), (16, 8, 3, 3), {"padding": 1, "stride": 2}, "im2col"),
+        ("forward", (1, 8, 12, 12), (16, 8, 3, 3), {"padding": 1}, "small"),
+        ("forward", (1, 1, 8, 8), (1, 1, 3, 3), {"padding": 1}, "gather"),
         ("forward", (1, 32, 28, 28), (32, 32, 3, 3), {"padding": 1}, "winograd"),
         ("forward", (1, 8, 12, 12), (16, 8, 1, 1), {}, "pointwise"),
         ("forward", (1, 8, 12, 12), (8, 1, 3, 3), {"groups": 8, "padding": 1}, "depthwise"),
@@ -356,14 +358,16 @@ def test_the_library_refuses_as_a_call_would(arguments, error, message):
         ("conv_transpose", (1, 4, 3, 3), (4, 2, 2, 2), {"stride": 2}, "phases"),
         (
             "conv_transpose_backward",
-            (1, 4, 3, 3),
-            (4, 2, 3, 3),
+            (1, 16, 12, 12),
+            (16, 8, 3, 3),
             {"stride": 2},
             "dx: im2col, dw: im2col",
         ),
     ],
     ids=[
         "im2col",
+        "small",
+        "gather",
         "winograd",
         "pointwise",
         "depthwise",

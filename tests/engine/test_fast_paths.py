@@ -6,11 +6,22 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from convengine import ConvGeometry, conv2d, conv2d_backward
-from convengine._kernels import Pass, Path, depthwise, halves, im2col, layout, select, work_elements
+from convengine._kernels import (
+    Pass,
+    Path,
+    depthwise,
+    gather,
+    halves,
+    im2col,
+    layout,
+    pointwise,
+    select,
+    work_elements,
+)
 
 from .oracle import naive_conv2d, naive_conv2d_backward
 from .test_against_oracle import GRID, geometries
@@ -241,7 +252,8 @@ def test_non_finite_volume_leaves_the_flat_backward(rng):
     from .oracle import naive_conv_backward
 
     layer = FLAT_VOLUMES["3x3x3-p1"]
-    assert _selected(*layer, Pass.BACKWARD, x_finite=False) == "volume(im2col)"
+    # Its depth slices are tiny: they gather (no junk there, any data).
+    assert _selected(*layer, Pass.BACKWARD, x_finite=False) == "volume(gather)"
     x_shape, w_shape, hyper = layer
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     x[0, 1, 2, 0, 6] = np.inf
@@ -299,7 +311,8 @@ def test_unpatchify_gathers_by_phases(name, rng):
         np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
 
 
-def test_overlapping_windows_keep_col2im():
+def test_overlapping_windows_keep_col2im(monkeypatch):
+    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", 0)  # tiny: it would gather
     assert _transposed_input_gradient((1, 2, 4, 4), (2, 3, 4, 4), dict(stride=2)).name == "im2col"
 
 
@@ -322,3 +335,107 @@ def test_phases_give_the_input_gradient_of_any_geometry(case, seed):
         rtol=1e-12,
         atol=1e-12,
     )
+
+
+def _small_layer(case) -> bool:
+    hyper = case[2]
+    return hyper["stride"] in (1, (1, 1)) and hyper["groups"] == 1
+
+
+@given(geometries().filter(_small_layer), st.integers(0, 2**32 - 1))
+def test_the_small_path_matches_the_oracle_on_random_stride_1_layers(case, seed):
+    """Every pass of the small path (the gather path, which would take these tiny layers,
+    set aside), its work buffers full of NaN beforehand (a zero of the padding or of dout's
+    junk columns left unwritten shows up)."""
+    original = gather.MAX_IMAGE_COLUMN_ELEMENTS
+    gather.MAX_IMAGE_COLUMN_ELEMENTS = 0
+    try:
+        _check_small_path(case, seed)
+    finally:
+        gather.MAX_IMAGE_COLUMN_ELEMENTS = original
+
+
+def _check_small_path(case, seed):
+    from convengine._kernels import small
+
+    x_shape, w_shape, hyper = case
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    core = geometry if geometry.is_core else geometry.core()[0]
+    assume(0 not in core.size and not pointwise.supports(core))  # empty, pointwise: theirs
+    assert select(geometry, Pass.FORWARD).name == "small"
+    assert select(geometry, Pass.BACKWARD).name == "small"
+    rng = np.random.default_rng(seed)
+    x, w, b = (rng.standard_normal(s) for s in (x_shape, w_shape, w_shape[0]))
+    dout = rng.standard_normal(geometry.out_shape)
+    for buffer in layout._local.__dict__.get("buffers", {}).values():
+        buffer.view(np.uint8)[:] = 0xFF
+    np.testing.assert_allclose(
+        conv2d(x, w, b, **hyper), naive_conv2d(x, w, b, **hyper), rtol=1e-12, atol=1e-12
+    )
+    want = naive_conv2d_backward(dout, x, w, **hyper)
+    if core is geometry:  # the path's own passes, on the layer's own geometry
+        parts = (
+            small.input_gradient(dout, w, geometry, True),
+            small.weight_gradient(dout, x, w, geometry, True),
+        )
+        for got, expected in zip(parts, want[:2]):
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(conv2d_backward(dout, x, w, **hyper), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_small_path_leaves_non_finite_gradients_to_im2col(rng, monkeypatch):
+    """An inf in x or w: the forward stays small (its junk meets no real output), the backward
+    passes go to im2col, and every value is the oracle's."""
+    from convengine._kernels import small
+
+    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", 0)  # tiny: it would gather
+    x_shape, w_shape, hyper = (2, 3, 6, 7), (4, 3, 3, 2), dict(padding=1)
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    x[1, 2, 5, 6] = np.inf
+    dout = rng.standard_normal(geometry.out_shape)
+    assert select(geometry, Pass.FORWARD, x_finite=False).name == "small"
+    assert select(geometry, Pass.BACKWARD, x_finite=False).name == "im2col"
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(conv2d(x, w, **hyper), naive_conv2d(x, w, **hyper), rtol=1e-12)
+        got = conv2d_backward(dout, x, w, **hyper)
+        want = naive_conv2d_backward(dout, x, w, **hyper)
+        fallback = small.backward(dout, x, w, geometry, False)
+    for g, f, expected in zip(got, fallback, want):
+        np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(f, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_small_path_in_float32_stays_close_to_float64(rng):
+    x_shape, w_shape, hyper = (2, 3, 40, 37), (5, 3, 3, 2), dict(padding=(2, 1), dilation=(2, 1))
+    assert _selected(x_shape, w_shape, hyper, Pass.BACKWARD) == "small"
+    _check_against_oracle(rng, x_shape, w_shape, hyper, np.float32, tolerance=1e-5)
+
+
+def test_the_small_path_runs_a_large_batch_in_chunks_with_each_sample_s_own_bits(rng):
+    """Chunks of images (the image, not the batch, chooses the path): the oracle's values,
+    and each sample's out and dx bitwise those it has alone (a shard of the batch)."""
+    from convengine import conv, conv_backward
+    from convengine._kernels import small
+
+    x_shape, w_shape, hyper = (5, 2, 40, 30), (3, 2, 3, 3), dict(padding=1)
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    assert select(geometry, Pass.BACKWARD, split=False).name == "small"
+    chunks = small._chunks(geometry)
+    original = small.CHUNK_ELEMENTS
+    small.CHUNK_ELEMENTS = 2 * small._image_columns(geometry)  # chunks of 2, 2 and 1 images
+    try:
+        assert [c.stop - c.start for c, _ in small._chunks(geometry)] == [2, 2, 1]
+        _check_against_oracle(rng, x_shape, w_shape, hyper)
+        x, w = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape)
+        w = w.astype(np.float32)
+        dout = rng.standard_normal(geometry.out_shape).astype(np.float32)
+        out, (dx, _, _) = conv(x, w, **hyper), conv_backward(dout, x, w, **hyper)
+        for i in (0, 3, 4):
+            np.testing.assert_array_equal(conv(x[i : i + 1], w, **hyper), out[i : i + 1])
+            alone = conv_backward(dout[i : i + 1], x[i : i + 1], w, **hyper)[0]
+            np.testing.assert_array_equal(alone, dx[i : i + 1])
+    finally:
+        small.CHUNK_ELEMENTS = original
+    assert len(chunks) == 1  # by default, this batch is one chunk

@@ -7,14 +7,25 @@ import numpy as np
 import pytest
 
 from convengine import ConvGeometry, conv_transpose, conv_transpose_backward
-from convengine._kernels import Pass, Path, halves, run, select, winograd
+from convengine._kernels import Pass, Path, gather, halves, run, select, small, winograd
 
 from ..oracle import naive_conv_transpose, naive_conv_transpose_backward
 from ..test_fast_paths import check_any_rank_against_oracle, check_work_bound
 
 # Convolutions: (x shape, w shape, hyperparameters, the forward's path, the backward's path)
 CONV = {
-    "im2col": ((2, 3, 7, 7), (4, 3, 3, 3), dict(padding=1), "im2col", "im2col"),
+    "im2col": ((2, 3, 7, 7), (4, 3, 3, 3), dict(padding=1, stride=2), "im2col", "im2col"),
+    # im2col's stride-1 layers past the small path's columns
+    "im2col-stride-1": ((2, 8, 30, 30), (4, 8, 3, 3), dict(padding=1), "im2col", "im2col"),
+    "small": ((2, 3, 7, 7), (4, 3, 3, 3), dict(padding=1), "small", "small"),
+    "small-dilated-uneven": (
+        (1, 2, 6, 9),
+        (3, 2, 2, 3),
+        dict(padding=((2, 0), (1, 3)), dilation=(2, 1)),
+        "small",
+        "small",
+    ),
+    "small-no-padding": ((3, 2, 5, 4), (2, 2, 5, 2), dict(), "small", "small"),
     "im2col-direct-reads": (
         (1, 8, 41, 50),
         (3, 8, 3, 3),
@@ -106,6 +117,13 @@ TRANSPOSED = {
 
 
 @pytest.fixture(autouse=True)
+def no_gather(monkeypatch):
+    """The tables' layers are tiny enough to gather: their paths are read with the gather
+    path set aside (its own tests: test_gather.py)."""
+    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", 0)
+
+
+@pytest.fixture(autouse=True)
 def small_winograd(monkeypatch):
     """Winograd's thresholds lowered to layers the nested-loop oracle computes in a moment
     (5 channels and 16 outputs, where the other entries have fewer channels)."""
@@ -143,7 +161,8 @@ def test_the_tables_reach_every_path():
     named = [path for *_, forward, backward in CONV.values() for path in (forward, backward)]
     named += [path for *_, inputs, weights in TRANSPOSED.values() for path in (inputs, weights)]
     reached = {part for name in named for part in name.replace(")", "").split("(")}
-    assert reached == {path.value for path in Path} - {"halves"}  # halves: test_halves.py
+    # halves: test_halves.py; gather: test_gather.py
+    assert reached == {path.value for path in Path} - {"halves", "gather"}
 
 
 @pytest.mark.parametrize("name", [n for n in CONV if n != "empty"])
@@ -205,6 +224,7 @@ def test_im2col_forward_in_row_blocks_matches_the_oracle(name, rng, monkeypatch)
     from ..oracle import naive_conv
 
     x_shape, w_shape, hyper, with_bias = ROW_BLOCKS[name]
+    monkeypatch.setattr(small, "MAX_IMAGE_COLUMN_ELEMENTS", 0)  # im2col's own forward
     geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
     assert select(geometry, Pass.FORWARD).name == "im2col"
     assert not im2col._reads_input_directly(geometry)  # the canvas's fields are copied

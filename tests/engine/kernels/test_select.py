@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from convengine import ConvGeometry
-from convengine._kernels import KERNELS, Pass, Path, Selection, halves, select
+from convengine._kernels import ANY_DATA, KERNELS, Pass, Path, Selection, gather, halves, select
 
 F, B, IG, WG = Pass.FORWARD, Pass.BACKWARD, Pass.INPUT_GRADIENT, Pass.WEIGHT_GRADIENT
 
@@ -22,10 +22,10 @@ def _all(name: str) -> dict[Pass, str]:
 
 # (x shape, w shape, hyperparameters, the path of each pass on finite data, unsplit)
 GRID = {
-    "3x3": ((2, 3, 8, 8), (4, 3, 3, 3), dict(padding=1), _all("im2col")),
+    "3x3": ((2, 3, 8, 8), (4, 3, 3, 3), dict(padding=1), _all("small")),
     "1x1": ((2, 5, 4, 6), (3, 5, 1, 1), dict(), _all("pointwise")),
     "1x1-grouped": ((2, 6, 4, 6), (6, 2, 1, 1), dict(groups=3), _all("pointwise")),
-    "1x1-padded": ((2, 5, 4, 6), (3, 5, 1, 1), dict(padding=1), _all("im2col")),
+    "1x1-padded": ((2, 5, 4, 6), (3, 5, 1, 1), dict(padding=1), _all("small")),
     "1x1-strided": (
         (2, 5, 9, 9),
         (3, 5, 1, 1),
@@ -39,7 +39,7 @@ GRID = {
         {F: "im2col", B: "im2col", IG: "phases", WG: "im2col"},
     ),
     "overlapping-4x4-s2": ((1, 3, 8, 8), (4, 3, 4, 4), dict(stride=2, padding=1), _all("im2col")),
-    "dilated": ((1, 2, 10, 10), (2, 2, 3, 3), dict(dilation=2, padding=2), _all("im2col")),
+    "dilated": ((1, 2, 10, 10), (2, 2, 3, 3), dict(dilation=2, padding=2), _all("small")),
     "depthwise": ((2, 3, 6, 5), (3, 1, 3, 3), dict(groups=3, padding=1), _all("depthwise")),
     "depthwise-multiplier-2": (
         (2, 2, 6, 5),
@@ -59,8 +59,8 @@ GRID = {
         dict(groups=4, stride=2),
         {F: "depthwise-taps", B: "depthwise-taps", IG: "phases", WG: "depthwise-taps"},
     ),
-    "one-channel-not-grouped": ((2, 1, 6, 6), (3, 1, 3, 3), dict(padding=1), _all("im2col")),
-    "1d": ((2, 3, 11), (4, 3, 3), dict(padding=1), _all("im2col")),
+    "one-channel-not-grouped": ((2, 1, 6, 6), (3, 1, 3, 3), dict(padding=1), _all("small")),
+    "1d": ((2, 3, 11), (4, 3, 3), dict(padding=1), _all("small")),
     "1d-pointwise": ((2, 3, 11), (4, 3, 1), dict(), _all("pointwise")),
     "1d-strided-k2-s2": (
         (2, 3, 12),
@@ -77,7 +77,7 @@ GRID = {
         _all("volume(im2col)"),
     ),
     # The padded grid would hold 4x the outputs: depth slices instead of flat runs.
-    "3d-much-junk": ((1, 2, 4, 8, 8), (2, 2, 1, 5, 5), dict(), _all("volume(im2col)")),
+    "3d-much-junk": ((1, 2, 4, 8, 8), (2, 2, 1, 5, 5), dict(), _all("volume(small)")),
     "3d-strided-pointwise": (
         (1, 2, 7, 6, 6),
         (3, 2, 1, 1, 1),
@@ -101,7 +101,7 @@ GRID = {
         (2, 2, 5, 6),
         (3, 2, 3, 3),
         dict(padding=2, padding_mode="reflect"),
-        _all("im2col"),
+        _all("small"),
     ),
     "reflect-1x1": (
         (2, 2, 5, 6),
@@ -151,6 +151,13 @@ GRID = {
         _all("empty"),
     ),
 }
+
+
+@pytest.fixture(autouse=True)
+def no_gather(monkeypatch):
+    """The grid's layers are tiny enough to gather, every one: the paths beyond are read with
+    the gather path set aside (its own selection: test_gather.py)."""
+    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", 0)
 
 
 def _geometry(x_shape, w_shape, hyper) -> ConvGeometry:
@@ -203,14 +210,14 @@ def test_a_layer_below_the_split_threshold_is_not_split():
 
 # Non-finite data: (case, pass, x_finite, w_finite, the path, whether wide rows are allowed)
 NON_FINITE = [
-    ("3x3", B, True, True, "im2col", True),
+    ("3x3", B, True, True, "small", True),
     ("3x3", B, False, True, "im2col", False),
     ("3x3", B, True, False, "im2col", False),
     ("3x3", WG, True, False, "im2col", True),  # dw alone multiplies no junk by w
     ("3x3", WG, False, True, "im2col", False),
-    ("3x3", IG, False, True, "im2col", True),  # the input gradient reads no x
+    ("3x3", IG, False, True, "small", True),  # the input gradient reads no x
     ("3x3", IG, True, False, "im2col", False),
-    ("3x3", F, False, False, "im2col", False),  # the forward takes no wide rows at all
+    ("3x3", F, False, False, "small", False),  # its forward meets no junk: any data
     ("depthwise", F, False, False, "depthwise", False),
     ("depthwise", B, False, True, "depthwise-taps", False),
     ("depthwise", B, True, False, "depthwise-taps", False),
@@ -272,7 +279,7 @@ def test_the_grid_reaches_every_path_but_halves():
         for name in paths.values()
         for part in name.replace(")", "").split("(")
     }
-    assert reached == {path.value for path in Path} - {"halves"}
+    assert reached == {path.value for path in Path} - {"halves", "gather"}
 
 
 def test_a_transposed_layer_selects_its_convolution_s_input_gradient():
@@ -280,3 +287,22 @@ def test_a_transposed_layer_selects_its_convolution_s_input_gradient():
     transposed = ConvGeometry.transposed((2, 6, 3, 4), (6, 3, 4, 4), stride=4)
     assert select(transposed.conv, Pass.INPUT_GRADIENT).name == "phases"
     assert select(transposed.conv, Pass.WEIGHT_GRADIENT).name == "im2col"
+
+
+@pytest.mark.parametrize("gather_bound", [0, gather.MAX_IMAGE_COLUMN_ELEMENTS], ids=["", "gather"])
+def test_a_path_taken_whatever_the_data_is_taken_for_any_data(gather_bound, monkeypatch):
+    """The run skips the finiteness checks where the finite data's path is one of ANY_DATA:
+    the selection must then be the same with an inf in x, in w, or in both."""
+    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", gather_bound)
+    checked = set()
+    for name, (x_shape, w_shape, hyper, _) in GRID.items():
+        geometry = _geometry(x_shape, w_shape, hyper)
+        for pass_ in Pass:
+            finite = select(geometry, pass_, split=False)
+            if finite.path not in ANY_DATA:
+                continue
+            checked.add(finite.path)
+            for x_finite, w_finite in [(False, True), (True, False), (False, False)]:
+                flags = dict(x_finite=x_finite, w_finite=w_finite, split=False)
+                assert select(geometry, pass_, **flags) == finite, (name, pass_)
+    assert checked == (ANY_DATA if gather_bound else ANY_DATA - {Path.GATHER})
