@@ -10,6 +10,7 @@ backward pass the column gradients are added back by one strided slice-add per k
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -74,12 +75,12 @@ def forward(
     if b is not None and fold_bias:
         w_rows = np.concatenate([w_rows, b.reshape(1, g.f, 1)], axis=2)
     runs = FieldRuns.of(g) if _reads_input_directly(g) else None
-    fields = None if runs else Canvas.of(x, g, "x", g.w_out).fields()
     # out: (N, groups, F/groups, H_out*W_out), which is NCHW once reshaped: no transpose.
     out = np.empty((g.n, g.groups, g.f_per_group, g.positions), dtype=x.dtype)
-    if fields is not None and g.cols_elements() // g.n * x.dtype.itemsize > CHUNK_BYTES:
-        _forward_in_row_blocks(fields, w_rows, out, g)
+    if runs is None and g.cols_elements() // g.n * x.dtype.itemsize > CHUNK_BYTES:
+        _forward_in_row_blocks(_field_source(x, g), w_rows, out, g)
     else:
+        fields = None if runs else Canvas.of(x, g, "x", g.w_out).fields()
         _forward_in_chunks(x, fields, runs, w_rows, out, g)
     if b is not None and not fold_bias:
         out += b.reshape(g.groups, g.f_per_group, 1)
@@ -118,15 +119,24 @@ def _forward_in_chunks(
         np.matmul(w_rows, cols, out=out[chunk])
 
 
+def _field_source(x: np.ndarray, g: ConvGeometry) -> np.ndarray | PhaseCanvas:
+    """Where :func:`_forward_in_row_blocks` copies fields from: the canvas's fields (N, C, KH,
+    KW, H_out, W_out), or for a strided layer x split by phase, whose fields' rows are runs
+    of adjacent pixels (the 7x7 stride-2 stem, float32, one thread: 12.3 against 13.3 ms)."""
+    if g.stride != (1, 1):
+        return PhaseCanvas.of(x, g, "x")
+    return Canvas.of(x, g, "x", g.w_out).fields()
+
+
 def _forward_in_row_blocks(
-    fields: np.ndarray, w_rows: np.ndarray, out: np.ndarray, geometry: ConvGeometry
+    source: np.ndarray | PhaseCanvas, w_rows: np.ndarray, out: np.ndarray, geometry: ConvGeometry
 ) -> None:
     """The forward GEMMs of an image whose columns outgrow ``CHUNK_BYTES``, a block of output
     rows at a time, so that the columns are copied into and read back from cache: the 7x7
     stem's are 7.4 MB an image in float32 (CPU time with one BLAS thread, whole images 15.8
-    ms, blocks of 16 rows 13.0 ms). fields (N, C, KH, KW, H_out, W_out); w_rows (groups,
-    F/groups, C/groups*KH*KW, with the bias column if it has one) -> out (N, groups,
-    F/groups, H_out*W_out), written in place."""
+    ms, blocks of 16 rows 13.0 ms). source: as :func:`_field_source` gives it; w_rows
+    (groups, F/groups, C/groups*KH*KW, with the bias column if it has one) -> out (N,
+    groups, F/groups, H_out*W_out), written in place."""
     g = geometry
     fold_bias = w_rows.shape[2] > g.col_rows  # then groups == 1: the ones row splits nothing
     rows_bytes = (g.col_rows + fold_bias) * g.groups * g.w_out * out.itemsize
@@ -140,7 +150,10 @@ def _forward_in_row_blocks(
             if fold_bias:
                 cols[:, -1] = 1
             block = cols[:, : g.col_rows].reshape(g.c, *g.kernel, rows, g.w_out)
-            np.copyto(block, fields[image, :, :, :, top : top + rows])
+            if isinstance(source, PhaseCanvas):
+                source.copy_fields(image, top, block)
+            else:
+                np.copyto(block, source[image, :, :, :, top : top + rows])
             target = out_rows[image, :, :, top : top + rows]
             np.matmul(w_rows, cols, out=target.reshape(g.groups, g.f_per_group, -1))
 
@@ -308,6 +321,14 @@ class PhaseCanvas:
         phases.fill(0)
         return cls(phases, geometry)
 
+    @classmethod
+    def of(cls, x: np.ndarray, geometry: ConvGeometry, slot: str) -> PhaseCanvas:
+        """x (N, C, H, W) zero-padded and split by phase, in the work buffer ``slot``."""
+        canvas = cls.blank(geometry, x.dtype, slot)
+        for target, pixels in canvas._phases_and_pixels(x.shape):
+            target[...] = x[pixels]
+        return canvas
+
     @staticmethod
     def elements(geometry: ConvGeometry, channels: int) -> int:
         """The size of a phase canvas of ``channels`` channels (:func:`work_elements`)."""
@@ -329,18 +350,74 @@ class PhaseCanvas:
                 target += dcols[:, :, i, j]
 
     def interior(self) -> np.ndarray:
-        """The unpadded gradient, copied out phase by phase: (N, C, H, W)."""
+        """The unpadded batch, copied out phase by phase: (N, C, H, W)."""
         g = self.geometry
         dx = np.empty(g.x_shape, dtype=self.phases.dtype)
+        for source, pixels in self._phases_and_pixels(g.x_shape):
+            dx[pixels] = source
+        return dx
+
+    def _phases_and_pixels(
+        self, x_shape: tuple[int, ...]
+    ) -> Iterator[tuple[np.ndarray, tuple[slice, ...]]]:
+        """Per phase: the block of it that holds image pixels, and which pixels of an (N, C,
+        H, W) array those are (a strided slice)."""
+        g = self.geometry
         (sh, sw), (top, left) = g.stride, (g.pad_h[0], g.pad_w[0])
+        height, width = x_shape[2:]
         for row in range(sh):
             first_row = (row - top) % sh  # the first image row in this phase
+            rows = len(range(first_row, height, sh))
+            up = (first_row + top) // sh
             for column in range(sw):
                 first_column = (column - left) % sw
-                target = dx[:, :, first_row::sh, first_column::sw]
-                rows, columns = target.shape[2:]
-                up, across = (first_row + top) // sh, (first_column + left) // sw
-                target[...] = self.phases[
-                    :, :, row, column, up : up + rows, across : across + columns
-                ]
-        return dx
+                columns = len(range(first_column, width, sw))
+                across = (first_column + left) // sw
+                block = self.phases[:, :, row, column, up : up + rows, across : across + columns]
+                yield (
+                    block,
+                    (
+                        slice(None),
+                        slice(None),
+                        slice(first_row, None, sh),
+                        slice(first_column, None, sw),
+                    ),
+                )
+
+    def copy_fields(self, image: int, top: int, block: np.ndarray) -> None:
+        """Copy the fields of output rows ``top``, ... of one image into block (C, KH, KW,
+        rows, W_out): one copy per class of kernel offsets that read one phase."""
+        g = self.geometry
+        phases, step = self.phases, self.phases.itemsize
+        strides = [s // step for s in phases.strides]  # (N, C, SH, SW, HQ, WQ) in elements
+        for first_i, step_i, count_i, row, up, up_step in _tap_classes(g, 0):
+            for first_j, step_j, count_j, column, across, across_step in _tap_classes(g, 1):
+                origin = (image, 0, row, column, top + up, across)
+                source = np.ndarray(
+                    (g.c, count_i, count_j, block.shape[3], g.w_out),
+                    phases.dtype,
+                    phases,
+                    offset=step * sum(i * s for i, s in zip(origin, strides, strict=True)),
+                    strides=tuple(
+                        step * s
+                        for s in (
+                            strides[1],
+                            up_step * strides[4],
+                            across_step * strides[5],
+                            strides[4],
+                            strides[5],
+                        )
+                    ),
+                )
+                np.copyto(block[:, first_i::step_i, first_j::step_j], source)
+
+
+def _tap_classes(g: ConvGeometry, axis: int) -> Iterator[tuple[int, int, int, int, int, int]]:
+    """The kernel offsets of ``axis`` by the phase they read: offsets ``first + m*step``
+    (``count`` of them) read phase ``phase`` from place ``place + m*place_step`` on. ->
+    (first, step, count, phase, place, place_step)."""
+    stride, dilation, kernel = g.stride[axis], g.dilation[axis], g.kernel[axis]
+    step = stride // math.gcd(stride, dilation)
+    for first in range(min(step, kernel)):
+        place, phase = divmod(first * dilation, stride)
+        yield first, step, len(range(first, kernel, step)), phase, place, step * dilation // stride

@@ -164,6 +164,21 @@ def test_the_phase_canvas_sums_what_the_plain_canvas_sums(geometry, seed):
 
 
 @pytest.mark.parametrize("name", STRIDED)
+def test_strided_forward_in_row_blocks_copies_fields_from_phases(name, rng, monkeypatch):
+    """With blocks of a row or two, every strided layer's forward copies its columns out of x
+    split by phase, block by block, bias included or not."""
+    x_shape, w_shape, hyper = STRIDED[name]
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)  # one output row per block
+    _poison_work_buffers(rng)
+    made = _spy_phase_canvas(monkeypatch)
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), None
+    for b in (None, rng.standard_normal(w_shape[0])):
+        out = conv(x, w, b, **hyper)
+        np.testing.assert_allclose(out, naive_conv(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
+    assert len(made) == 2
+
+
+@pytest.mark.parametrize("name", STRIDED)
 def test_strided_forward_matches_the_oracle_and_the_work_bound(name, rng):
     """The forward passes of the grid (the 7x7 one in row blocks of phase-split columns), and
     both passes within ``work_elements``, the phase canvas counted."""
