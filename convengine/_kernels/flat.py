@@ -107,14 +107,18 @@ def backward(
     """
     db = dout.sum(axis=(0, *range(2, dout.ndim)))
     g = geometry
-    dw_rows = np.zeros((g.groups, g.f_per_group, g.col_rows), dtype=x.dtype)
-    product = np.empty_like(dw_rows)
+    # dw transposed, (groups, KD*C/groups*KH*KW, F/groups): the slab is the GEMM's left
+    # operand, as it is in the forward pass (float32, one thread: 86 GFLOP/s against 58 with
+    # dout on the left; float64 about even).
+    dw_cols = np.zeros((g.groups, g.col_rows, g.f_per_group), dtype=x.dtype)
+    product = np.empty_like(dw_cols)
     for n, depths, slabs in _slabs(x, g):
         dout_wide = _widened(dout[n, :, depths], g)
         for dout_depth, slab in zip(dout_wide, slabs, strict=True):
-            np.matmul(dout_depth, slab.transpose(0, 2, 1), out=product)
-            dw_rows += product
-    return input_gradient(dout, w, g), _from_depth_major(dw_rows, g), db
+            np.matmul(slab, dout_depth.transpose(0, 2, 1), out=product)
+            dw_cols += product
+    dw = _from_depth_major(dw_cols.transpose(0, 2, 1), g)
+    return input_gradient(dout, w, g), dw, db
 
 
 def weight_gradient(
