@@ -169,6 +169,7 @@ def test_strided_forward_in_row_blocks_copies_fields_from_phases(name, rng, monk
     split by phase, block by block, bias included or not."""
     x_shape, w_shape, hyper = STRIDED[name]
     monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)  # one output row per block
+    monkeypatch.setattr(im2col, "PHASE_FIELD_COPIES", 0)  # every strided layer
     _poison_work_buffers(rng)
     made = _spy_phase_canvas(monkeypatch)
     x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), None
@@ -176,6 +177,22 @@ def test_strided_forward_in_row_blocks_copies_fields_from_phases(name, rng, monk
         out = conv(x, w, b, **hyper)
         np.testing.assert_allclose(out, naive_conv(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
     assert len(made) == 2
+
+
+@pytest.mark.parametrize(
+    "w_shape, stride, split",
+    [((2, 3, 7, 7), 2, True), ((2, 3, 4, 4), 2, False), ((2, 3, 3, 3), 1, False)],
+    ids=["7x7-s2-twelve-copies", "4x4-s2-four-copies", "stride-1"],
+)
+def test_row_blocks_split_x_by_phase_where_fields_copy_each_pixel_often(
+    w_shape, stride, split, rng, monkeypatch
+):
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)
+    made = _spy_phase_canvas(monkeypatch)
+    x, w = rng.standard_normal((1, 3, 12, 12)), rng.standard_normal(w_shape)
+    hyper = dict(stride=stride, padding=3, rounding="floor")
+    np.testing.assert_allclose(conv(x, w, **hyper), naive_conv(x, w, **hyper), atol=1e-12)
+    assert bool(made) is split
 
 
 @pytest.mark.parametrize("name", STRIDED)
