@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from convengine import ConvGeometry, conv, conv_backward
 from convengine._kernels import Pass, flat, layout, select
@@ -119,3 +121,37 @@ def test_flat_gradients_match_the_oracle_in_float32(rng):
     for grad, expected in zip(got, naive_conv_backward(dout, x, w, **hyper)):
         assert grad.dtype == np.float32
         np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-4)
+
+
+@st.composite
+def _flat_volumes(draw):
+    """Stride-1 volumes the flat path takes: kernel, dilation and padding per axis, groups."""
+    groups = draw(st.sampled_from([1, 2]))
+    c, f = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(3))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(3))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(3))
+    size = tuple(
+        draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), 7))
+        for k, d, p in zip(kernel, dilation, pads, strict=True)
+    )
+    hyper = dict(dilation=dilation, padding=pads, groups=groups)
+    x_shape, w_shape = (draw(st.integers(1, 2)), c, *size), (f, c // groups, *kernel)
+    assume(flat.supports(ConvGeometry.build(x_shape, w_shape, **hyper)))
+    return x_shape, w_shape, hyper
+
+
+@settings(max_examples=25, deadline=None)
+@given(_flat_volumes(), st.integers(1, 1 << 16), st.integers(0, 2**32 - 1))
+def test_any_flat_volume_in_any_blocks_matches_the_oracle_within_its_bound(case, block, seed):
+    """Any kernel, dilation, padding and groups, blocks of any budget (down to one output
+    depth): the oracle's results, and no more memory than ``work_elements`` allows."""
+    x_shape, w_shape, hyper = case
+    rng = np.random.default_rng(seed)
+    original = flat.BLOCK_BYTES
+    flat.BLOCK_BYTES = block  # not monkeypatch: hypothesis runs many examples per test
+    try:
+        check_any_rank_against_oracle(rng, x_shape, w_shape, hyper)
+        check_work_bound(rng, x_shape, w_shape, hyper)
+    finally:
+        flat.BLOCK_BYTES = original
