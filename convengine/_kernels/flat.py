@@ -11,9 +11,9 @@ its columns are KD consecutive slabs, viewed without a copy (:func:`_slabs`). Ea
 depth is copied KD times fewer than columns of every kernel offset per output depth, and
 each output depth is one GEMM on hot columns. CPU time on one thread, 2x16x16x32x32 3x3x3
 padding 1, against such columns of whole offsets in blocks of output depths: float32
-forward 13.0 against 13.9 ms, backward 35.6 against 38.0; float64 24.6 against 26.1 and
-59.3 against 62.3. This is what volumes use, whose depth slices otherwise copy the input
-once per kernel depth.
+forward 12.9 against 13.7 ms, backward 30.5 against 37.9 (with dw transposed, see
+:func:`backward`); float64 24.9 against 26.1 and 61.8 against 62.8. This is what volumes
+use, whose depth slices otherwise copy the input once per kernel depth.
 
 The input gradient is gathered, not scattered: it is the convolution of the output gradient,
 padded by the kernel's reach, with the flipped and transposed kernel, which is this module's
@@ -168,46 +168,53 @@ def _slabs(x: np.ndarray, g: ConvGeometry) -> Iterator[tuple[int, slice, np.ndar
     slabs lives in a work buffer, overwritten by the next block.
     """
     flat = _canvas(x, g, "flat_x")
-    itemsize = x.dtype.itemsize
-    (kd, kh, kw), (dd, dh, dw) = g.kernel, g.dilation
-    plane = g.padded[1] * g.padded[2]
-    volume = g.padded[0] * plane
-    row, taps = _row(g), g.c_per_group * kh * kw
-    step = max(1, BLOCK_BYTES // (g.c * kh * kw * row * itemsize) - (kd - 1))
+    (kd, kh, kw), dd = g.kernel, g.dilation[0]
+    slab_bytes = g.c * kh * kw * _row(g) * x.dtype.itemsize
+    step = max(1, BLOCK_BYTES // slab_bytes - (kd - 1))
     for n in range(g.n):
         for first in range(min(dd, g.out[0])):
             outputs = range(first, g.out[0], dd)
             for start in range(0, len(outputs), step):
                 count = min(step, len(outputs) - start)
-                inputs = count + kd - 1
-                cols = workspace("flat_cols", (g.groups, inputs, taps, row), x.dtype)
-                fields = np.ndarray(
-                    (inputs, g.groups, g.c_per_group, kh, kw, row),
-                    x.dtype,
-                    flat,
-                    offset=(n * g.c * volume + (first + dd * start) * plane) * itemsize,
-                    strides=tuple(
-                        s * itemsize
-                        for s in (
-                            dd * plane,
-                            g.c_per_group * volume,
-                            volume,
-                            dh * g.padded[2],
-                            dw,
-                            1,
-                        )
-                    ),
-                )
-                target = cols.reshape(g.groups, inputs, g.c_per_group, kh, kw, row)
-                np.copyto(target.transpose(1, 0, 2, 3, 4, 5), fields)
-                slabs = np.ndarray(
-                    (count, g.groups, kd * taps, row),
-                    x.dtype,
-                    cols,
-                    strides=tuple(s * itemsize for s in (taps * row, inputs * taps * row, row, 1)),
-                )
+                cols = _copied_slabs(flat, g, n, first + dd * start, count + kd - 1)
                 depths = slice(outputs[start], outputs[start + count - 1] + 1, dd)
-                yield n, depths, slabs
+                yield n, depths, _overlapping(cols, g, count)
+
+
+def _copied_slabs(
+    flat: np.ndarray, g: ConvGeometry, image: int, first: int, inputs: int
+) -> np.ndarray:
+    """The slabs of input depths ``first``, ``first + dd``, ... (``inputs`` of them) of one
+    image, copied out of the flat canvas: (groups, inputs, C/groups*KH*KW, row)."""
+    (_, kh, kw), (dd, dh, dw) = g.kernel, g.dilation
+    itemsize, plane = flat.itemsize, g.padded[1] * g.padded[2]
+    volume, row = g.padded[0] * plane, _row(g)
+    cols = workspace("flat_cols", (g.groups, inputs, g.c_per_group * kh * kw, row), flat.dtype)
+    # fields: (inputs, groups, C/groups, KH, KW, row), runs of the canvas
+    steps = (dd * plane, g.c_per_group * volume, volume, dh * g.padded[2], dw, 1)
+    fields = np.ndarray(
+        (inputs, g.groups, g.c_per_group, kh, kw, row),
+        flat.dtype,
+        flat,
+        offset=(image * g.c * volume + first * plane) * itemsize,
+        strides=tuple(s * itemsize for s in steps),
+    )
+    target = cols.reshape(g.groups, inputs, g.c_per_group, kh, kw, row)
+    np.copyto(target.transpose(1, 0, 2, 3, 4, 5), fields)
+    return cols
+
+
+def _overlapping(cols: np.ndarray, g: ConvGeometry, count: int) -> np.ndarray:
+    """cols (groups, inputs, taps, row) -> the columns of ``count`` output depths, each the KD
+    slabs from its own on: (count, groups, KD*taps, row), a view."""
+    groups, inputs, taps, row = cols.shape
+    steps = (taps * row, inputs * taps * row, row, 1)
+    return np.ndarray(
+        (count, groups, g.kernel[0] * taps, row),
+        cols.dtype,
+        cols,
+        strides=tuple(s * cols.itemsize for s in steps),
+    )
 
 
 def _canvas(x: np.ndarray, g: ConvGeometry, slot: str) -> np.ndarray:
