@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from convengine import ConvGeometry, conv_transpose, conv_transpose_backward
-from convengine._kernels import Pass, Path, gather, halves, run, select, small, winograd
+from convengine._kernels import Pass, Path, halves, run, select, small, winograd
 
 from ..oracle import naive_conv_transpose, naive_conv_transpose_backward
 from ..test_fast_paths import check_any_rank_against_oracle, check_work_bound
@@ -116,11 +116,8 @@ TRANSPOSED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_gather(monkeypatch):
-    """The tables' layers are tiny enough to gather: their paths are read with the gather
-    path set aside (its own tests: test_gather.py)."""
-    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", 0)
+# The tables' layers are tiny enough to gather: their paths are read with it set aside.
+pytestmark = pytest.mark.usefixtures("no_gather")
 
 
 @pytest.fixture(autouse=True)

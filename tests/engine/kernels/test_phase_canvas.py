@@ -14,6 +14,9 @@ from convengine._kernels import Pass, im2col, layout, select
 from ..oracle import naive_conv, naive_conv_backward, naive_conv_transpose
 from ..test_fast_paths import check_work_bound
 
+# Its layers are tiny enough to gather: the strided im2col paths are read with it set aside.
+pytestmark = pytest.mark.usefixtures("no_gather")
+
 # Strided planar layers on the im2col path: (x shape, w shape, hyperparameters), output sizes
 # floored as the oracle floors them
 STRIDED = {

@@ -153,11 +153,8 @@ GRID = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_gather(monkeypatch):
-    """The grid's layers are tiny enough to gather, every one: the paths beyond are read with
-    the gather path set aside (its own selection: test_gather.py)."""
-    monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", 0)
+# The grid' layers are tiny enough to gather: their paths are read with it set aside.
+pytestmark = pytest.mark.usefixtures("no_gather")
 
 
 def _geometry(x_shape, w_shape, hyper) -> ConvGeometry:
