@@ -41,10 +41,10 @@ from .layout import PATH_FUNCTIONS, workspace
 __all__ = [*PATH_FUNCTIONS, "as_depthwise", "is_depthwise"]
 
 # Bytes of the work buffers of one group of planes (KW shifted copies and KH kernel-row sums
-# per plane). Measured with the former gemvs: forward CPU time on this machine's kind (8x64x56x56, 3x3, one thread, best of
-# 15), float32: 0.5 MiB 3.1 ms, 1 MiB 2.6 ms, 2 MiB 3.3 ms, 4 MiB 4.0 ms; float64: 0.5 MiB
-# 7.5 ms, 1 MiB 6.5 ms, 2 MiB 8.4 ms. At 1 MiB the buffers stay in the 2 MiB L2, and a
-# group has few enough calls for their overhead not to count.
+# per plane). Measured with the former gemvs: forward CPU time on this machine's kind
+# (8x64x56x56, 3x3, one thread, best of 15), float32: 0.5 MiB 3.1 ms, 1 MiB 2.6 ms, 2 MiB
+# 3.3 ms, 4 MiB 4.0 ms; float64: 0.5 MiB 7.5 ms, 1 MiB 6.5 ms, 2 MiB 8.4 ms. At 1 MiB the
+# buffers stay in the 2 MiB L2, and a group has few enough calls for their overhead not to count.
 GROUP_BYTES = 1 << 20
 
 
