@@ -30,12 +30,16 @@ Nor did grouping the planes by channel, so that one gemv spans every image of a 
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .._geometry import ConvGeometry
-from . import im2col
+from . import halves, im2col
 from .layout import PATH_FUNCTIONS, workspace
 
 __all__ = [*PATH_FUNCTIONS, "as_depthwise", "is_depthwise"]
@@ -46,6 +50,8 @@ __all__ = [*PATH_FUNCTIONS, "as_depthwise", "is_depthwise"]
 # 3.3 ms, 4 MiB 4.0 ms; float64: 0.5 MiB 7.5 ms, 1 MiB 6.5 ms, 2 MiB 8.4 ms. At 1 MiB the
 # buffers stay in the 2 MiB L2, and a group has few enough calls for their overhead not to count.
 GROUP_BYTES = 1 << 20
+# Output elements from which a pass shares its groups of planes with a helper thread.
+SPLIT_ELEMENTS = 1 << 19
 
 
 def is_depthwise(geometry: ConvGeometry) -> bool:
@@ -182,11 +188,10 @@ class Correlation:
         """Elements of one shifted copy: every row a kernel row reads."""
         return (self.out[0] + self.dilation[0] * (self.kernel[0] - 1)) * self.row
 
-    def group_planes(self, planes: int, itemsize: int) -> list[slice]:
-        """Slices of ``planes`` planes whose work buffers fit in ``GROUP_BYTES``."""
+    def group_step(self, planes: int, itemsize: int) -> int:
+        """Planes in a group: as many of ``planes`` as have work buffers within GROUP_BYTES."""
         per_plane = (self.kernel[1] + self.kernel[0]) * self.span * itemsize
-        step = max(1, GROUP_BYTES // per_plane)
-        return [slice(start, min(start + step, planes)) for start in range(0, planes, step)]
+        return min(planes, max(1, GROUP_BYTES // per_plane))
 
 
 def _forward_planes(
@@ -199,13 +204,17 @@ def _forward_planes(
     planes = x.reshape(g.n * g.c, g.height, g.width)
     taps = _plane_taps(w, g.n)
     out = np.empty((g.n * g.c, g.h_out, g.w_out), dtype=x.dtype)
-    groups = c.group_planes(g.n * g.c, x.dtype.itemsize)
-    copies = ShiftedCopies.taken(c, groups[0].stop, x.dtype, "dw_copies")
-    sums = RowSums.taken(c, groups[0].stop, x.dtype, "dw_rows")
     vectors = _sum_vectors(b, g.kernel[0], g.n, x.dtype)
-    for group in groups:
-        vector = vectors if b is None else vectors[group]
-        sums.into(copies.of(planes[group]), taps[group], vector, out[group])
+    step = c.group_step(g.n * g.c, x.dtype.itemsize)
+
+    def compute(share: slice) -> None:
+        copies = ShiftedCopies.taken(c, step, x.dtype, "dw_copies")
+        sums = RowSums.taken(c, step, x.dtype, "dw_rows")
+        for group in _groups(share, step):
+            vector = vectors if b is None else vectors[group]
+            sums.into(copies.of(planes[group]), taps[group], vector, out[group])
+
+    _shared(compute, g, step)
     return out.reshape(g.out_shape)
 
 
@@ -221,17 +230,95 @@ def _backward_planes(
     dx = np.empty_like(planes)
     # dw of every plane, summed over the batch at the end.
     plane_dw = np.empty((g.n * g.c, *g.kernel), dtype=x.dtype)
-    groups = c.group_planes(g.n * g.c, x.dtype.itemsize)
-    copies = ShiftedCopies.taken(c, groups[0].stop, x.dtype, "dw_copies")
-    dout_copies = ShiftedCopies.taken(dx_c, groups[0].stop, x.dtype, "dw_dout_copies")
-    sums = RowSums.taken(dx_c, groups[0].stop, x.dtype, "dw_rows")
     ones = _sum_vectors(None, g.kernel[0], g.n, x.dtype)
-    for group in groups:
-        dout_wide = _wide_rows(dout_planes[group], c.row, "dw_dout")
-        _tap_products(copies.of(planes[group]), dout_wide, c, plane_dw[group])
-        sums.into(dout_copies.of(dout_planes[group]), flipped[group], ones, dx[group])
+    step = c.group_step(g.n * g.c, x.dtype.itemsize)
+
+    def compute(share: slice) -> None:
+        copies = ShiftedCopies.taken(c, step, x.dtype, "dw_copies")
+        dout_copies = ShiftedCopies.taken(dx_c, step, x.dtype, "dw_dout_copies")
+        sums = RowSums.taken(dx_c, step, x.dtype, "dw_rows")
+        for group in _groups(share, step):
+            dout_wide = _wide_rows(dout_planes[group], c.row, "dw_dout")
+            _tap_products(copies.of(planes[group]), dout_wide, c, plane_dw[group])
+            sums.into(dout_copies.of(dout_planes[group]), flipped[group], ones, dx[group])
+
+    _shared(compute, g, step)
     dw = plane_dw.reshape(g.n, g.c, -1).sum(axis=0)
     return dx.reshape(g.x_shape), dw.reshape(w.shape)
+
+
+def _groups(share: slice, step: int) -> list[slice]:
+    """The groups of ``step`` planes (the last one shorter) that make up ``share``."""
+    start, stop = share.start, share.stop
+    return [slice(first, min(first + step, stop)) for first in range(start, stop, step)]
+
+
+def _shared(compute: Callable[[slice], None], geometry: ConvGeometry, step: int) -> None:
+    """``compute(planes)`` over every plane of ``geometry``: where :func:`split_at` says so,
+    the first groups in this thread and the others at once in the helper thread.
+
+    Each thread takes work buffers of its own (they are kept per thread) and writes planes of
+    its own, and a plane is computed alike whichever thread and group it falls in: the results
+    never depend on the split.
+    """
+    planes = geometry.n * geometry.c
+    middle = split_at(geometry, step)
+    if middle is None:
+        compute(slice(0, planes))
+        return
+    other = _helper().submit(compute, slice(middle, planes))
+    try:
+        compute(slice(0, middle))
+    finally:
+        other.result()
+
+
+def split_at(geometry: ConvGeometry, step: int) -> int | None:
+    """The first plane of the helper thread's share, or None where this thread does all.
+
+    Only where the process may use two cores (the rule of :mod:`.halves`), for two groups
+    or more, and outputs of SPLIT_ELEMENTS or more (the hand-off costs some 50 us). Never
+    for half of a batch that :mod:`.halves` split (a half has a third of the flops of such a
+    layer or more): those already run one per core.
+    """
+    g = geometry
+    planes = g.n * g.c
+    if planes < 2 * step or planes * g.h_out * g.w_out < SPLIT_ELEMENTS:
+        return None
+    if 3 * g.flops() >= halves.MIN_SPLIT_FLOPS or not _two_cores():
+        return None
+    groups = -(-planes // step)
+    return groups // 2 * step
+
+
+def _two_cores() -> bool:
+    """Whether this process may keep two cores busy: the cores it may run on and BLAS's
+    thread count, as :mod:`.halves` reads them (one BLAS thread: the service's workers)."""
+    return halves.CORES >= 2 and halves._one_blas_thread.threads() >= 2
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _helper() -> ThreadPoolExecutor:
+    # One thread, shared by every caller: its work buffers (kept per thread) exist once. It
+    # only ever computes shares of planes, so it never waits on itself.
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convengine-dw")
+        return _executor
+
+
+def _forget_helper() -> None:
+    """In a forked child: the parent's helper thread did not come along."""
+    global _executor, _executor_lock
+    _executor, _executor_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper)
 
 
 def _plane_taps(w: np.ndarray, images: int) -> np.ndarray:

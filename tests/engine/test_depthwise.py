@@ -7,15 +7,18 @@ reach those branches; a non-finite pixel shows whether a wrapped or junk column 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from convengine import ConvGeometry, conv2d, conv2d_backward
-from convengine._kernels import Pass, depthwise, select
+from convengine._kernels import Pass, depthwise, halves, layout, select
 
 from .oracle import naive_conv2d, naive_conv2d_backward
+from .test_fast_paths import check_work_bound
 
 
 @st.composite
@@ -150,3 +153,73 @@ def test_non_finite_tap_or_bias_spreads_as_in_the_oracle(where, bad, rng):
     np.testing.assert_array_equal(np.isinf(out), np.isinf(want))
     assert (~np.isfinite(out)).sum() > 0
     np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+
+
+def _force_split(monkeypatch, group_bytes=1):
+    """Every pass with two groups or more shared with the helper thread, on any machine."""
+    monkeypatch.setattr(depthwise, "GROUP_BYTES", group_bytes)
+    monkeypatch.setattr(depthwise, "SPLIT_ELEMENTS", 0)
+    monkeypatch.setattr(depthwise, "_two_cores", lambda: True)
+
+
+@pytest.mark.parametrize("name", ["odd-5x7", "multiplier-3", "cropped-rows", "clipped-copies"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_threads_compute_what_one_does(name, dtype, rng, monkeypatch):
+    """Shared with the helper thread, every result is bit for bit the one thread's (a plane is
+    computed alike in any group), and the oracle's; the helper did compute planes."""
+    x_shape, w_shape, hyper = GRID[name]
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, w_shape[0]))
+    dout = rng.standard_normal(naive_conv2d(x, w, b, **hyper).shape).astype(dtype)
+
+    def passes():
+        return conv2d(x, w, b, **hyper), *conv2d_backward(dout, x, w, **hyper)
+
+    monkeypatch.setattr(depthwise, "GROUP_BYTES", 1)
+    alone = passes()
+    threads: set[str] = set()
+    taken = depthwise.RowSums.taken.__func__
+
+    def record(cls, *args):
+        threads.add(threading.current_thread().name)
+        return taken(cls, *args)
+
+    _force_split(monkeypatch)
+    monkeypatch.setattr(depthwise.RowSums, "taken", classmethod(record))
+    shared = passes()
+    assert len(threads) == 2 and any(t.startswith("convengine-dw") for t in threads)
+    for got, want, label in zip(shared, alone, ["out", "dx", "dw", "db"]):
+        np.testing.assert_array_equal(got, want, err_msg=label)
+    wants = (naive_conv2d(x, w, b, **hyper), *naive_conv2d_backward(dout, x, w, **hyper))
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    for got, want, label in zip(shared, wants, ["out", "dx", "dw", "db"]):
+        atol = tolerance * np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=label)
+
+
+def test_split_only_where_two_threads_can_win(monkeypatch):
+    """Two groups or more, outputs large enough, two cores; never a half of a batch that
+    halves split (whose halves already run one per core)."""
+    geometry = ConvGeometry.build((8, 64, 56, 56), (64, 1, 3, 3), padding=1, groups=64)
+    monkeypatch.setattr(depthwise, "_two_cores", lambda: True)
+    assert depthwise.split_at(geometry, step=13) == 20 * 13  # 40 groups, 20 each
+    assert depthwise.split_at(geometry, step=512) is None  # one group
+    monkeypatch.setattr(depthwise, "SPLIT_ELEMENTS", 8 * 64 * 56 * 56 + 1)
+    assert depthwise.split_at(geometry, step=13) is None
+    monkeypatch.setattr(depthwise, "SPLIT_ELEMENTS", 0)
+    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 3 * geometry.flops())
+    assert depthwise.split_at(geometry, step=13) is None
+    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 3 * geometry.flops() + 1)
+    assert depthwise.split_at(geometry, step=13) == 20 * 13
+    monkeypatch.setattr(depthwise, "_two_cores", lambda: False)
+    assert depthwise.split_at(geometry, step=13) is None
+
+
+def test_work_elements_bounds_the_passes_shared_by_two_threads(rng, monkeypatch):
+    """Both threads' work buffers are counted: each thread's allocated afresh."""
+    _force_split(monkeypatch, group_bytes=4 << 10)
+    x_shape, w_shape, hyper = (3, 4, 9, 11), (8, 1, 3, 3), dict(groups=4, padding=1)
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    step = depthwise.Correlation.forward_of(geometry).group_step(3 * 8, 8)
+    assert depthwise.split_at(geometry, step) is not None
+    depthwise._helper().submit(lambda: layout._local.__dict__.get("buffers", {}).clear()).result()
+    check_work_bound(rng, x_shape, w_shape, hyper)
