@@ -30,9 +30,10 @@ Nor did grouping the planes by channel, so that one gemv spans every image of a 
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -207,10 +208,10 @@ def _forward_planes(
     vectors = _sum_vectors(b, g.kernel[0], g.n, x.dtype)
     step = c.group_step(g.n * g.c, x.dtype.itemsize)
 
-    def compute(share: slice) -> None:
+    def compute(groups: Iterable[slice]) -> None:
         copies = ShiftedCopies.taken(c, step, x.dtype, "dw_copies")
         sums = RowSums.taken(c, step, x.dtype, "dw_rows")
-        for group in _groups(share, step):
+        for group in groups:
             vector = vectors if b is None else vectors[group]
             sums.into(copies.of(planes[group]), taps[group], vector, out[group])
 
@@ -233,11 +234,11 @@ def _backward_planes(
     ones = _sum_vectors(None, g.kernel[0], g.n, x.dtype)
     step = c.group_step(g.n * g.c, x.dtype.itemsize)
 
-    def compute(share: slice) -> None:
+    def compute(groups: Iterable[slice]) -> None:
         copies = ShiftedCopies.taken(c, step, x.dtype, "dw_copies")
         dout_copies = ShiftedCopies.taken(dx_c, step, x.dtype, "dw_dout_copies")
         sums = RowSums.taken(dx_c, step, x.dtype, "dw_rows")
-        for group in _groups(share, step):
+        for group in groups:
             dout_wide = _wide_rows(dout_planes[group], c.row, "dw_dout")
             _tap_products(copies.of(planes[group]), dout_wide, c, plane_dw[group])
             sums.into(dout_copies.of(dout_planes[group]), flipped[group], ones, dx[group])
@@ -247,34 +248,39 @@ def _backward_planes(
     return dx.reshape(g.x_shape), dw.reshape(w.shape)
 
 
-def _groups(share: slice, step: int) -> list[slice]:
-    """The groups of ``step`` planes (the last one shorter) that make up ``share``."""
-    start, stop = share.start, share.stop
-    return [slice(first, min(first + step, stop)) for first in range(start, stop, step)]
+def _shared(compute: Callable[[Iterable[slice]], None], geometry: ConvGeometry, step: int) -> None:
+    """``compute(groups)`` over every group of ``step`` planes of ``geometry``: where
+    :func:`shares` says so, in this thread and the helper thread at once.
 
-
-def _shared(compute: Callable[[slice], None], geometry: ConvGeometry, step: int) -> None:
-    """``compute(planes)`` over every plane of ``geometry``: where :func:`split_at` says so,
-    the first groups in this thread and the others at once in the helper thread.
-
-    Each thread takes work buffers of its own (they are kept per thread) and writes planes of
-    its own, and a plane is computed alike whichever thread and group it falls in: the results
-    never depend on the split.
+    Each group goes to the first thread that asks for it, so a helper that the machine keeps
+    waiting (other work on the other core) takes fewer or none, and is not waited for unless
+    it is computing a group. Each thread takes work buffers of its own (they are kept per
+    thread) and writes planes of its own, and a plane is computed alike in any thread and
+    group: the results never depend on who computed what.
     """
     planes = geometry.n * geometry.c
-    middle = split_at(geometry, step)
-    if middle is None:
-        compute(slice(0, planes))
+    groups = [slice(start, min(start + step, planes)) for start in range(0, planes, step)]
+    if not shares(geometry, step):
+        compute(groups)
         return
-    other = _helper().submit(compute, slice(middle, planes))
+    claims = itertools.count()  # next() on it is one call under the GIL: atomic
+
+    def claimed() -> Iterator[slice]:
+        for index in claims:
+            if index >= len(groups):
+                return
+            yield groups[index]
+
+    other = _helper().submit(compute, claimed())
     try:
-        compute(slice(0, middle))
+        compute(claimed())
     finally:
-        other.result()
+        if not other.cancel():
+            other.result()
 
 
-def split_at(geometry: ConvGeometry, step: int) -> int | None:
-    """The first plane of the helper thread's share, or None where this thread does all.
+def shares(geometry: ConvGeometry, step: int) -> bool:
+    """Whether a pass's groups of ``step`` planes are shared with the helper thread.
 
     Only where the process may use two cores (the rule of :mod:`.halves`), for two groups
     or more, and outputs of SPLIT_ELEMENTS or more (the hand-off costs some 50 us). Never
@@ -284,11 +290,8 @@ def split_at(geometry: ConvGeometry, step: int) -> int | None:
     g = geometry
     planes = g.n * g.c
     if planes < 2 * step or planes * g.h_out * g.w_out < SPLIT_ELEMENTS:
-        return None
-    if 3 * g.flops() >= halves.MIN_SPLIT_FLOPS or not _two_cores():
-        return None
-    groups = -(-planes // step)
-    return groups // 2 * step
+        return False
+    return 3 * g.flops() < halves.MIN_SPLIT_FLOPS and _two_cores()
 
 
 def _two_cores() -> bool:
@@ -303,7 +306,7 @@ _executor_lock = threading.Lock()
 
 def _helper() -> ThreadPoolExecutor:
     # One thread, shared by every caller: its work buffers (kept per thread) exist once. It
-    # only ever computes shares of planes, so it never waits on itself.
+    # only ever computes groups of planes, so it never waits on itself.
     global _executor
     with _executor_lock:
         if _executor is None:

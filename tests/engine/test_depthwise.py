@@ -166,7 +166,7 @@ def _force_split(monkeypatch, group_bytes=1):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_two_threads_compute_what_one_does(name, dtype, rng, monkeypatch):
     """Shared with the helper thread, every result is bit for bit the one thread's (a plane is
-    computed alike in any group), and the oracle's; the helper did compute planes."""
+    computed alike in any thread and group), and the oracle's; the helper computed groups."""
     x_shape, w_shape, hyper = GRID[name]
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, w_shape[0]))
     dout = rng.standard_normal(naive_conv2d(x, w, b, **hyper).shape).astype(dtype)
@@ -176,17 +176,24 @@ def test_two_threads_compute_what_one_does(name, dtype, rng, monkeypatch):
 
     monkeypatch.setattr(depthwise, "GROUP_BYTES", 1)
     alone = passes()
-    threads: set[str] = set()
-    taken = depthwise.RowSums.taken.__func__
-
-    def record(cls, *args):
-        threads.add(threading.current_thread().name)
-        return taken(cls, *args)
-
     _force_split(monkeypatch)
-    monkeypatch.setattr(depthwise.RowSums, "taken", classmethod(record))
+    threads: list[str] = []
+    helped = threading.Event()
+    into = depthwise.RowSums.into
+
+    def record(self, *args):
+        name = threading.current_thread().name
+        threads.append(name)
+        if name.startswith("convengine-dw"):
+            helped.set()
+        else:  # this thread's first group waits until the helper has claimed one
+            assert helped.wait(timeout=60), "the helper thread never computed a group"
+        return into(self, *args)
+
+    monkeypatch.setattr(depthwise.RowSums, "into", record)
     shared = passes()
-    assert len(threads) == 2 and any(t.startswith("convengine-dw") for t in threads)
+    assert any(t.startswith("convengine-dw") for t in threads)
+    assert threading.current_thread().name in threads
     for got, want, label in zip(shared, alone, ["out", "dx", "dw", "db"]):
         np.testing.assert_array_equal(got, want, err_msg=label)
     wants = (naive_conv2d(x, w, b, **hyper), *naive_conv2d_backward(dout, x, w, **hyper))
@@ -201,17 +208,17 @@ def test_split_only_where_two_threads_can_win(monkeypatch):
     halves split (whose halves already run one per core)."""
     geometry = ConvGeometry.build((8, 64, 56, 56), (64, 1, 3, 3), padding=1, groups=64)
     monkeypatch.setattr(depthwise, "_two_cores", lambda: True)
-    assert depthwise.split_at(geometry, step=13) == 20 * 13  # 40 groups, 20 each
-    assert depthwise.split_at(geometry, step=512) is None  # one group
+    assert depthwise.shares(geometry, step=256)
+    assert not depthwise.shares(geometry, step=257)  # one group
     monkeypatch.setattr(depthwise, "SPLIT_ELEMENTS", 8 * 64 * 56 * 56 + 1)
-    assert depthwise.split_at(geometry, step=13) is None
+    assert not depthwise.shares(geometry, step=13)
     monkeypatch.setattr(depthwise, "SPLIT_ELEMENTS", 0)
     monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 3 * geometry.flops())
-    assert depthwise.split_at(geometry, step=13) is None
+    assert not depthwise.shares(geometry, step=13)
     monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 3 * geometry.flops() + 1)
-    assert depthwise.split_at(geometry, step=13) == 20 * 13
+    assert depthwise.shares(geometry, step=13)
     monkeypatch.setattr(depthwise, "_two_cores", lambda: False)
-    assert depthwise.split_at(geometry, step=13) is None
+    assert not depthwise.shares(geometry, step=13)
 
 
 def test_work_elements_bounds_the_passes_shared_by_two_threads(rng, monkeypatch):
@@ -220,6 +227,6 @@ def test_work_elements_bounds_the_passes_shared_by_two_threads(rng, monkeypatch)
     x_shape, w_shape, hyper = (3, 4, 9, 11), (8, 1, 3, 3), dict(groups=4, padding=1)
     geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
     step = depthwise.Correlation.forward_of(geometry).group_step(3 * 8, 8)
-    assert depthwise.split_at(geometry, step) is not None
+    assert depthwise.shares(geometry, step)
     depthwise._helper().submit(lambda: layout._local.__dict__.get("buffers", {}).clear()).result()
     check_work_bound(rng, x_shape, w_shape, hyper)
