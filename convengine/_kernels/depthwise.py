@@ -21,11 +21,16 @@ had taken 4.0 ms forward. The weight gradient is the same copies of x times dout
 per kernel row and plane. The input gradient is the correlation of dout, shifted the other
 way, with the flipped kernel.
 
-One thread: sharing the groups out among two threads gained nothing, neither with the former
-multiply-adds (4.1 against 4.4 ms at best, worse at the median) nor with these gemvs (2.64
-against 2.56 ms at best, 2.84 against 2.69 ms at the median, on a machine shared with others).
-Nor did grouping the planes by channel, so that one gemv spans every image of a channel
-(forward 3.5 against 2.75 ms CPU at best: the copies then read planes a batch apart).
+Two threads (:func:`_shared`): a layer of SPLIT_ELEMENTS outputs or more shares its groups
+of planes with one helper thread, each group to the first thread that asks. NumPy releases the
+GIL for each copy and matmul, and two threads that each compute half of the batch above in a
+loop took 1.08-1.17 ms a half against 0.94-1.04 alone. A single pass gains only where the
+other core is free when the helper wakes: on this machine, shared with other sessions (load
+3 to 5 on 2 cores), the helper mostly woke on the busy core, and the two threads together got
+one core's time (8x64x56x56 forward: 1.21 to 1.33 ms at best against 1.8 to 1.9 alone, in
+the rare quiet moments; 5 to 10% slower than one thread at the median otherwise). Grouping
+the planes by channel, so that one GEMM spans every image of a channel, gained nothing (a
+(3, 3) @ (3, 8 x 3248) product took as long as eight of (3, 3) @ (3, 3248)).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -53,6 +59,9 @@ __all__ = [*PATH_FUNCTIONS, "as_depthwise", "is_depthwise"]
 GROUP_BYTES = 1 << 20
 # Output elements from which a pass shares its groups of planes with a helper thread.
 SPLIT_ELEMENTS = 1 << 19
+# The helper stops claiming groups after one that had a core for less than this share of
+# its time (the rest: waiting for a core, or for the GIL).
+BUSY_CORE = 0.7
 
 
 def is_depthwise(geometry: ConvGeometry) -> bool:
@@ -253,10 +262,12 @@ def _shared(compute: Callable[[Iterable[slice]], None], geometry: ConvGeometry, 
     :func:`shares` says so, in this thread and the helper thread at once.
 
     Each group goes to the first thread that asks for it, so a helper that the machine keeps
-    waiting (other work on the other core) takes fewer or none, and is not waited for unless
-    it is computing a group. Each thread takes work buffers of its own (they are kept per
-    thread) and writes planes of its own, and a plane is computed alike in any thread and
-    group: the results never depend on who computed what.
+    waiting takes fewer groups or none, and is not waited for unless it is computing one.
+    Where the other core is busy with other work, the helper wakes on this thread's core and
+    the two share it, each at half speed: the helper claims no more groups once one of them
+    took it less than BUSY_CORE of its time on a core. Each thread takes work buffers of its
+    own (they are kept per thread) and writes planes of its own, and a plane is computed alike
+    in any thread and group: the results never depend on who computed what.
     """
     planes = geometry.n * geometry.c
     groups = [slice(start, min(start + step, planes)) for start in range(0, planes, step)]
@@ -271,7 +282,14 @@ def _shared(compute: Callable[[Iterable[slice]], None], geometry: ConvGeometry, 
                 return
             yield groups[index]
 
-    other = _helper().submit(compute, claimed())
+    def helper_claimed() -> Iterator[slice]:
+        for group in claimed():
+            wall, cpu = time.perf_counter(), time.thread_time()
+            yield group
+            if time.thread_time() - cpu < BUSY_CORE * (time.perf_counter() - wall):
+                return
+
+    other = _helper().submit(compute, helper_claimed())
     try:
         compute(claimed())
     finally:

@@ -162,21 +162,10 @@ def _force_split(monkeypatch, group_bytes=1):
     monkeypatch.setattr(depthwise, "_two_cores", lambda: True)
 
 
-@pytest.mark.parametrize("name", ["odd-5x7", "multiplier-3", "cropped-rows", "clipped-copies"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_two_threads_compute_what_one_does(name, dtype, rng, monkeypatch):
-    """Shared with the helper thread, every result is bit for bit the one thread's (a plane is
-    computed alike in any thread and group), and the oracle's; the helper computed groups."""
-    x_shape, w_shape, hyper = GRID[name]
-    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, w_shape[0]))
-    dout = rng.standard_normal(naive_conv2d(x, w, b, **hyper).shape).astype(dtype)
-
-    def passes():
-        return conv2d(x, w, b, **hyper), *conv2d_backward(dout, x, w, **hyper)
-
-    monkeypatch.setattr(depthwise, "GROUP_BYTES", 1)
-    alone = passes()
-    _force_split(monkeypatch)
+def _helped_passes(x, w, b, dout, hyper, monkeypatch):
+    """The forward and backward passes, each with the helper thread computing one group at
+    least (this thread's first group waits for it): the passes' results, and the groups each
+    thread computed."""
     threads: list[str] = []
     helped = threading.Event()
     into = depthwise.RowSums.into
@@ -186,13 +175,29 @@ def test_two_threads_compute_what_one_does(name, dtype, rng, monkeypatch):
         threads.append(name)
         if name.startswith("convengine-dw"):
             helped.set()
-        else:  # this thread's first group waits until the helper has claimed one
-            assert helped.wait(timeout=60), "the helper thread never computed a group"
+        elif not helped.wait(timeout=60):
+            raise AssertionError("the helper thread never computed a group")
         return into(self, *args)
 
     monkeypatch.setattr(depthwise.RowSums, "into", record)
-    shared = passes()
-    assert any(t.startswith("convengine-dw") for t in threads)
+    results = [conv2d(x, w, b, **hyper)]
+    helped.clear()
+    results += conv2d_backward(dout, x, w, **hyper)
+    return results, threads
+
+
+@pytest.mark.parametrize("name", ["odd-5x7", "multiplier-3", "cropped-rows", "clipped-copies"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_threads_compute_what_one_does(name, dtype, rng, monkeypatch):
+    """Shared with the helper thread, every result is bit for bit the one thread's (a plane is
+    computed alike in any thread and group), and the oracle's."""
+    x_shape, w_shape, hyper = GRID[name]
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, w_shape[0]))
+    dout = rng.standard_normal(naive_conv2d(x, w, b, **hyper).shape).astype(dtype)
+    monkeypatch.setattr(depthwise, "GROUP_BYTES", 1)
+    alone = (conv2d(x, w, b, **hyper), *conv2d_backward(dout, x, w, **hyper))
+    _force_split(monkeypatch)
+    shared, threads = _helped_passes(x, w, b, dout, hyper, monkeypatch)
     assert threading.current_thread().name in threads
     for got, want, label in zip(shared, alone, ["out", "dx", "dw", "db"]):
         np.testing.assert_array_equal(got, want, err_msg=label)
@@ -201,6 +206,22 @@ def test_two_threads_compute_what_one_does(name, dtype, rng, monkeypatch):
     for got, want, label in zip(shared, wants, ["out", "dx", "dw", "db"]):
         atol = tolerance * np.abs(want).max()
         np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=label)
+
+
+def test_a_helper_short_of_a_core_claims_no_more_groups(rng, monkeypatch):
+    """A group that had its core less than BUSY_CORE of the time is the helper's last: with
+    a bound no group meets, the helper computes one group a pass, this thread the rest."""
+    x_shape, w_shape, hyper = GRID["multiplier-3"]
+    x, w, b = (rng.standard_normal(s) for s in (x_shape, w_shape, w_shape[0]))
+    dout = rng.standard_normal(naive_conv2d(x, w, b, **hyper).shape)
+    _force_split(monkeypatch)
+    monkeypatch.setattr(depthwise, "BUSY_CORE", float("inf"))
+    results, threads = _helped_passes(x, w, b, dout, hyper, monkeypatch)
+    assert sum(t.startswith("convengine-dw") for t in threads) == 2  # forward, backward
+    assert len(threads) == 2 * 12  # 2 x 6 planes, one a group
+    wants = (naive_conv2d(x, w, b, **hyper), *naive_conv2d_backward(dout, x, w, **hyper))
+    for got, want in zip(results, wants):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_split_only_where_two_threads_can_win(monkeypatch):
