@@ -52,11 +52,12 @@ from .layout import PATH_FUNCTIONS, workspace
 __all__ = [*PATH_FUNCTIONS, "as_depthwise", "is_depthwise"]
 
 # Bytes of the work buffers of one group of planes (KW shifted copies and KH kernel-row sums
-# per plane). Measured with the former gemvs: forward CPU time on this machine's kind
-# (8x64x56x56, 3x3, one thread, best of 15), float32: 0.5 MiB 3.1 ms, 1 MiB 2.6 ms, 2 MiB
-# 3.3 ms, 4 MiB 4.0 ms; float64: 0.5 MiB 7.5 ms, 1 MiB 6.5 ms, 2 MiB 8.4 ms. At 1 MiB the
-# buffers stay in the 2 MiB L2, and a group has few enough calls for their overhead not to count.
-GROUP_BYTES = 1 << 20
+# per plane). Interleaved runs on this machine's kind (8x64x56x56, 3x3, one thread, fastest
+# CPU time; the L2 cache is 1 MiB a core, the L3 32 MiB): float32 forward 1.87 ms at 1 MiB
+# and 2 MiB, 2.27 against 2.14 at the median; float64 4.17 against 3.91; float32 backward
+# 4.85 against 4.65. Larger groups mean fewer NumPy calls (some 5 us of them a group), and
+# their buffers come back from the L3 fast enough.
+GROUP_BYTES = 2 << 20
 # Output elements from which a pass shares its groups of planes with a helper thread.
 SPLIT_ELEMENTS = 1 << 19
 # The helper stops claiming groups after one that had a core for less than this share of
@@ -83,7 +84,7 @@ def work_elements(geometry: ConvGeometry) -> int:
 
     What :func:`.im2col.work_elements` counts (the canvases of the per-tap fallback), and
     besides: dx summed over the filters of a channel, dw per plane, and the work buffers (KW
-    shifted copies and KH kernel-row sums of each plane of a group of at most 1 MiB), counted
+    shifted copies and KH kernel-row sums of each plane of a group of at most 2 MiB), counted
     as five planes per plane of the batch, of the largest plane: the padded dout of the input
     gradient, padded by the kernel's reach beyond the input's own padding. The work-bound tests
     check it, kernels up to 9x9 included.
