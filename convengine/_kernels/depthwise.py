@@ -9,7 +9,7 @@ plane (:class:`RowSums`): one (KH, KW) @ (KW, span) GEMM applies every kernel ro
 of the copies, and one gemv with a vector of ones sums kernel row i read i*dilation rows
 further on (those reads lie a whole copy apart in the GEMM's result); the vector's last
 element is the plane's bias, times a row of ones. A group of planes is one ``np.matmul`` of
-each kind, in work buffers that stay in the L2 cache.
+each kind, in work buffers of GROUP_BYTES kept per thread (they come back from the caches).
 
 Passes over a plane, forward: the copies (read 1, write KW), the GEMM (read KW, write KH), the
 gemv (read KH + 1, write 1). The former gemv per kernel row (read KW, write 1, KH times), an
@@ -21,14 +21,15 @@ had taken 4.0 ms forward. The weight gradient is the same copies of x times dout
 per kernel row and plane. The input gradient is the correlation of dout, shifted the other
 way, with the flipped kernel.
 
-Two threads (:func:`_shared`): a layer of SPLIT_ELEMENTS outputs or more shares its groups
-of planes with one helper thread, each group to the first thread that asks. NumPy releases the
-GIL for each copy and matmul, and two threads that each compute half of the batch above in a
-loop took 1.08-1.17 ms a half against 0.94-1.04 alone. A single pass gains only where the
-other core is free when the helper wakes: on this machine, shared with other sessions (load
-3 to 5 on 2 cores), the helper mostly woke on the busy core, and the two threads together got
-one core's time (8x64x56x56 forward: 1.21 to 1.33 ms at best against 1.8 to 1.9 alone, in
-the rare quiet moments; 5 to 10% slower than one thread at the median otherwise). Grouping
+Two threads (:func:`_shared`): a forward pass of SPLIT_ELEMENTS outputs or more shares its
+groups of planes with one helper thread, each group to the first thread that asks. NumPy
+releases the GIL for each copy and matmul; two threads that each compute half of the batch
+above in a loop took 1.08-1.17 ms a half against 0.94-1.04 alone. A single pass gains only
+where the other core is free when the helper wakes: on this machine, shared with other
+sessions (load 3 to 6 on 2 cores), it mostly was not, and the two threads then shared one
+core. Interleaved, 8x64x56x56 float32 forward: fastest call 1.25 ms shared against 1.83 alone
+(3.28 with the former gemvs; PyTorch 0.49), medians 2.32 against 2.22; float64 2.39 against
+3.81 at best. The backward pass was never faster shared, and keeps to one thread. Grouping
 the planes by channel, so that one GEMM spans every image of a channel, gained nothing (a
 (3, 3) @ (3, 8 x 3248) product took as long as eight of (3, 3) @ (3, 3248)).
 """
@@ -84,7 +85,8 @@ def work_elements(geometry: ConvGeometry) -> int:
 
     What :func:`.im2col.work_elements` counts (the canvases of the per-tap fallback), and
     besides: dx summed over the filters of a channel, dw per plane, and the work buffers (KW
-    shifted copies and KH kernel-row sums of each plane of a group of at most 2 MiB), counted
+    shifted copies and KH kernel-row sums of each plane of a group of at most 2 MiB, in each
+    of the two threads a forward pass may share its groups with), counted
     as five planes per plane of the batch, of the largest plane: the padded dout of the input
     gradient, padded by the kernel's reach beyond the input's own padding. The work-bound tests
     check it, kernels up to 9x9 included.
