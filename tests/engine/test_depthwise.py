@@ -1,8 +1,10 @@
-"""The flat-plane depthwise path (shifted copies and gemvs) against the oracle, beyond the grid.
+"""The flat-plane depthwise path (shifted copies, GEMMs and gemvs) against the oracle.
 
 Its shifted copies clip at either end when the padding exceeds the kernel's reach (and the
 input gradient's shifts turn negative), and zero the columns a shift wraps: random geometries
-reach those branches; a non-finite pixel shows whether a wrapped or junk column leaked.
+and a grid reach those branches; a non-finite pixel, tap or bias shows whether a wrapped or
+junk column leaked. A large forward pass shares its groups of planes with a helper thread:
+the results must be the one thread's, bit for bit.
 """
 
 from __future__ import annotations
