@@ -21,33 +21,27 @@ had taken 4.0 ms forward. The weight gradient is the same copies of x times dout
 per kernel row and plane. The input gradient is the correlation of dout, shifted the other
 way, with the flipped kernel.
 
-Two threads (:func:`_shared`): a forward pass of SPLIT_ELEMENTS outputs or more shares its
-groups of planes with one helper thread, each group to the first thread that asks. NumPy
-releases the GIL for each copy and matmul; two threads that each compute half of the batch
-above in a loop took 1.08-1.17 ms a half against 0.94-1.04 alone. A single pass gains only
-where the other core is free when the helper wakes: on this machine, shared with other
-sessions (load 3 to 6 on 2 cores), it mostly was not, and the two threads then shared one
-core. Interleaved, 8x64x56x56 float32 forward: fastest call 1.25 ms shared against 1.83 alone
-(3.28 with the former gemvs; PyTorch 0.49), medians 2.32 against 2.22; float64 2.39 against
-3.81 at best. The backward pass was never faster shared, and keeps to one thread. Grouping
-the planes by channel, so that one GEMM spans every image of a channel, gained nothing (a
-(3, 3) @ (3, 8 x 3248) product took as long as eight of (3, 3) @ (3, 3248)).
+One thread. Sharing the groups of planes with a helper thread (a persistent one, with work
+buffers of its own, each group to the first thread that asks) did not pay here: NumPy releases
+the GIL for each copy and matmul, and two threads that each compute a whole forward pass of
+4x64x56x56 at once took 0.97-1.03 ms a pass against 0.90 alone, but within one pass each
+thread's groups took some 1.4 times as long as alone (a GEMM and gemv 104 against 74 us, the
+copies 50 against 35). Interleaved, 8x64x56x56 float32 forward, on a machine shared with other
+sessions: fastest call 1.17-1.25 ms shared against 1.72-1.83 alone in the quietest moments,
+but the medians were 2.3-2.7 against 2.1-2.2 (at load 1.2: 2.65 against 2.24), and the
+backward pass was never faster. Grouping the planes by channel, so that one GEMM spans every
+image of a channel, gained nothing (a (3, 3) @ (3, 8 x 3248) product took as long as eight of
+(3, 3) @ (3, 3248)).
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .._geometry import ConvGeometry
-from . import halves, im2col
+from . import im2col
 from .layout import PATH_FUNCTIONS, workspace
 
 __all__ = [*PATH_FUNCTIONS, "as_depthwise", "is_depthwise"]
@@ -59,11 +53,6 @@ __all__ = [*PATH_FUNCTIONS, "as_depthwise", "is_depthwise"]
 # 4.85 against 4.65. Larger groups mean fewer NumPy calls (some 5 us of them a group), and
 # their buffers come back from the L3 fast enough.
 GROUP_BYTES = 2 << 20
-# Output elements from which a pass shares its groups of planes with a helper thread.
-SPLIT_ELEMENTS = 1 << 19
-# The helper stops claiming groups after one that had a core for less than this share of
-# its time (the rest: waiting for a core, or for the GIL).
-BUSY_CORE = 0.7
 
 
 def is_depthwise(geometry: ConvGeometry) -> bool:
@@ -85,8 +74,7 @@ def work_elements(geometry: ConvGeometry) -> int:
 
     What :func:`.im2col.work_elements` counts (the canvases of the per-tap fallback), and
     besides: dx summed over the filters of a channel, dw per plane, and the work buffers (KW
-    shifted copies and KH kernel-row sums of each plane of a group of at most 2 MiB, in each
-    of the two threads a forward pass may share its groups with), counted
+    shifted copies and KH kernel-row sums of each plane of a group of at most 2 MiB), counted
     as five planes per plane of the batch, of the largest plane: the padded dout of the input
     gradient, padded by the kernel's reach beyond the input's own padding. The work-bound tests
     check it, kernels up to 9x9 included.
@@ -219,15 +207,11 @@ def _forward_planes(
     out = np.empty((g.n * g.c, g.h_out, g.w_out), dtype=x.dtype)
     vectors = _sum_vectors(b, g.kernel[0], g.n, x.dtype)
     step = c.group_step(g.n * g.c, x.dtype.itemsize)
-
-    def compute(groups: Iterable[slice]) -> None:
-        copies = ShiftedCopies.taken(c, step, x.dtype, "dw_copies")
-        sums = RowSums.taken(c, step, x.dtype, "dw_rows")
-        for group in groups:
-            vector = vectors if b is None else vectors[group]
-            sums.into(copies.of(planes[group]), taps[group], vector, out[group])
-
-    _shared(compute, g, step)
+    copies = ShiftedCopies.taken(c, step, x.dtype, "dw_copies")
+    sums = RowSums.taken(c, step, x.dtype, "dw_rows")
+    for group in _groups(g.n * g.c, step):
+        vector = vectors if b is None else vectors[group]
+        sums.into(copies.of(planes[group]), taps[group], vector, out[group])
     return out.reshape(g.out_shape)
 
 
@@ -245,19 +229,13 @@ def _backward_planes(
     plane_dw = np.empty((g.n * g.c, *g.kernel), dtype=x.dtype)
     ones = _sum_vectors(None, g.kernel[0], g.n, x.dtype)
     step = c.group_step(g.n * g.c, x.dtype.itemsize)
-
-    def compute(groups: Iterable[slice]) -> None:
-        copies = ShiftedCopies.taken(c, step, x.dtype, "dw_copies")
-        dout_copies = ShiftedCopies.taken(dx_c, step, x.dtype, "dw_dout_copies")
-        sums = RowSums.taken(dx_c, step, x.dtype, "dw_rows")
-        for group in groups:
-            dout_wide = _wide_rows(dout_planes[group], c.row, "dw_dout")
-            _tap_products(copies.of(planes[group]), dout_wide, c, plane_dw[group])
-            sums.into(dout_copies.of(dout_planes[group]), flipped[group], ones, dx[group])
-
-    # One thread: shared with the helper, the backward pass was never faster here (fastest
-    # call 4.8 to 5.2 ms against 4.5 to 4.7, 8x64x56x56 float32, on a machine shared with others).
-    compute(_groups(g.n * g.c, step))
+    copies = ShiftedCopies.taken(c, step, x.dtype, "dw_copies")
+    dout_copies = ShiftedCopies.taken(dx_c, step, x.dtype, "dw_dout_copies")
+    sums = RowSums.taken(dx_c, step, x.dtype, "dw_rows")
+    for group in _groups(g.n * g.c, step):
+        dout_wide = _wide_rows(dout_planes[group], c.row, "dw_dout")
+        _tap_products(copies.of(planes[group]), dout_wide, c, plane_dw[group])
+        sums.into(dout_copies.of(dout_planes[group]), flipped[group], ones, dx[group])
     dw = plane_dw.reshape(g.n, g.c, -1).sum(axis=0)
     return dx.reshape(g.x_shape), dw.reshape(w.shape)
 
@@ -265,90 +243,6 @@ def _backward_planes(
 def _groups(planes: int, step: int) -> list[slice]:
     """``planes`` planes in groups of ``step`` (the last one shorter)."""
     return [slice(start, min(start + step, planes)) for start in range(0, planes, step)]
-
-
-def _shared(compute: Callable[[Iterable[slice]], None], geometry: ConvGeometry, step: int) -> None:
-    """``compute(groups)`` over every group of ``step`` planes of ``geometry``: where
-    :func:`shares` says so, in this thread and the helper thread at once.
-
-    Each group goes to the first thread that asks for it, so a helper that the machine keeps
-    waiting takes fewer groups or none, and is not waited for unless it is computing one.
-    Where the other core is busy with other work, the helper wakes on this thread's core and
-    the two share it, each at half speed: the helper claims no more groups once one of them
-    took it less than BUSY_CORE of its time on a core. Each thread takes work buffers of its
-    own (they are kept per thread) and writes planes of its own, and a plane is computed alike
-    in any thread and group: the results never depend on who computed what.
-    """
-    groups = _groups(geometry.n * geometry.c, step)
-    if not shares(geometry, step):
-        compute(groups)
-        return
-    claims = itertools.count()  # next() on it is one call under the GIL: atomic
-
-    def claimed() -> Iterator[slice]:
-        for index in claims:
-            if index >= len(groups):
-                return
-            yield groups[index]
-
-    def helper_claimed() -> Iterator[slice]:
-        for group in claimed():
-            wall, cpu = time.perf_counter(), time.thread_time()
-            yield group
-            if time.thread_time() - cpu < BUSY_CORE * (time.perf_counter() - wall):
-                return
-
-    other = _helper().submit(compute, helper_claimed())
-    try:
-        compute(claimed())
-    finally:
-        if not other.cancel():
-            other.result()
-
-
-def shares(geometry: ConvGeometry, step: int) -> bool:
-    """Whether a forward pass's groups of ``step`` planes are shared with the helper thread.
-
-    Only where the process may use two cores (the rule of :mod:`.halves`), for two groups
-    or more, and outputs of SPLIT_ELEMENTS or more (the hand-off costs some 50 us). Never
-    for half of a batch that :mod:`.halves` split (a half has a third of the flops of such a
-    layer or more): those already run one per core.
-    """
-    g = geometry
-    planes = g.n * g.c
-    if planes < 2 * step or planes * g.h_out * g.w_out < SPLIT_ELEMENTS:
-        return False
-    return 3 * g.flops() < halves.MIN_SPLIT_FLOPS and _two_cores()
-
-
-def _two_cores() -> bool:
-    """Whether this process may keep two cores busy: the cores it may run on and BLAS's
-    thread count, as :mod:`.halves` reads them (one BLAS thread: the service's workers)."""
-    return halves.CORES >= 2 and halves._one_blas_thread.threads() >= 2
-
-
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _helper() -> ThreadPoolExecutor:
-    # One thread, shared by every caller: its work buffers (kept per thread) exist once. It
-    # only ever computes groups of planes, so it never waits on itself.
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convengine-dw")
-        return _executor
-
-
-def _forget_helper() -> None:
-    """In a forked child: the parent's helper thread did not come along."""
-    global _executor, _executor_lock
-    _executor, _executor_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_helper)
 
 
 def _plane_taps(w: np.ndarray, images: int) -> np.ndarray:

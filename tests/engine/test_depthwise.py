@@ -3,13 +3,10 @@
 Its shifted copies clip at either end when the padding exceeds the kernel's reach (and the
 input gradient's shifts turn negative), and zero the columns a shift wraps: random geometries
 and a grid reach those branches; a non-finite pixel, tap or bias shows whether a wrapped or
-junk column leaked. A large forward pass shares its groups of planes with a helper thread:
-the results must be the one thread's, bit for bit.
+junk column leaked.
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import pytest
@@ -17,10 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from convengine import ConvGeometry, conv2d, conv2d_backward
-from convengine._kernels import Pass, depthwise, halves, layout, select
+from convengine._kernels import Pass, depthwise, select
 
 from .oracle import naive_conv2d, naive_conv2d_backward
-from .test_fast_paths import check_work_bound
 
 
 @st.composite
@@ -155,110 +151,3 @@ def test_non_finite_tap_or_bias_spreads_as_in_the_oracle(where, bad, rng):
     np.testing.assert_array_equal(np.isinf(out), np.isinf(want))
     assert (~np.isfinite(out)).sum() > 0
     np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
-
-
-def _force_split(monkeypatch, group_bytes=1):
-    """Every pass with two groups or more shared with the helper thread, on any machine."""
-    monkeypatch.setattr(depthwise, "GROUP_BYTES", group_bytes)
-    monkeypatch.setattr(depthwise, "SPLIT_ELEMENTS", 0)
-    monkeypatch.setattr(depthwise, "_two_cores", lambda: True)
-
-
-def _helped_forward(x, w, b, hyper, monkeypatch):
-    """The forward pass with each thread computing one group at least (each one's first group
-    waits until the other has claimed one): its result, and the thread of each group."""
-    threads: list[str] = []
-    both = threading.Barrier(2, timeout=60)
-    into = depthwise.RowSums.into
-
-    def record(self, *args):
-        name = threading.current_thread().name
-        if name not in threads:
-            both.wait()
-        threads.append(name)
-        return into(self, *args)
-
-    monkeypatch.setattr(depthwise.RowSums, "into", record)
-    out = conv2d(x, w, b, **hyper)
-    monkeypatch.setattr(depthwise.RowSums, "into", into)
-    return out, threads
-
-
-@pytest.mark.parametrize("name", ["odd-5x7", "multiplier-3", "cropped-rows", "clipped-copies"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_two_threads_compute_what_one_does(name, dtype, rng, monkeypatch):
-    """Shared with the helper thread, the forward pass is bit for bit the one thread's (a
-    plane is computed alike in any thread and group), and the oracle's."""
-    x_shape, w_shape, hyper = GRID[name]
-    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, w_shape[0]))
-    monkeypatch.setattr(depthwise, "GROUP_BYTES", 1)
-    alone = conv2d(x, w, b, **hyper)
-    _force_split(monkeypatch)
-    out, threads = _helped_forward(x, w, b, hyper, monkeypatch)
-    assert threading.current_thread().name in threads
-    np.testing.assert_array_equal(out, alone)
-    want = naive_conv2d(x, w, b, **hyper)
-    tolerance = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(out, want, rtol=0, atol=tolerance * np.abs(want).max())
-
-
-def test_a_helper_short_of_a_core_claims_no_more_groups(rng, monkeypatch):
-    """A group that had its core less than BUSY_CORE of the time is the helper's last: with
-    a bound no group meets, the helper computes one group, this thread the rest."""
-    x_shape, w_shape, hyper = GRID["multiplier-3"]
-    x, w, b = (rng.standard_normal(s) for s in (x_shape, w_shape, w_shape[0]))
-    _force_split(monkeypatch)
-    monkeypatch.setattr(depthwise, "BUSY_CORE", float("inf"))
-    out, threads = _helped_forward(x, w, b, hyper, monkeypatch)
-    assert len(threads) == 12  # 2 images x 6 filters, one plane a group
-    assert sum(t.startswith("convengine-dw") for t in threads) == 1
-    np.testing.assert_allclose(out, naive_conv2d(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
-
-
-def test_the_backward_pass_keeps_to_one_thread(rng, monkeypatch):
-    """Shared with the helper, the backward pass was never faster: it is not shared."""
-    x_shape, w_shape, hyper = GRID["multiplier-3"]
-    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-    dout = rng.standard_normal(naive_conv2d(x, w, **hyper).shape)
-    _force_split(monkeypatch)
-    threads: list[str] = []
-    into = depthwise.RowSums.into
-
-    def record(self, *args):
-        threads.append(threading.current_thread().name)
-        return into(self, *args)
-
-    monkeypatch.setattr(depthwise.RowSums, "into", record)
-    got = conv2d_backward(dout, x, w, **hyper)
-    assert threads == [threading.current_thread().name] * 12
-    for grad, want in zip(got, naive_conv2d_backward(dout, x, w, **hyper)):
-        np.testing.assert_allclose(grad, want, rtol=1e-12, atol=1e-12)
-
-
-def test_split_only_where_two_threads_can_win(monkeypatch):
-    """Two groups or more, outputs large enough, two cores; never a half of a batch that
-    halves split (whose halves already run one per core)."""
-    geometry = ConvGeometry.build((8, 64, 56, 56), (64, 1, 3, 3), padding=1, groups=64)
-    monkeypatch.setattr(depthwise, "_two_cores", lambda: True)
-    assert depthwise.shares(geometry, step=256)
-    assert not depthwise.shares(geometry, step=257)  # one group
-    monkeypatch.setattr(depthwise, "SPLIT_ELEMENTS", 8 * 64 * 56 * 56 + 1)
-    assert not depthwise.shares(geometry, step=13)
-    monkeypatch.setattr(depthwise, "SPLIT_ELEMENTS", 0)
-    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 3 * geometry.flops())
-    assert not depthwise.shares(geometry, step=13)
-    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 3 * geometry.flops() + 1)
-    assert depthwise.shares(geometry, step=13)
-    monkeypatch.setattr(depthwise, "_two_cores", lambda: False)
-    assert not depthwise.shares(geometry, step=13)
-
-
-def test_work_elements_bounds_the_passes_shared_by_two_threads(rng, monkeypatch):
-    """Both threads' work buffers are counted: each thread's allocated afresh."""
-    _force_split(monkeypatch, group_bytes=4 << 10)
-    x_shape, w_shape, hyper = (3, 4, 9, 11), (8, 1, 3, 3), dict(groups=4, padding=1)
-    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
-    step = depthwise.Correlation.forward_of(geometry).group_step(3 * 8, 8)
-    assert depthwise.shares(geometry, step)
-    depthwise._helper().submit(lambda: layout._local.__dict__.get("buffers", {}).clear()).result()
-    check_work_bound(rng, x_shape, w_shape, hyper)
