@@ -1,8 +1,9 @@
-"""The flat-plane depthwise path (shifted copies and gemvs) against the oracle, beyond the grid.
+"""The flat-plane depthwise path (shifted copies, GEMMs and gemvs) against the oracle.
 
 Its shifted copies clip at either end when the padding exceeds the kernel's reach (and the
 input gradient's shifts turn negative), and zero the columns a shift wraps: random geometries
-reach those branches; a non-finite pixel shows whether a wrapped or junk column leaked.
+and a grid reach those branches; a non-finite pixel, tap or bias shows whether a wrapped or
+junk column leaked.
 """
 
 from __future__ import annotations
@@ -94,3 +95,59 @@ def test_benchmark_layer_agrees_with_oracle(dtype, rng):
     want_dx, want_dw, _ = naive_conv2d_backward(dout, x[:, :4], w[:4], padding=1, groups=4)
     np.testing.assert_allclose(dx[:, :4], want_dx, rtol=0, atol=tolerance * np.abs(want_dx).max())
     np.testing.assert_allclose(dw[:4], want_dw, rtol=0, atol=tolerance * np.abs(want_dw).max())
+
+
+# (x shape, w shape, hyperparameters): each reaches a branch of the shifted copies and the
+# kernel-row sums: rows cropped and copies clipped (no padding), copies clipped alone (no
+# padding on top), rows wider than the input (padding past the kernel's reach), dilation,
+# several filters per channel, one image, and two planes in all.
+GRID = {
+    "odd-5x7": ((2, 3, 5, 7), (3, 1, 3, 3), dict(groups=3, padding=1)),
+    "cropped-rows": ((2, 2, 6, 9), (2, 1, 3, 2), dict(groups=2)),
+    "clipped-copies": ((2, 2, 5, 6), (2, 1, 3, 3), dict(groups=2, padding=((0, 2), (1, 1)))),
+    "wide-rows": ((1, 2, 4, 3), (2, 1, 2, 3), dict(groups=2, padding=((4, 1), (3, 5)))),
+    "dilated": ((2, 2, 9, 8), (2, 1, 3, 3), dict(groups=2, padding=2, dilation=(2, 3))),
+    "multiplier-3": ((2, 2, 6, 6), (6, 1, 3, 3), dict(groups=2, padding=1)),
+    "one-image-two-planes": ((1, 2, 7, 5), (2, 1, 5, 3), dict(groups=2, padding=(2, 1))),
+}
+
+
+@pytest.mark.parametrize("name", GRID)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("group_bytes", [1, 1 << 20], ids=["plane-groups", "one-group"])
+def test_forward_matches_oracle_on_the_grid(name, bias, dtype, group_bytes, rng, monkeypatch):
+    """Forward with the bias in the summing vector or without one, in both dtypes."""
+    x_shape, w_shape, hyper = GRID[name]
+    x, w, b = (rng.standard_normal(s) for s in (x_shape, w_shape, w_shape[0]))
+    b = b if bias else None
+    geometry = ConvGeometry.build(x_shape, w_shape, **hyper)
+    assert select(geometry, Pass.FORWARD).name == "depthwise"
+    monkeypatch.setattr(depthwise, "GROUP_BYTES", group_bytes)
+    cast = [None if a is None else a.astype(dtype) for a in (x, w, b)]
+    out = conv2d(*cast, **hyper)
+    want = naive_conv2d(x, w, b, **hyper)
+    assert out.dtype == dtype
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, want, rtol=0, atol=tolerance * np.abs(want).max())
+
+
+@pytest.mark.parametrize("where", ["tap", "bias"])
+@pytest.mark.parametrize("bad", [np.inf, np.nan], ids=["inf", "nan"])
+def test_non_finite_tap_or_bias_spreads_as_in_the_oracle(where, bad, rng):
+    """A bias multiplies a row of ones and a tap every copy (padding zeros too): the
+    non-finite outputs are the oracle's, no more and no fewer."""
+    hyper = dict(groups=2, padding=1)
+    x = rng.standard_normal((2, 2, 5, 6))
+    w, b = rng.standard_normal((4, 1, 3, 3)), rng.standard_normal(4)
+    if where == "tap":
+        w[2, 0, 1, 2] = bad
+    else:
+        b[1] = bad
+    with np.errstate(invalid="ignore"):  # inf times a padding zero is NaN, as it should be
+        out = conv2d(x, w, b, **hyper)
+        want = naive_conv2d(x, w, b, **hyper)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(want))
+    assert (~np.isfinite(out)).sum() > 0
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
