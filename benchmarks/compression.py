@@ -6,7 +6,8 @@ Starts ``python -m app`` on 127.0.0.1 (the production settings), then sends x 16
 w 64x32x3x3 (float32, padding 1) in each form: as a default httpx client does (its own
 Accept-Encoding, which offers gzip among others), plain (identity) and gzipped both ways (the
 body at level 1, as ``ConvClient(compress=True)`` does; the answer at the service's level). The variants
-take turns within each round, so drift hits all alike; the table has medians. Latency is
+take turns within each round, in the opposite order every other round, so that drift and what
+one request leaves the next hit all alike; the table has medians. Latency is
 measured on loopback, where bytes cost almost nothing: the last column adds what the bytes
 would take on a 100 Mbit/s link, computed, not measured.
 """
@@ -65,7 +66,11 @@ def measure(url: str, rounds: int) -> list[str]:
     wire: dict[str, tuple[int, int]] = {}
     with httpx.Client(base_url=url, timeout=300) as client:
         for round_ in range(rounds + 1):  # round 0 warms up
-            for label, (kwargs, _) in cases.items():
+            # The order turns round by round: a variant that follows a gzipped one finds the
+            # heap the service trimmed after it (app.limits.memory.give_back) and pays for
+            # fresh memory, which the one after it does not.
+            order = list(cases.items())
+            for label, (kwargs, _) in order[::-1] if round_ % 2 else order:
                 started = time.perf_counter()
                 with client.stream("POST", "/forward", **kwargs) as response:
                     raw = b"".join(response.iter_raw())

@@ -85,13 +85,22 @@ class Answer(Response):
 
 
 def _cut(pieces: list[bytes]) -> Iterator[bytes]:
-    """The pieces, the larger ones cut to CHUNK bytes (a nested-list JSON answer is one)."""
+    """The pieces as messages of at most CHUNK bytes: small ones joined (a small answer is one
+    message, one write, as a tiny request's three .npz pieces would otherwise be three), larger
+    ones cut (a nested-list JSON answer is one piece)."""
+    pending: list[bytes] = []
+    size = 0
     for piece in pieces:
-        if len(piece) <= CHUNK:
-            yield piece
+        if pending and size + len(piece) > CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+        if len(piece) > CHUNK:
+            yield from (piece[start : start + CHUNK] for start in range(0, len(piece), CHUNK))
             continue
-        for start in range(0, len(piece), CHUNK):
-            yield piece[start : start + CHUNK]
+        pending.append(piece)
+        size += len(piece)
+    if pending:
+        yield b"".join(pending)
 
 
 class Gate:

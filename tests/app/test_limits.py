@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import socket
 import time
@@ -11,11 +12,15 @@ import anyio
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.config import Settings
 from app.errors import InvalidInput, Overloaded
 from app.limits import Gate
+from app.limits.admission import CHUNK, _cut
 from app.limits.memory import MemoryBudget, Reservation
+from app.main import create_app
 from benchmarks.payloads import read, request
 from convengine import OPERATIONS
 
@@ -345,3 +350,43 @@ async def test_readiness_says_full_while_the_budget_is_reserved():
     assert not gate.can_admit
     reservation.release()
     assert gate.can_admit
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 3 * CHUNK), max_size=8))
+def test_an_answer_goes_out_in_messages_of_at_most_a_chunk_small_pieces_joined(sizes):
+    pieces = [bytes([index % 251]) * size for index, size in enumerate(sizes)]
+    messages = list(_cut(pieces))
+    assert b"".join(messages) == b"".join(pieces)
+    assert all(0 < len(message) <= CHUNK for message in messages if pieces != [b""])
+    whole = sum(sizes)
+    if 0 < whole <= CHUNK:  # a small answer is one message: one write
+        assert len(messages) == 1
+    # never more messages than the fewest chunks plus one per piece boundary crossed
+    assert len(messages) <= -(-whole // CHUNK) + len(pieces)
+
+
+async def test_a_tiny_answer_is_one_message():
+    """A tiny .npz answer is three pieces (headers, data, directory): one body message, so
+    one write, not three."""
+    app = create_app(Settings())
+    bodies: list[bytes] = []
+
+    async def recording(scope, receive, send):
+        async def sending(message):
+            if message["type"] == "http.response.body":
+                bodies.append(message["body"])
+            await send(message)
+
+        await app(scope, receive, sending)
+
+    x, w = np.ones((1, 1, 8, 8), np.float32), np.ones((1, 1, 3, 3), np.float32)
+    kwargs = request("npz", {"x": x, "w": w}, {"padding": 1}, "application/x-npz")
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=recording)
+        async with httpx.AsyncClient(transport=transport, base_url="http://convengine") as client:
+            response = await client.post("/forward", **kwargs)
+    assert response.status_code == 200
+    assert len(bodies) == 1
+    with np.load(io.BytesIO(bodies[0])) as answer:
+        assert answer["out"].shape == (1, 1, 8, 8)
