@@ -90,7 +90,7 @@ def _cut(pieces: list[bytes]) -> Iterator[bytes]:
     ones cut (a nested-list JSON answer is one piece)."""
     pending: list[bytes] = []
     size = 0
-    for piece in pieces:
+    for piece in filter(None, pieces):  # an empty piece is no message
         if pending and size + len(piece) > CHUNK:
             yield b"".join(pending)
             pending, size = [], 0
