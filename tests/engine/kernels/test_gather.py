@@ -8,17 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from convengine import ConvGeometry, conv, conv_backward, conv_transpose, conv_transpose_backward
+from convengine import ConvGeometry, conv, conv_backward
 from convengine._kernels import Pass, gather, select
 
 from ..oracle import (
     naive_conv,
     naive_conv_backward,
-    naive_conv_transpose,
-    naive_conv_transpose_backward,
 )
 from ..test_against_oracle import geometries
 from ..test_fast_paths import check_any_rank_against_oracle, check_work_bound
+from .test_paths import check_transposed
 
 # (x shape, w shape, hyperparameters): tiny layers of every kind the planar paths take.
 TINY = {
@@ -82,15 +81,7 @@ def test_the_gather_path_takes_non_finite_data_and_matches_the_oracle(rng):
 def test_transposed_layers_on_the_gather_path_match_the_oracle(x_shape, w_shape, hyper, rng):
     conv_geometry = ConvGeometry.transposed(x_shape, w_shape, **hyper).conv
     assert select(conv_geometry, Pass.WEIGHT_GRADIENT).name == "gather"
-    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-    b = rng.standard_normal(conv_geometry.c)
-    out = conv_transpose(x, w, b, **hyper)
-    np.testing.assert_allclose(out, naive_conv_transpose(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
-    dout = rng.standard_normal(out.shape)
-    got = conv_transpose_backward(dout, x, w, **hyper)
-    want = naive_conv_transpose_backward(dout, x, w, **hyper)
-    for grad, expected, label in zip(got, want, ["dx", "dw", "db"]):
-        np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-12, err_msg=label)
+    check_transposed(x_shape, w_shape, hyper, rng)
 
 
 @given(geometries(), st.integers(0, 2**32 - 1))

@@ -143,8 +143,13 @@ def test_transposed_convolutions_on_their_path_match_the_oracle(name, rng):
     conv = ConvGeometry.transposed(x_shape, w_shape, **hyper).conv
     assert select(conv, Pass.INPUT_GRADIENT, np.float64).name == input_path
     assert select(conv, Pass.WEIGHT_GRADIENT, np.float64).name == weight_path
+    check_transposed(x_shape, w_shape, hyper, rng)
+
+
+def check_transposed(x_shape, w_shape, hyper, rng) -> None:
+    """A transposed layer's forward and backward against the oracle, float64."""
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-    b = rng.standard_normal(conv.c)
+    b = rng.standard_normal(w_shape[1] * hyper.get("groups", 1))
     out = conv_transpose(x, w, b, **hyper)
     np.testing.assert_allclose(out, naive_conv_transpose(x, w, b, **hyper), rtol=1e-12, atol=1e-12)
     dout = rng.standard_normal(out.shape)
