@@ -12,11 +12,15 @@ import sys
 
 from app.allocator import huge_pages_environment
 
+# Set on the way to the second start: a process never starts itself a third time, even where
+# the loader drops GLIBC_TUNABLES (a binary run with raised privileges).
+RELAUNCHED = "_CONVENGINE_RELAUNCHED"
+
 
 def launch() -> None:
-    environ = huge_pages_environment(os.environ)
+    environ = None if RELAUNCHED in os.environ else huge_pages_environment(os.environ)
     if environ is not None:
-        os.execve(sys.executable, sys.orig_argv, environ)
+        os.execve(sys.executable, sys.orig_argv, {**environ, RELAUNCHED: "1"})
     from app.cli import main
 
     main()

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app import allocator
+from app.__main__ import RELAUNCHED
 from app.allocator import HUGE_PAGES, huge_pages_environment
 from tests.servers import Service, free_port
 
@@ -64,7 +65,8 @@ def test_nothing_without_a_glibc_that_has_the_tunable(glibc, version):
 
 def _start(tmp_path: Path, **environ: str) -> Service:
     port = free_port()
-    env = {**os.environ, "CONVENGINE_PORT": str(port), "CONVENGINE_GRPC_PORT": "0", **environ}
+    inherited = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", RELAUNCHED)}
+    env = {**inherited, "CONVENGINE_PORT": str(port), "CONVENGINE_GRPC_PORT": "0", **environ}
     log_path = tmp_path / "service.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -83,8 +85,12 @@ def _environment_of(pid: int) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("given", "running"),
-    [({}, f"{HUGE_PAGES}=1"), ({"GLIBC_TUNABLES": f"{HUGE_PAGES}=0"}, f"{HUGE_PAGES}=0")],
-    ids=["added", "operator-off"],
+    [
+        ({}, f"{HUGE_PAGES}=1"),
+        ({"GLIBC_TUNABLES": f"{HUGE_PAGES}=0"}, f"{HUGE_PAGES}=0"),
+        ({RELAUNCHED: "1"}, None),  # started once already: never again
+    ],
+    ids=["added", "operator-off", "once"],
 )
 def test_the_service_runs_with_the_tunable_in_the_same_process(tmp_path, given, running):
     service = _start(tmp_path, **given)
@@ -92,7 +98,7 @@ def test_the_service_runs_with_the_tunable_in_the_same_process(tmp_path, given, 
         service.wait_ready()
         # The same process the command started (exec keeps it), flags and all.
         assert f"Started server process [{service.process.pid}]" in service.log()
-        assert _environment_of(service.process.pid)["GLIBC_TUNABLES"] == running
+        assert _environment_of(service.process.pid).get("GLIBC_TUNABLES") == running
         assert httpx.get(f"{service.url}/healthz").status_code == 200
     finally:
         service.stop()
