@@ -225,12 +225,17 @@ def test_an_uploaded_image_is_convolved_in_rgb(page):
     rgb[5:15, :, 2] = 255  # a blue band
     page_.select_option("#channels", "3")
     page_.select_option("#preset-0", "identity")
-    page_.evaluate("window.playground.state.lastForward = null")
+    # The upload's own pass, not one the controls started: the 49x49 sample's pass could still
+    # be in flight and answer the wait (CI flaked so).
     page_.set_input_files(
         "#upload",
         files=[{"name": "bands.png", "mimeType": "image/png", "buffer": _png(30, 20, rgb)}],
     )
-    page_.wait_for_function("window.playground.state.lastForward")
+    page_.wait_for_function(
+        "(() => { const s = window.playground.state;"
+        " return s.lastForward && s.lastInput && s.lastInput.shape[2] === 20; })()"
+    )
+    page_.evaluate("() => window.playground.state.inflight")  # settled, drawn
     x = _array(page_, "window.playground.state.lastInput")
     assert x.shape == (1, 3, 20, 30)
     np.testing.assert_allclose(x[0].transpose(1, 2, 0), rgb / 255, atol=1 / 255)
