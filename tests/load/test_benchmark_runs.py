@@ -1,6 +1,7 @@
 """The benchmarks themselves run: `python -m benchmarks.service --quick` (small shapes),
-`python -m benchmarks.engine` on one small shape, `python -m benchmarks.client` briefly and
-`python -m benchmarks.transports` (few calls)."""
+`python -m benchmarks.engine` on one small shape, `python -m benchmarks.compression` for one
+round, `python -m benchmarks.client` briefly and `python -m benchmarks.transports` (few
+calls)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def test_service_benchmark_smoke_run(tmp_path):
     report = out.read_text()
     rows = [line for line in report.splitlines() if line.startswith(("| forward", "| backward"))]
     assert len(rows) == 2 * 5  # both passes, every payload form, small shape
+    # A target column beside the floor's ratio: none for small requests (mid's binary forms
+    # have 1.2x), so every row ends with two empty cells.
+    assert "| p50 / floor | target | met |" in report
+    assert all(row.endswith("x |  |  |") for row in rows), rows
     assert "framework floor" in report and "compute floor" in report and "transfer floor" in report
     assert "floor (engine + transfer, served)" in report
     # The per-request cost: tiny requests against /healthz, each with its target.
@@ -74,6 +79,29 @@ def test_engine_benchmark_smoke_run():
         assert all(row.split(" | ")[-1] == "- |" for row in rows), rows
         assert "geometric mean" not in result.stdout
     assert "float32" not in result.stdout.split("| shape |")[-1]  # --dtypes is honoured
+
+
+def test_compression_benchmark_smoke_run():
+    """One interleaved round and one block of each form: the table and both verdicts on the
+    base64 JSON target."""
+    command = ["-m", "benchmarks.compression", "--rounds", "1", "--block", "1"]
+    result = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| JSON b64")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| JSON b64, default headers",
+        "| JSON b64, plain",
+        "| JSON b64, gzip",
+        "| JSON b64, default headers",  # one kind at a time
+    ]
+    verdicts = [line for line in result.stdout.splitlines() if "target 1.3x:" in line]
+    assert [line.split(":")[0] for line in verdicts] == [
+        "JSON b64, default headers, interleaved",
+        "JSON b64, default headers, one kind at a time",
+    ]
+    assert all(line.endswith(("met", "missed")) for line in verdicts), verdicts
 
 
 def test_client_benchmark_smoke_run():
