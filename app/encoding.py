@@ -13,15 +13,20 @@ bytes of floats (``.npz``, ``.npy``, base64 in JSON, the protocol's binary tenso
 quarter at best (base64) or a few percent (raw), for a compression that costs more time than a
 LAN takes to carry what it saves, and are gzipped only when the client asks for gzip by itself
 (``Accept-Encoding: gzip`` alone, as tritonclient's ``response_compression_algorithm`` and
-``ConvClient(compress=True)`` send), not when gzip is one of the codings every HTTP library
-offers by default. The computed answers are coded where they are made, in the computation
-thread (:func:`gzip_answer`, from ``app.pipeline``); :class:`Compress` codes the rest (errors,
+``ConvClient(compress=True)`` send, or gzip preferred to no coding by its q-value), not when
+gzip is one of the codings every HTTP library offers by default. The q-values are honoured
+(:func:`acceptance`, RFC 9110 12.5.3): gzip named with a lower q than ``identity`` (or ``*``)
+is not chosen, ``*`` offers gzip, ``x-gzip`` is gzip.
+
+The computed answers are coded where they are made, in the computation thread
+(:func:`gzip_answer`, from ``app.pipeline``); :class:`Compress` codes the rest (errors,
 documents, the playground) as they stream out.
 """
 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.lowlevel
@@ -35,9 +40,10 @@ __all__ = [
     "ACCEPTED",
     "BINARY_TYPES",
     "CODED",
+    "Acceptance",
     "Compress",
     "Inflate",
-    "accepted_codings",
+    "acceptance",
     "gzip_answer",
 ]
 
@@ -56,9 +62,10 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def accepted_codings(accept_encoding: str) -> list[str]:
-    """The codings an ``Accept-Encoding`` value allows (q > 0), lower-case, in its order."""
-    codings = []
+def _weighted(accept_encoding: str) -> list[tuple[str, float]]:
+    """Each coding an ``Accept-Encoding`` value names, lower-case, with its q-value (0 to 1;
+    one that is not a number counts as 0), in its order."""
+    weighted = []
     for item in accept_encoding.split(","):
         coding, *params = (part.strip() for part in item.split(";"))
         q = 1.0
@@ -69,9 +76,45 @@ def accepted_codings(accept_encoding: str) -> list[str]:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        if coding and q > 0:
-            codings.append(coding.lower())
-    return codings
+        if coding:
+            weighted.append((coding.lower(), min(q, 1.0) if q > 0 else 0.0))  # nan: 0
+    return weighted
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """What an ``Accept-Encoding`` value says of an answer gzipped against one sent as it is:
+    the q-value of each (RFC 9110 12.5.3), and whether gzip is the one coding it names."""
+
+    gzip: float
+    identity: float
+    gzip_alone: bool
+
+    @property
+    def any_answer(self) -> bool:
+        """gzip for an answer that shrinks well (text): allowed, and not less wanted than
+        no coding."""
+        return self.gzip > 0 and self.gzip >= self.identity
+
+    @property
+    def asked(self) -> bool:
+        """gzip for any answer, binary too: the client asked for it by itself (the only coding
+        it names) or prefers it to no coding."""
+        return self.any_answer and (self.gzip_alone or self.gzip > self.identity)
+
+
+def acceptance(accept_encoding: str) -> Acceptance:
+    """gzip against no coding, as an ``Accept-Encoding`` value weighs them: a coding's own
+    entry (``x-gzip`` is gzip), else ``*``'s; no coding is acceptable unless excluded
+    (``identity;q=0``, or ``*;q=0`` without an ``identity`` entry)."""
+    named: dict[str, float] = {}
+    for coding, q in _weighted(accept_encoding):
+        named.setdefault(_ALIASES.get(coding, coding), q)
+    star = named.get("*")
+    gzip = named.get("gzip", star or 0.0)
+    identity = named.get("identity", 1.0 if star is None else star)
+    offered = [coding for coding, q in named.items() if q > 0 and coding != "identity"]
+    return Acceptance(gzip, identity, gzip_alone=offered == ["gzip"])
 
 
 class _Decoder:
@@ -212,11 +255,6 @@ class Inflate:
 CODED = "convengine.coded"
 
 
-def _asked_for_gzip(codings: list[str]) -> bool:
-    """Whether the client asked for gzip by itself, not as one of a library's defaults."""
-    return [coding for coding in codings if coding != "identity"] == ["gzip"]
-
-
 def gzip_answer(
     content: list[bytes], accept_encoding: str, text: bool, minimum_size: int, level: int
 ) -> tuple[list[bytes], dict[str, str]]:
@@ -225,10 +263,10 @@ def gzip_answer(
     written out, which shrink to about half) or the client asked for gzip by itself (see the
     module); piece by piece, through one compressor."""
     headers = {"vary": "Accept-Encoding"}
-    codings = accepted_codings(accept_encoding)
-    if "gzip" not in codings or sum(len(piece) for piece in content) < minimum_size:
+    accepts = acceptance(accept_encoding)
+    if not (accepts.asked or (text and accepts.any_answer)):
         return content, headers
-    if not (text or _asked_for_gzip(codings)):
+    if sum(len(piece) for piece in content) < minimum_size:
         return content, headers
     compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 16 + 15)
     squeezed = [compressor.compress(piece) for piece in content]
@@ -247,11 +285,11 @@ class Compress:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        codings = accepted_codings((_header(scope, b"accept-encoding") or b"").decode("latin-1"))
-        if "gzip" not in codings:
+        accepts = acceptance((_header(scope, b"accept-encoding") or b"").decode("latin-1"))
+        if not accepts.any_answer:
             await self.app(scope, receive, send)
             return
-        answer = _Gzipping(send, _asked_for_gzip(codings), self.minimum_size, self.level)
+        answer = _Gzipping(send, accepts.asked, self.minimum_size, self.level)
         await self.app(scope, receive, answer.send)
 
 

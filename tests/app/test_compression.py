@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from app.config import Settings
-from app.encoding import accepted_codings
+from app.encoding import Acceptance, acceptance
 from benchmarks.payloads import REQUEST_FORMS, read, request
 from convengine import conv, conv2d, conv2d_backward
 from convengine.client import ConvClient
@@ -183,12 +183,33 @@ async def test_broken_compressed_bodies_are_400(client, body, message):
     assert (await client.post("/forward", json={"x": [[[[1.0]]]], "w": [[[[1.0]]]]})).is_success
 
 
-def test_accepted_codings_reads_q_values():
-    assert accepted_codings("gzip, deflate, br") == ["gzip", "deflate", "br"]
-    assert accepted_codings("gzip;q=0, br;q=0.5") == ["br"]
-    assert accepted_codings(" GZIP ; q=1.0 ,identity") == ["gzip", "identity"]
-    assert accepted_codings("gzip;q=nonsense") == []
-    assert accepted_codings("") == []
+@pytest.mark.parametrize(
+    ("accept_encoding", "weighed", "text", "binary"),
+    [
+        ("gzip, deflate, br", Acceptance(1.0, 1.0, gzip_alone=False), True, False),
+        ("gzip", Acceptance(1.0, 1.0, gzip_alone=True), True, True),
+        (" GZIP ; q=1.0 ,identity", Acceptance(1.0, 1.0, gzip_alone=True), True, True),
+        ("x-gzip", Acceptance(1.0, 1.0, gzip_alone=True), True, True),
+        ("gzip;q=0, br;q=0.5", Acceptance(0.0, 1.0, gzip_alone=False), False, False),
+        ("gzip;q=nonsense", Acceptance(0.0, 1.0, gzip_alone=False), False, False),
+        ("", Acceptance(0.0, 1.0, gzip_alone=False), False, False),
+        # The client's preference: no coding before gzip, or gzip before no coding.
+        ("gzip;q=0.5, identity", Acceptance(0.5, 1.0, gzip_alone=True), False, False),
+        ("gzip, deflate, identity;q=0.5", Acceptance(1.0, 0.5, gzip_alone=False), True, True),
+        ("br, gzip;q=0.8, *;q=0.1", Acceptance(0.8, 0.1, gzip_alone=False), True, True),
+        # * offers every coding it does not name, no coding among them.
+        ("*", Acceptance(1.0, 1.0, gzip_alone=False), True, False),
+        ("*;q=0.2, identity", Acceptance(0.2, 1.0, gzip_alone=False), False, False),
+        ("gzip, *;q=0", Acceptance(1.0, 0.0, gzip_alone=True), True, True),
+        ("identity;q=0", Acceptance(0.0, 0.0, gzip_alone=False), False, False),
+        ("gzip;q=2, identity;q=-1", Acceptance(1.0, 0.0, gzip_alone=True), True, True),
+        ("gzip;q=nan", Acceptance(0.0, 1.0, gzip_alone=False), False, False),
+    ],
+)
+def test_acceptance_weighs_gzip_against_no_coding(accept_encoding, weighed, text, binary):
+    accepts = acceptance(accept_encoding)
+    assert accepts == weighed
+    assert (accepts.any_answer, accepts.asked) == (text, binary)
 
 
 BIG = {"x": np.ones((1, 1, 40, 40)).tolist(), "w": [[[[1.0]]]]}  # a ~10 kB JSON answer
@@ -206,6 +227,11 @@ BIG = {"x": np.ones((1, 1, 40, 40)).tolist(), "w": [[[[1.0]]]]}  # a ~10 kB JSON
         ("gzip, deflate", "application/x-npy", False),
         ("gzip", "application/x-npz", True),  # asked for by itself
         ("gzip, identity", "application/x-npy", True),
+        ("gzip;q=0.5, identity", "application/json", False),  # no coding preferred
+        ("gzip, deflate, identity;q=0.1", "application/x-npz", True),  # gzip preferred
+        ("*", "application/json", True),
+        ("*", "application/x-npz", False),
+        ("x-gzip", "application/json", True),
     ],
 )
 async def test_answers_are_gzipped_when_accepted_and_binary_only_when_asked(
