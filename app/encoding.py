@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import anyio.lowlevel
@@ -107,6 +108,17 @@ def acceptance(accept_encoding: str) -> Acceptance:
     """gzip against no coding, as an ``Accept-Encoding`` value weighs them: a coding's own
     entry (``x-gzip`` is gzip), else ``*``'s; no coding is acceptable unless excluded
     (``identity;q=0``, or ``*;q=0`` without an ``identity`` entry)."""
+    if len(accept_encoding) <= _KEPT_VALUE:
+        return _kept_acceptance(accept_encoding)
+    return _acceptance(accept_encoding)
+
+
+# A client sends the same Accept-Encoding with every request, and each answer reads it twice
+# (the computed answer's coding, the middleware): the last few short values are kept.
+_KEPT_VALUE = 128
+
+
+def _acceptance(accept_encoding: str) -> Acceptance:
     named: dict[str, float] = {}
     for coding, q in _weighted(accept_encoding):
         named.setdefault(_ALIASES.get(coding, coding), q)
@@ -115,6 +127,9 @@ def acceptance(accept_encoding: str) -> Acceptance:
     identity = named.get("identity", 1.0 if star is None else star)
     offered = [coding for coding, q in named.items() if q > 0 and coding != "identity"]
     return Acceptance(gzip, identity, gzip_alone=offered == ["gzip"])
+
+
+_kept_acceptance = lru_cache(maxsize=32)(_acceptance)
 
 
 class _Decoder:

@@ -204,6 +204,9 @@ async def test_broken_compressed_bodies_are_400(client, body, message):
         ("identity;q=0", Acceptance(0.0, 0.0, gzip_alone=False), False, False),
         ("gzip;q=2, identity;q=-1", Acceptance(1.0, 0.0, gzip_alone=True), True, True),
         ("gzip;q=nan", Acceptance(0.0, 1.0, gzip_alone=False), False, False),
+        # Long values are weighed alike, not kept.
+        ("br;q=0.1, " * 15 + "gzip", Acceptance(1.0, 1.0, gzip_alone=False), True, False),
+        ("identity;q=0.1, " * 10 + "gzip", Acceptance(1.0, 0.1, gzip_alone=True), True, True),
     ],
 )
 def test_acceptance_weighs_gzip_against_no_coding(accept_encoding, weighed, text, binary):
