@@ -416,11 +416,15 @@ def _check_query(sent: Decoded, query: Mapping[str, str]) -> None:
 def validate(operation: Operation, decoded: Decoded, settings: Settings) -> ConvRequest:
     """The validated request: hyperparameters and the decoded arrays' specs checked against
     each other."""
-    specs = {
-        name: TensorSpec(shape=array.shape, dtype=array.dtype.name)
-        for name, array in decoded.arrays.items()
-    }
+    specs = {name: _spec(array.shape, array.dtype) for name, array in decoded.arrays.items()}
     return check(operation, decoded.params, specs, decoded, settings)
+
+
+@lru_cache(maxsize=256)
+def _spec(shape: tuple[int, ...], dtype: np.dtype) -> TensorSpec:
+    """An array's spec, kept for the next array alike: a spec is a pydantic model, and a
+    dtype's name is reckoned in Python (together 3 us, a tenth of a tiny layer's compute)."""
+    return TensorSpec(shape=shape, dtype=dtype.name)
 
 
 def check(
