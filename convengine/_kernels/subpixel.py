@@ -21,6 +21,7 @@ float64 38.6 against 45.0; 16x32x64x64 from 4x4 stride 2, 13.9 against 22.2 and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -29,7 +30,22 @@ import numpy as np
 from .._geometry import ConvGeometry
 from .im2col import PhaseCanvas
 
-__all__ = ["Forward", "input_gradient", "stacked_geometry", "supports", "work_elements"]
+__all__ = [
+    "MAX_EXTRA_MULTIPLY_ADDS",
+    "Forward",
+    "input_gradient",
+    "stacked_geometry",
+    "supports",
+    "work_elements",
+]
+
+# The stacked pass computes MH - 1 more places down and MW - 1 across than dout has pixels
+# (a ring that the crop mostly drops): F/groups multiply-adds per column element for each
+# extra place per pixel, which must stay below what col2im's adds cost. CPU time on one
+# thread against im2col, transposed 4x4 stride 2 padding 1, float32 (float64 alike):
+# 8x32x8x8 -> 32 channels (0.27 extra places a pixel, times F: 8.6) 0.61x; 8x128x14x14 -> 64
+# (19) 0.87x; 4x256x12x12 -> 128 (44) 1.08x, float64 0.88x; 4x256x8x8 -> 128 (69) 1.21x.
+MAX_EXTRA_MULTIPLY_ADDS = 32
 
 # The stride-1 forward pass of the stacked phases: (x, w, geometry) -> out, on whatever path
 # suits it.
@@ -38,7 +54,8 @@ Forward = Callable[[np.ndarray, np.ndarray, ConvGeometry], np.ndarray]
 
 def supports(geometry: ConvGeometry) -> bool:
     """A strided planar geometry, undilated, whose kernel is a whole number of strides along
-    each axis and larger than the stride along one (else no windows overlap: :mod:`.phases`)."""
+    each axis and larger than the stride along one (else no windows overlap: :mod:`.phases`),
+    where it pays (:func:`_pays`)."""
     g = geometry
     return (
         g.rank == 2
@@ -46,6 +63,24 @@ def supports(geometry: ConvGeometry) -> bool:
         and g.dilation == (1, 1)
         and all(k % s == 0 for k, s in zip(g.kernel, g.stride, strict=True))
         and any(k > s for k, s in zip(g.kernel, g.stride, strict=True))
+        and _pays(g)
+    )
+
+
+def _pays(g: ConvGeometry) -> bool:
+    """Whether the stacked pass beats im2col's columns and col2im, from the layer's shape.
+
+    Its columns hold F*MH*MW rows a place, im2col's column gradients C*KH*KW a pixel: with
+    fewer channels than F/(SH*SW) per group they are the larger (transposed 16x64x32x32 -> 3
+    channels, 4x4 stride 2 padding 1: CPU time 1.2x im2col's; -> 8 channels 0.9x). And its
+    extra places must be few against F (``MAX_EXTRA_MULTIPLY_ADDS``). A choice by the image,
+    never by the batch.
+    """
+    places = math.prod(o + k // s - 1 for o, k, s in zip(g.out, g.kernel, g.stride, strict=True))
+    extra_per_pixel = places / g.positions - 1
+    return (
+        g.c_per_group * g.stride[0] * g.stride[1] >= g.f_per_group
+        and extra_per_pixel * g.f_per_group <= MAX_EXTRA_MULTIPLY_ADDS
     )
 
 

@@ -45,6 +45,26 @@ GRID = {
         dict(stride=2, padding=1),
         {F: "im2col", B: "im2col", IG: "subpixel", WG: "im2col"},
     ),
+    # ... where it pays: no more filters than channels times SH*SW, few extra places against
+    # the filters (an 8x8 image has 0.27 a pixel, 4x4 0.56)
+    "overlapping-4x4-s2-more-filters": (
+        (1, 3, 8, 8),
+        (16, 3, 4, 4),
+        dict(stride=2, padding=1),
+        _all("im2col"),
+    ),
+    "overlapping-4x4-s2-16x16-64-filters": (
+        (1, 32, 16, 16),
+        (64, 32, 4, 4),
+        dict(stride=2, padding=1),
+        {F: "im2col", B: "im2col", IG: "subpixel", WG: "im2col"},
+    ),
+    "overlapping-4x4-s2-8x8-64-filters": (
+        (1, 32, 8, 8),
+        (64, 32, 4, 4),
+        dict(stride=2, padding=1),
+        _all("im2col"),
+    ),
     "overlapping-3x3-s2": ((1, 3, 9, 9), (4, 3, 3, 3), dict(stride=2, padding=1), _all("im2col")),
     "overlapping-4x4-s2-dilated": (
         (1, 3, 9, 9),

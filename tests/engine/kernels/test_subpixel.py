@@ -58,7 +58,7 @@ LAYERS = {
         "volume(subpixel)",
     ),
     # Not its layers: windows that do not overlap, a kernel not a whole number of strides,
-    # a dilated kernel, one channel per filter.
+    # a dilated kernel, one channel per filter, more filters than channels times SH*SW.
     "no-overlap-2x2-s2": ((1, 2, 3, 3), (2, 3, 2, 2), dict(stride=2), "phases"),
     "3x3-s2": ((1, 2, 3, 3), (2, 3, 3, 3), dict(stride=2, padding=1), "im2col"),
     "dilated-4x4-s2": ((1, 2, 3, 3), (2, 3, 4, 4), dict(stride=2, dilation=2), "im2col"),
@@ -68,6 +68,7 @@ LAYERS = {
         dict(stride=2, padding=1, groups=3),
         "depthwise-taps",
     ),
+    "13-filters-3-channels": ((1, 13, 3, 3), (13, 3, 4, 4), dict(stride=2, padding=1), "im2col"),
 }
 
 
@@ -192,13 +193,14 @@ def test_a_non_finite_kernel_leaves_the_path(bad, rng, monkeypatch):
 
 @st.composite
 def _upsampling_layers(draw):
-    """A transposed layer of kernel a whole number of strides, windows overlapping (groups
-    of two filters or more: one channel per filter takes the depthwise path)."""
+    """A transposed layer of kernel a whole number of strides, windows overlapping, and at
+    least F/(SH*SW) channels out per group (fewer: im2col; one with groups: depthwise)."""
     stride = tuple(draw(st.integers(1, 3)) for _ in range(2))
     kernel = tuple(s * draw(st.integers(1, 3)) for s in stride)
     assume(any(k > s for k, s in zip(kernel, stride, strict=True)) and max(stride) > 1)
-    groups = draw(st.integers(1, 2))
-    c_in, c_out = groups * draw(st.integers(1, 3)), draw(st.integers(groups, 3))
+    groups, f_per_group = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    fewest = max(groups, -(-f_per_group // (stride[0] * stride[1])))
+    c_in, c_out = groups * f_per_group, draw(st.integers(fewest, 3))
     size = tuple(draw(st.integers(1, 5)) for _ in range(2))
     padding = tuple((draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1))) for k in kernel)
     extra = tuple(draw(st.integers(0, s - 1)) for s in stride)
