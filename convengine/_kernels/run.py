@@ -193,6 +193,7 @@ def _phase_forward() -> phases.Forward:
 
 
 def _slice_forward(x: np.ndarray, w: np.ndarray, plane: ConvGeometry) -> np.ndarray:
+    """A depth slice's forward pass, or the sub-pixel path's stacked one: a piece of its own."""
     return cast(np.ndarray, _piece(Pass.FORWARD, (x, w, None), plane))
 
 

@@ -13,10 +13,12 @@ path suits it; its output is the input gradient split by phase (an
 :class:`.im2col.PhaseCanvas`), copied out once. No scatter-add, no column gradients.
 
 The padding of dout meets w: finite w only (inf * 0 would be NaN where the oracle adds
-nothing). CPU time on one thread, input gradient of 8x64x56x56 from 4x4 stride 2 padding 1
-(the upsample benchmark layer's forward), against im2col: float32 21.6 against 24.4 ms,
-float64 38.6 against 45.0; 16x32x64x64 from 4x4 stride 2, 13.9 against 22.2 and 30.1 against
-40.0; 8x32x61x61 from 6x6 stride 3, 6.9 against 10.4 and 12.3 against 17.7.
+nothing). CPU time on one thread of the public transposed forward, 4x4 stride 2 padding 1,
+against im2col: the upsample benchmark layer (8x128x28x28 -> 64 channels) float32 21.0
+against 24.7 ms, float64 39.7 against 46.2; 16x64x32x32 -> 32, 14.4 against 21.2 and 29.8
+against 39.2; 6x6 stride 3, 8x64x20x20 -> 32, 7.0 against 10.3 and 13.1 against 18.1; 6x6
+stride 2, whose stacked pass is 3x3 and takes Winograd, 8x64x28x28 -> 32, 12.1 against 17.1
+and 16.8 against 30.4.
 """
 
 from __future__ import annotations
