@@ -7,10 +7,11 @@ Each path is one module holding its code, its ``supports(geometry)`` and its mem
   (1x1, stride 1, no padding), :mod:`.depthwise` (one channel per filter, stride 1: shifted
   copies and gemvs), :mod:`.depthwise_taps` (one channel per filter: one multiply-add per
   kernel offset), :mod:`.phases` (the input gradient of strided layers whose windows never
-  overlap), :mod:`.winograd` (stride-1 3x3 layers with 32 channels or more: F(4x4, 3x3)),
-  :mod:`.gather` (tiny layers: im2col as one gather by a cached index, col2im as one
-  ``bincount``), :mod:`.small` (small stride-1 layers: columns as runs of the flat padded
-  images);
+  overlap), :mod:`.subpixel` (the input gradient of strided layers whose kernel is a whole
+  number of strides: one stride-1 forward pass of all phases), :mod:`.winograd` (stride-1
+  3x3 layers with 32 channels or more: F(4x4, 3x3)), :mod:`.gather` (tiny layers: im2col as
+  one gather by a cached index, col2im as one ``bincount``), :mod:`.small` (small stride-1
+  layers: columns as runs of the flat padded images);
 - volumes: :mod:`.flat` (stride 1, shifted runs of the flat padded volume), :mod:`.volume`
   (depth slices, each a planar pass);
 - :mod:`.halves`: any of those on two halves of the batch at once, one per core.
@@ -42,6 +43,7 @@ from . import (
     phases,
     pointwise,
     small,
+    subpixel,
     volume,
     winograd,
 )
@@ -73,6 +75,7 @@ class Path(Enum):
     WINOGRAD = "winograd"
     SMALL = "small"
     GATHER = "gather"
+    SUBPIXEL = "subpixel"
 
 
 # The module that computes each path's passes (EMPTY has none: nothing is computed).
@@ -88,6 +91,7 @@ KERNELS: dict[Path, ModuleType] = {
     Path.WINOGRAD: winograd,
     Path.SMALL: small,
     Path.GATHER: gather,
+    Path.SUBPIXEL: subpixel,
 }
 
 
@@ -173,6 +177,9 @@ def _planar(g: ConvGeometry, pass_: Pass, x_finite: bool, w_finite: bool) -> Sel
         return _leaf(Path.WINOGRAD, wide_rows=True)
     if gather.supports(g):
         return _leaf(Path.GATHER)
+    # Its stacked forward pass multiplies dout's padding by w.
+    if pass_ is Pass.INPUT_GRADIENT and w_finite and subpixel.supports(g):
+        return _leaf(Path.SUBPIXEL)
     # Its junk columns meet x and w in the backward passes (finite data only), not forward.
     if small.supports(g) and finite:
         return _leaf(Path.SMALL, wide_rows=pass_ is not Pass.FORWARD)
@@ -218,4 +225,8 @@ def _batch_elements(geometry: ConvGeometry) -> int:
 def _planar_elements(plane: ConvGeometry) -> int:
     """The largest bound among the planar paths that support ``plane``, whatever the data."""
     paths = (im2col, pointwise, depthwise, depthwise_taps, phases, winograd, small, gather)
-    return max(int(path.work_elements(plane)) for path in paths if path.supports(plane))
+    bound = max(int(path.work_elements(plane)) for path in paths if path.supports(plane))
+    if subpixel.supports(plane):  # its own arrays, and its stacked pass on any path
+        stacked = _planar_elements(subpixel.stacked_geometry(plane))
+        bound = max(bound, subpixel.work_elements(plane) + stacked)
+    return bound

@@ -11,7 +11,8 @@ convolution, which is one GEMM with no im2col at all. CPU time on one thread, dx
 8x64x56x56 from 2x2 stride 2: 3.1 against 4.2 ms (float32), 6.1 against 8.5 (float64). With
 overlap, the phases copy dout once per offset of every phase (F channels) where col2im adds
 once per offset (C channels): a tie on the upsample and strided benchmark layers, and ten
-times slower on the 7x7 stride-2 stem, whose C is 3.
+times slower on the 7x7 stride-2 stem, whose C is 3. (:mod:`.subpixel` computes all the
+phases of a kernel a whole number of strides from one copy.)
 """
 
 from __future__ import annotations

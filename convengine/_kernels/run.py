@@ -14,7 +14,7 @@ from typing import cast
 import numpy as np
 
 from .._geometry import ConvGeometry
-from . import ANY_DATA, KERNELS, Pass, Path, Selection, halves, phases, select, volume
+from . import ANY_DATA, KERNELS, Pass, Path, Selection, halves, phases, select, subpixel, volume
 from .halves import Result
 
 __all__ = ["backward", "forward", "input_gradient", "weight_gradient"]
@@ -134,6 +134,9 @@ def _compute(
     if selection.path is Path.PHASES:
         dout, w = cast(tuple[np.ndarray, np.ndarray], arrays)
         return phases.input_gradient(dout, w, geometry, _phase_forward())
+    if selection.path is Path.SUBPIXEL:
+        dout, w = cast(tuple[np.ndarray, np.ndarray], arrays)
+        return subpixel.input_gradient(dout, w, geometry, _slice_forward)
     compute = getattr(KERNELS[selection.path], pass_.value)
     if pass_ is Pass.FORWARD:
         return cast(Result, compute(*arrays, geometry))
@@ -190,6 +193,7 @@ def _phase_forward() -> phases.Forward:
 
 
 def _slice_forward(x: np.ndarray, w: np.ndarray, plane: ConvGeometry) -> np.ndarray:
+    """A depth slice's forward pass, or the sub-pixel path's stacked one: a piece of its own."""
     return cast(np.ndarray, _piece(Pass.FORWARD, (x, w, None), plane))
 
 

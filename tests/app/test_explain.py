@@ -356,6 +356,7 @@ def test_the_library_refuses_as_a_call_would(arguments, error, message):
         ("forward", (1, 8, 12, 12), (8, 1, 3, 3), {"groups": 8, "padding": 1}, "depthwise"),
         ("forward", (1, 4, 6, 6, 6), (4, 4, 3, 3, 3), {"padding": 1}, "flat"),
         ("conv_transpose", (1, 4, 3, 3), (4, 2, 2, 2), {"stride": 2}, "phases"),
+        ("conv_transpose", (1, 16, 12, 12), (16, 8, 4, 4), {"stride": 2, "padding": 1}, "subpixel"),
         (
             "conv_transpose_backward",
             (1, 16, 12, 12),
@@ -373,6 +374,7 @@ def test_the_library_refuses_as_a_call_would(arguments, error, message):
         "depthwise",
         "flat-volume",
         "unpatchify",
+        "upsample",
         "transposed-backward",
     ],
 )

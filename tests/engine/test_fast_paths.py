@@ -311,14 +311,17 @@ def test_unpatchify_gathers_by_phases(name, rng):
         np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
 
 
-def test_overlapping_windows_keep_col2im(monkeypatch):
+def test_overlapping_windows_keep_col2im_unless_the_kernel_is_whole_strides(monkeypatch):
     monkeypatch.setattr(gather, "MAX_IMAGE_COLUMN_ELEMENTS", 0)  # tiny: it would gather
-    assert _transposed_input_gradient((1, 2, 4, 4), (2, 3, 4, 4), dict(stride=2)).name == "im2col"
+    assert _transposed_input_gradient((1, 2, 4, 4), (2, 3, 3, 3), dict(stride=2)).name == "im2col"
+    # a kernel of two strides: all phases in one stride-1 pass
+    assert _transposed_input_gradient((1, 2, 4, 4), (2, 3, 4, 4), dict(stride=2)).name == "subpixel"
 
 
 @given(geometries(), st.integers(0, 2**32 - 1))
 def test_phases_give_the_input_gradient_of_any_geometry(case, seed):
-    """The phase decomposition itself holds with overlap too (where col2im is kept for speed)."""
+    """The phase decomposition itself holds with overlap too (where col2im or the sub-pixel
+    path is kept for speed)."""
     from convengine import forward
     from convengine._kernels import phases
 

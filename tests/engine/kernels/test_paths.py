@@ -94,7 +94,8 @@ TRANSPOSED = {
         "phases",
         "im2col",
     ),
-    "im2col": ((2, 4, 4, 4), (4, 3, 4, 4), dict(stride=2, padding=1), "im2col", "im2col"),
+    "im2col": ((2, 4, 4, 4), (4, 3, 3, 3), dict(stride=2, padding=1), "im2col", "im2col"),
+    "subpixel": ((2, 4, 4, 4), (4, 3, 4, 4), dict(stride=2, padding=1), "subpixel", "im2col"),
     "pointwise": ((2, 4, 6, 6), (4, 2, 1, 1), dict(), "pointwise", "pointwise"),
     "depthwise": ((2, 4, 6, 6), (4, 1, 3, 3), dict(groups=4, padding=1), "depthwise", "depthwise"),
     "depthwise-taps-strided": (

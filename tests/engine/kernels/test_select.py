@@ -38,7 +38,40 @@ GRID = {
         dict(stride=4),
         {F: "im2col", B: "im2col", IG: "phases", WG: "im2col"},
     ),
-    "overlapping-4x4-s2": ((1, 3, 8, 8), (4, 3, 4, 4), dict(stride=2, padding=1), _all("im2col")),
+    # The input gradient of a kernel a whole number of strides: one pass of all phases.
+    "overlapping-4x4-s2": (
+        (1, 3, 8, 8),
+        (4, 3, 4, 4),
+        dict(stride=2, padding=1),
+        {F: "im2col", B: "im2col", IG: "subpixel", WG: "im2col"},
+    ),
+    # ... where it pays: no more filters than channels times SH*SW, few extra places against
+    # the filters (an 8x8 image has 0.27 a pixel, 4x4 0.56)
+    "overlapping-4x4-s2-more-filters": (
+        (1, 3, 8, 8),
+        (16, 3, 4, 4),
+        dict(stride=2, padding=1),
+        _all("im2col"),
+    ),
+    "overlapping-4x4-s2-16x16-64-filters": (
+        (1, 32, 16, 16),
+        (64, 32, 4, 4),
+        dict(stride=2, padding=1),
+        {F: "im2col", B: "im2col", IG: "subpixel", WG: "im2col"},
+    ),
+    "overlapping-4x4-s2-8x8-64-filters": (
+        (1, 32, 8, 8),
+        (64, 32, 4, 4),
+        dict(stride=2, padding=1),
+        _all("im2col"),
+    ),
+    "overlapping-3x3-s2": ((1, 3, 9, 9), (4, 3, 3, 3), dict(stride=2, padding=1), _all("im2col")),
+    "overlapping-4x4-s2-dilated": (
+        (1, 3, 9, 9),
+        (4, 3, 4, 4),
+        dict(stride=2, dilation=2),
+        _all("im2col"),
+    ),
     "dilated": ((1, 2, 10, 10), (2, 2, 3, 3), dict(dilation=2, padding=2), _all("small")),
     "depthwise": ((2, 3, 6, 5), (3, 1, 3, 3), dict(groups=3, padding=1), _all("depthwise")),
     "depthwise-multiplier-2": (
@@ -228,6 +261,9 @@ NON_FINITE = [
     ("3d-stride-1", B, False, True, "volume(im2col)", False),
     ("3d-stride-1", WG, True, False, "volume(im2col)", False),
     ("1x1", B, False, False, "pointwise", False),
+    # The sub-pixel pass multiplies dout's padding by w: finite w only.
+    ("overlapping-4x4-s2", IG, False, True, "subpixel", False),
+    ("overlapping-4x4-s2", IG, True, False, "im2col", False),
     # Winograd spreads an inf over its tile: finite data only, in every pass (for the input
     # gradient, the run passes dout's finiteness as x's when it selects again).
     ("winograd", B, True, True, "winograd", True),
