@@ -65,9 +65,14 @@ def work_elements(geometry: ConvGeometry) -> int:
 
 
 def forward(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    geometry: ConvGeometry,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, H_out, W_out)."""
+    """x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, H_out, W_out),
+    written into ``out`` where one is given (C-contiguous)."""
     g = geometry
     x = np.ascontiguousarray(x)
     # Wide rows are not used here: cropping the wide output cost more than they saved. Without
@@ -79,7 +84,10 @@ def forward(
         w_rows = np.concatenate([w_rows, b.reshape(1, g.f, 1)], axis=2)
     runs = FieldRuns.of(g) if _reads_input_directly(g) else None
     # out: (N, groups, F/groups, H_out*W_out), which is NCHW once reshaped: no transpose.
-    out = np.empty((g.n, g.groups, g.f_per_group, g.positions), dtype=x.dtype)
+    if out is None:
+        out = np.empty(g.out_shape, dtype=x.dtype)
+    result = out
+    out = out.reshape(g.n, g.groups, g.f_per_group, g.positions)
     if runs is None and g.cols_elements() // g.n * x.dtype.itemsize > CHUNK_BYTES:
         _forward_in_row_blocks(_field_source(x, g), w_rows, out, g)
     else:
@@ -87,7 +95,7 @@ def forward(
         _forward_in_chunks(x, fields, runs, w_rows, out, g)
     if b is not None and not fold_bias:
         out += b.reshape(g.groups, g.f_per_group, 1)
-    return out.reshape(g.out_shape)
+    return result
 
 
 def _forward_in_chunks(

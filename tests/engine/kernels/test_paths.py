@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from convengine import ConvGeometry, conv_transpose, conv_transpose_backward
-from convengine._kernels import Pass, Path, halves, run, select, small, winograd
+from convengine._kernels import KERNELS, Pass, Path, halves, run, select, small, winograd
 
 from ..oracle import naive_conv_transpose, naive_conv_transpose_backward
 from ..test_fast_paths import check_any_rank_against_oracle, check_work_bound
@@ -196,9 +196,9 @@ def test_the_run_computes_what_the_selector_names(name, rng, monkeypatch):
     seen: list[str] = []
     original = run._compute
 
-    def record(pass_, selection, geometry, arrays):
+    def record(pass_, selection, geometry, arrays, out=None):
         seen.append(selection.name)
-        return original(pass_, selection, geometry, arrays)
+        return original(pass_, selection, geometry, arrays, out)
 
     monkeypatch.setattr(run, "_compute", record)
     x_shape, w_shape, hyper, forward_path, _ = CONV[name]
@@ -207,6 +207,40 @@ def test_the_run_computes_what_the_selector_names(name, rng, monkeypatch):
     assert seen[0] == forward_path
     if forward_path.startswith("volume("):
         assert set(seen[1:]) <= {forward_path, inner} and inner in seen
+
+
+@pytest.mark.parametrize("name", ["im2col", "im2col-direct-reads", "winograd", "line"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_forwards_write_each_half_into_the_whole_output(name, dtype, rng, monkeypatch):
+    """On a path of ``run.WRITES_OUT``, each half of a split forward is computed into its
+    part of the output the caller gets (no output of its own, copied over), and the whole
+    matches the oracle; bias and no bias."""
+    from convengine import conv
+
+    from ..oracle import naive_conv
+
+    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 0)
+    x_shape, w_shape, hyper, forward_path, _ = CONV[name]
+    x_shape = (3, *x_shape[1:])  # odd: the halves differ in size
+    module = KERNELS[Path(forward_path)]
+    assert Path(forward_path) in run.WRITES_OUT
+    given: list[np.ndarray | None] = []
+    original = module.forward
+
+    def record(*args, out=None):
+        given.append(out)
+        return original(*args, out=out)
+
+    monkeypatch.setattr(module, "forward", record)
+    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    for b in (rng.standard_normal(w_shape[0]).astype(dtype), None):
+        given.clear()
+        out = conv(x, w, b, **hyper)
+        assert len(given) == 2 and all(place is not None for place in given)
+        assert all(np.shares_memory(place, out) for place in given)
+        want = naive_conv(x.astype(np.float64), w.astype(np.float64), b, **hyper)
+        tolerance = 1e-12 if dtype == np.float64 else 1e-4
+        np.testing.assert_allclose(out, want, rtol=tolerance, atol=tolerance)
 
 
 # im2col's forward a block of output rows at a time (an image's columns over CHUNK_BYTES):
