@@ -18,6 +18,7 @@ computation that is not split meanwhile runs on one BLAS thread too, correct but
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Callable
@@ -145,9 +146,11 @@ def part(geometry: ConvGeometry, half: slice) -> ConvGeometry:
 
 
 def run(work: Callable[[int, slice], None], halves: tuple[slice, slice]) -> None:
-    """``work(0, first half)`` in this thread and ``work(1, second half)`` in the other."""
+    """``work(0, first half)`` in this thread and ``work(1, second half)`` in the other, in
+    a copy of this thread's context: NumPy's ``errstate`` lives there, so a caller's
+    ``np.errstate(invalid="ignore")`` holds for both halves."""
     with _one_blas_thread:
-        other = _pool().submit(work, 1, halves[1])
+        other = _pool().submit(contextvars.copy_context().run, work, 1, halves[1])
         try:
             work(0, halves[0])
         finally:
