@@ -83,19 +83,18 @@ def forward(
     if b is not None and fold_bias:
         w_rows = np.concatenate([w_rows, b.reshape(1, g.f, 1)], axis=2)
     runs = FieldRuns.of(g) if _reads_input_directly(g) else None
-    # out: (N, groups, F/groups, H_out*W_out), which is NCHW once reshaped: no transpose.
     if out is None:
         out = np.empty(g.out_shape, dtype=x.dtype)
-    result = out
-    out = out.reshape(g.n, g.groups, g.f_per_group, g.positions)
+    # rows: (N, groups, F/groups, H_out*W_out), a view of out (NCHW): no transpose.
+    rows = out.reshape(g.n, g.groups, g.f_per_group, g.positions)
     if runs is None and g.cols_elements() // g.n * x.dtype.itemsize > CHUNK_BYTES:
-        _forward_in_row_blocks(_field_source(x, g), w_rows, out, g)
+        _forward_in_row_blocks(_field_source(x, g), w_rows, rows, g)
     else:
         fields = None if runs else Canvas.of(x, g, "x", g.w_out).fields()
-        _forward_in_chunks(x, fields, runs, w_rows, out, g)
+        _forward_in_chunks(x, fields, runs, w_rows, rows, g)
     if b is not None and not fold_bias:
-        out += b.reshape(g.groups, g.f_per_group, 1)
-    return result
+        rows += b.reshape(g.groups, g.f_per_group, 1)
+    return out
 
 
 def _forward_in_chunks(
