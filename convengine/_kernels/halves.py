@@ -18,6 +18,7 @@ computation that is not split meanwhile runs on one BLAS thread too, correct but
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from threadpoolctl import ThreadpoolController
 from .._geometry import ConvGeometry
 
 __all__ = [
+    "Places",
     "Result",
     "compute",
     "halves_of",
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 Result = np.ndarray | tuple[np.ndarray, ...]
+# Where a half's outputs go: its part of each whole output, or None for an output summed.
+Places = tuple[np.ndarray | None, ...]
 
 # Multiply-adds (counted as two operations) below which a pass is not split. A split costs
 # about 80 us (the other thread, and BLAS's thread count changed and given back, each a hand-off
@@ -103,29 +107,32 @@ def work_elements(geometry: ConvGeometry, whole: Callable[[ConvGeometry], int]) 
 
 
 def compute(
-    pass_: Callable[[tuple[np.ndarray | None, ...], ConvGeometry], Result],
+    pass_: Callable[[tuple[np.ndarray | None, ...], ConvGeometry, Places], Result],
     geometry: ConvGeometry,
     batched: tuple[np.ndarray, ...],
     shared: tuple[np.ndarray | None, ...],
     layout: tuple[tuple[int, ...] | None, ...],
 ) -> Result:
-    """``pass_((*batched, *shared), geometry)`` on the two halves of the batch at once.
+    """``pass_((*batched, *shared), geometry, places)`` on the two halves of the batch at once.
 
     layout: per output of ``pass_``, its shape for the whole batch where the halves' outputs
     are its two halves (each half writes its own, in its own thread), or None where they are
-    added (dw, db: the first half's plus the second's).
+    added (dw, db: the first half's plus the second's). ``places`` are the half's own parts of
+    the whole outputs (C-contiguous; None where added): an output the pass returns *is* its
+    place where the pass wrote it there, and is not copied again.
     """
     whole = [None if shape is None else np.empty(shape, batched[0].dtype) for shape in layout]
     addends: list[list[np.ndarray]] = [[], []]
 
     def half(index: int, batch: slice) -> None:
-        result = pass_((*(a[batch] for a in batched), *shared), part(geometry, batch))
+        places = tuple(None if target is None else target[batch] for target in whole)
+        result = pass_((*(a[batch] for a in batched), *shared), part(geometry, batch), places)
         outputs = result if isinstance(result, tuple) else (result,)
-        for target, output in zip(whole, outputs, strict=True):
-            if target is None:
+        for place, output in zip(places, outputs, strict=True):
+            if place is None:
                 addends[index].append(output)
-            else:
-                target[batch] = output
+            elif output is not place:
+                place[...] = output
 
     run(half, halves_of(geometry.n))
     sums = iter([first + second for first, second in zip(*addends, strict=True)])
@@ -139,9 +146,11 @@ def part(geometry: ConvGeometry, half: slice) -> ConvGeometry:
 
 
 def run(work: Callable[[int, slice], None], halves: tuple[slice, slice]) -> None:
-    """``work(0, first half)`` in this thread and ``work(1, second half)`` in the other."""
+    """``work(0, first half)`` in this thread and ``work(1, second half)`` in the other, in
+    a copy of this thread's context: NumPy's ``errstate`` lives there, so a caller's
+    ``np.errstate(invalid="ignore")`` holds for both halves."""
     with _one_blas_thread:
-        other = _pool().submit(work, 1, halves[1])
+        other = _pool().submit(contextvars.copy_context().run, work, 1, halves[1])
         try:
             work(0, halves[0])
         finally:

@@ -65,9 +65,14 @@ def work_elements(geometry: ConvGeometry) -> int:
 
 
 def forward(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    geometry: ConvGeometry,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, H_out, W_out)."""
+    """x (N, C, H, W), w (F, C/groups, KH, KW), b (F,) or None -> out (N, F, H_out, W_out),
+    written into ``out`` where one is given (C-contiguous)."""
     g = geometry
     x = np.ascontiguousarray(x)
     # Wide rows are not used here: cropping the wide output cost more than they saved. Without
@@ -78,16 +83,18 @@ def forward(
     if b is not None and fold_bias:
         w_rows = np.concatenate([w_rows, b.reshape(1, g.f, 1)], axis=2)
     runs = FieldRuns.of(g) if _reads_input_directly(g) else None
-    # out: (N, groups, F/groups, H_out*W_out), which is NCHW once reshaped: no transpose.
-    out = np.empty((g.n, g.groups, g.f_per_group, g.positions), dtype=x.dtype)
+    if out is None:
+        out = np.empty(g.out_shape, dtype=x.dtype)
+    # rows: (N, groups, F/groups, H_out*W_out), a view of out (NCHW): no transpose.
+    rows = out.reshape(g.n, g.groups, g.f_per_group, g.positions)
     if runs is None and g.cols_elements() // g.n * x.dtype.itemsize > CHUNK_BYTES:
-        _forward_in_row_blocks(_field_source(x, g), w_rows, out, g)
+        _forward_in_row_blocks(_field_source(x, g), w_rows, rows, g)
     else:
         fields = None if runs else Canvas.of(x, g, "x", g.w_out).fields()
-        _forward_in_chunks(x, fields, runs, w_rows, out, g)
+        _forward_in_chunks(x, fields, runs, w_rows, rows, g)
     if b is not None and not fold_bias:
-        out += b.reshape(g.groups, g.f_per_group, 1)
-    return out.reshape(g.out_shape)
+        rows += b.reshape(g.groups, g.f_per_group, 1)
+    return out
 
 
 def _forward_in_chunks(

@@ -131,11 +131,18 @@ def work_elements(geometry: ConvGeometry) -> int:
 
 
 def forward(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: ConvGeometry
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    geometry: ConvGeometry,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """x (N, C, H, W), w (F, C, 3, 3), b (F,) or None -> out (N, F, H_out, W_out)."""
+    """x (N, C, H, W), w (F, C, 3, 3), b (F,) or None -> out (N, F, H_out, W_out), written
+    into ``out`` where one is given."""
     g = geometry
-    out = _correlate(np.ascontiguousarray(x), _kernel_transform(w), g.pad_h[0], g.pad_w[0], g.out)
+    if out is None:
+        out = np.empty(g.out_shape, dtype=x.dtype)
+    _correlate(np.ascontiguousarray(x), _kernel_transform(w), g.pad_h[0], g.pad_w[0], out)
     if b is not None:
         out += b[:, None, None]
     return out
@@ -163,7 +170,9 @@ def input_gradient(
     g = geometry
     flipped = exchange_channels(w, g)[:, :, ::-1, ::-1]
     top, left = 2 - g.pad_h[0], 2 - g.pad_w[0]
-    return _correlate(np.ascontiguousarray(dout), _kernel_transform(flipped), top, left, g.size)
+    dx = np.empty(g.x_shape, dtype=dout.dtype)
+    _correlate(np.ascontiguousarray(dout), _kernel_transform(flipped), top, left, dx)
+    return dx
 
 
 def weight_gradient(
@@ -181,23 +190,18 @@ def _kernel_transform(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(f, c, _IN * _IN).transpose(2, 0, 1), dtype=w.dtype)
 
 
-def _correlate(
-    x: np.ndarray, u: np.ndarray, top: int, left: int, out_size: tuple[int, ...]
-) -> np.ndarray:
+def _correlate(x: np.ndarray, u: np.ndarray, top: int, left: int, out: np.ndarray) -> None:
     """x (N, C, H, W) zero-padded by ``top`` and ``left`` (and as much as the tiles need on
-    the other sides), correlated with the kernel whose transform is u (36, F, C)
-    -> (N, F, *out_size)."""
+    the other sides), correlated with the kernel whose transform is u (36, F, C), written
+    into out (N, F, *out_size)."""
     n, c = x.shape[:2]
-    f = u.shape[1]
-    rows, cols = (-(-size // TILE) for size in out_size)
-    out = np.empty((n, f, *out_size), dtype=x.dtype)
+    rows, cols = (-(-size // TILE) for size in out.shape[2:])
     step = max(1, CHUNK_BYTES // (_IN * _IN * c * rows * cols * x.dtype.itemsize))
     for start in range(0, n, step):
         images = slice(start, min(start + step, n))
         tiles = _input_tiles(x[images], top, left, rows, cols)
         products = _tile_products(u, tiles)
         _write_output_tiles(products, out[images])
-    return out
 
 
 def _input_tiles(x: np.ndarray, top: int, left: int, rows: int, cols: int) -> np.ndarray:

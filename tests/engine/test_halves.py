@@ -157,6 +157,20 @@ def test_an_error_in_a_half_still_gives_the_threads_back():
     assert _blas_threads() == before
 
 
+def test_a_callers_errstate_holds_in_both_halves(rng, always_split):
+    """NumPy keeps ``errstate`` in the thread's context: the second half runs in a copy of the
+    caller's, so inf - inf in that half warns (an error here) only where the caller asks."""
+    x, w = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3))
+    x[1, :2, 4, 4] = np.inf
+    w[0, 1, 0, 0] = -w[0, 0, 0, 0]  # one window adds the two channels' inf with opposite signs
+    assert _split(ConvGeometry.build(x.shape, w.shape, padding=1))
+    with np.errstate(invalid="ignore"):
+        out = conv(x, w, padding=1)
+    assert np.isnan(out[1]).any() and np.isfinite(out[0]).all()
+    with pytest.raises(RuntimeWarning, match="invalid value"):
+        conv(x, w, padding=1)
+
+
 def test_concurrent_callers_split_and_not_all_get_right_answers(rng, monkeypatch):
     """Callers in several threads, some splitting and some not, each get their own answer,
     and BLAS has its threads back once they are all done."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from convengine import ConvGeometry, conv_transpose, conv_transpose_backward
-from convengine._kernels import Pass, Path, halves, run, select, small, winograd
+from convengine._kernels import KERNELS, Pass, Path, halves, run, select, small, winograd
 
 from ..oracle import naive_conv_transpose, naive_conv_transpose_backward
 from ..test_fast_paths import check_any_rank_against_oracle, check_work_bound
@@ -197,9 +197,9 @@ def test_the_run_computes_what_the_selector_names(name, rng, monkeypatch):
     seen: list[str] = []
     original = run._compute
 
-    def record(pass_, selection, geometry, arrays):
+    def record(pass_, selection, geometry, arrays, out=None):
         seen.append(selection.name)
-        return original(pass_, selection, geometry, arrays)
+        return original(pass_, selection, geometry, arrays, out)
 
     monkeypatch.setattr(run, "_compute", record)
     x_shape, w_shape, hyper, forward_path, _ = CONV[name]
@@ -208,6 +208,48 @@ def test_the_run_computes_what_the_selector_names(name, rng, monkeypatch):
     assert seen[0] == forward_path
     if forward_path.startswith("volume("):
         assert set(seen[1:]) <= {forward_path, inner} and inner in seen
+
+
+@pytest.mark.parametrize("name", ["im2col", "im2col-direct-reads", "winograd", "line"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_forwards_write_each_half_into_the_whole_output(name, dtype, rng, monkeypatch):
+    """On a path of ``run.WRITES_OUT``, each half of a split forward is computed into its
+    part of the output the caller gets (no output of its own, copied over), and the whole
+    matches the oracle; bias and no bias, and an inf in the second half."""
+    from convengine import conv
+
+    from ..oracle import naive_conv
+
+    monkeypatch.setattr(halves, "MIN_SPLIT_FLOPS", 0)
+    x_shape, w_shape, hyper, forward_path, _ = CONV[name]
+    x_shape = (3, *x_shape[1:])  # odd: the halves differ in size
+    assert Path(forward_path) in run.WRITES_OUT
+    given: list[np.ndarray | None] = []
+    for module in {KERNELS[path] for path in run.WRITES_OUT}:
+
+        def record(*args, out=None, original=module.forward):
+            given.append(out)
+            return original(*args, out=out)
+
+        monkeypatch.setattr(module, "forward", record)
+    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    infinite = x.copy()
+    infinite[-1, 0, ..., -1] = np.inf
+    for data, b in (
+        (x, rng.standard_normal(w_shape[0]).astype(dtype)),
+        (x, None),
+        (infinite, None),
+    ):
+        given.clear()
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, as the oracle has it
+            out = conv(data, w, b, **hyper)
+            want = naive_conv(data.astype(np.float64), w.astype(np.float64), b, **hyper)
+        # Winograd's half with the inf leaves it for a path that copies its output over.
+        in_place = 1 if data is infinite and name == "winograd" else 2
+        assert len(given) == in_place and all(place is not None for place in given)
+        assert all(np.shares_memory(place, out) for place in given)
+        tolerance = 1e-12 if dtype == np.float64 else 1e-4
+        np.testing.assert_allclose(out, want, rtol=tolerance, atol=tolerance)
 
 
 # im2col's forward a block of output rows at a time (an image's columns over CHUNK_BYTES):

@@ -233,9 +233,9 @@ def test_the_stacked_pass_takes_winograd_for_finite_data_only(bad, rng, monkeypa
     seen: list[str] = []
     original = run._compute
 
-    def record(pass_, selection, geometry, arrays):
+    def record(pass_, selection, geometry, arrays, out=None):
         seen.append(selection.name)
-        return original(pass_, selection, geometry, arrays)
+        return original(pass_, selection, geometry, arrays, out)
 
     monkeypatch.setattr(run, "_compute", record)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
