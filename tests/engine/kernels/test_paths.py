@@ -191,17 +191,10 @@ def test_work_elements_bounds_each_path_split_in_halves(name, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("name", [n for n in CONV if n != "empty"])
-def test_the_run_computes_what_the_selector_names(name, rng, monkeypatch):
+def test_the_run_computes_what_the_selector_names(name, rng, ran_paths):
     """Each piece the run computes is on the path of the selection (a volume's slices on its
     inner path), so asserting a selection asserts what runs."""
-    seen: list[str] = []
-    original = run._compute
-
-    def record(pass_, selection, geometry, arrays, out=None):
-        seen.append(selection.name)
-        return original(pass_, selection, geometry, arrays, out)
-
-    monkeypatch.setattr(run, "_compute", record)
+    seen = ran_paths
     x_shape, w_shape, hyper, forward_path, _ = CONV[name]
     check_any_rank_against_oracle(rng, x_shape, w_shape, hyper)
     inner = forward_path.removeprefix("volume(").removesuffix(")")

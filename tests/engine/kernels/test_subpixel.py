@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from convengine import ConvGeometry, conv_transpose
-from convengine._kernels import Pass, halves, layout, run, select, subpixel, winograd
+from convengine._kernels import Pass, halves, layout, select, subpixel, winograd
 
 from ..oracle import naive_conv_transpose
 from ..test_fast_paths import check_work_bound
@@ -223,21 +223,14 @@ def test_random_upsampling_layers_match_the_oracle(layer, seed):
 
 
 @pytest.mark.parametrize("bad", [None, np.inf], ids=["finite", "inf"])
-def test_the_stacked_pass_takes_winograd_for_finite_data_only(bad, rng, monkeypatch):
+def test_the_stacked_pass_takes_winograd_for_finite_data_only(bad, rng, monkeypatch, ran_paths):
     """A 6x6 stride-2 kernel stacks into 3x3 stride 1, which Winograd takes (its thresholds
     lowered to a layer the oracle computes in a moment); an inf in x would spread NaN over a
     tile there, so that pass selects again without it."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 5)
     monkeypatch.setattr(winograd, "MIN_POSITIONS", 16)
     x_shape, w_shape, hyper = (2, 6, 4, 5), (6, 3, 6, 6), dict(stride=2, padding=2)
-    seen: list[str] = []
-    original = run._compute
-
-    def record(pass_, selection, geometry, arrays, out=None):
-        seen.append(selection.name)
-        return original(pass_, selection, geometry, arrays, out)
-
-    monkeypatch.setattr(run, "_compute", record)
+    seen = ran_paths
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     want = naive_conv_transpose(x, w, **hyper)
     if bad is None:
