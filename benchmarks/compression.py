@@ -49,10 +49,14 @@ def mid_arrays() -> dict[str, np.ndarray]:
     }
 
 
-def variants() -> dict[str, tuple[dict[str, Any], float]]:
+# A variant's label -> (its httpx keywords, the seconds its body took to gzip).
+Variants = dict[str, tuple[dict[str, Any], float]]
+
+
+def variants() -> Variants:
     """Each variant's httpx keywords, and the seconds the client spent gzipping its body."""
     arrays = mid_arrays()
-    out: dict[str, tuple[dict[str, Any], float]] = {}
+    out: Variants = {}
     for label, form in FORMS.items():
         accept = "application/x-npz" if form == "npz" else None
         plain = request(form, arrays, {"padding": 1}, accept)
@@ -69,8 +73,7 @@ def variants() -> dict[str, tuple[dict[str, Any], float]]:
     return out
 
 
-def measure(url: str, rounds: int) -> list[str]:
-    cases = variants()
+def measure(url: str, rounds: int, cases: Variants) -> list[str]:
     times: dict[str, list[float]] = {label: [] for label in cases}
     wire: dict[str, tuple[int, int]] = {}
     with httpx.Client(base_url=url, timeout=300) as client:
@@ -124,10 +127,9 @@ def _verdict(ratio: float) -> str:
     return f"target {B64_TARGET}x: {'met' if ratio <= B64_TARGET else 'missed'}"
 
 
-def measure_blocks(url: str, rounds: int, block: int) -> list[str]:
+def measure_blocks(url: str, rounds: int, block: int, cases: Variants) -> list[str]:
     """Base64 JSON against .npz, default headers, one kind of request at a time: each
     round, ``block`` timed requests of one form after an untimed one, then of the other."""
-    cases = variants()
     contenders = {label: cases[label][0] for label in (B64, NPZ)}
     medians: dict[str, list[float]] = {label: [] for label in contenders}
     with httpx.Client(base_url=url, timeout=300) as client:
@@ -164,8 +166,9 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=8, help="requests of a form in a row")
     args = parser.parse_args()
     with running_service() as service:
-        lines = measure(service.url, args.rounds)
-        lines += ["", *measure_blocks(service.url, args.rounds, args.block)]
+        cases = variants()  # made once: the bodies gzipped, nested lists and all
+        lines = measure(service.url, args.rounds, cases)
+        lines += ["", *measure_blocks(service.url, args.rounds, args.block, cases)]
         print("\n".join(lines))
 
 
